@@ -1,0 +1,18 @@
+"""Voice Lab: talk to a real-time voice agent in the browser and watch where the latency goes.
+
+Run with ``python app.py`` (honours GRADIO_SERVER_NAME / GRADIO_SERVER_PORT).
+"""
+
+import os
+
+# Before gradio/onnxruntime/huggingface_hub are imported: nothing phones home.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+from pipeline.runtime import prepare_runtime  # noqa: E402
+from ui.layout import build_ui  # noqa: E402
+
+if __name__ == "__main__":
+    prepare_runtime()
+    build_ui().queue().launch()

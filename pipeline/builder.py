@@ -1,0 +1,133 @@
+"""Build one session's pipecat pipeline from a :class:`SessionConfig`.
+
+    transport in -> STT -> user turn (Silero VAD + Smart Turn) -> LLM -> TTS
+                 -> transport out (real-time paced) -> assistant context
+
+The STT sits before the user aggregator so that it sees the audio; the
+aggregator runs the VAD and broadcasts its speaking frames both ways, which is
+how the segmented STT learns where an utterance starts and ends. The
+assistant aggregator sits after the output so that it records only the words
+whose audio actually played (an interrupted reply keeps only what was heard).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
+from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
+from pipecat.audio.vad.silero import SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADParams
+from pipecat.observers.base_observer import BaseObserver
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import (
+    LLMContextAggregatorPair,
+    LLMUserAggregatorParams,
+)
+from pipecat.transports.base_transport import TransportParams
+from pipecat.turns.user_stop import (
+    SpeechTimeoutUserTurnStopStrategy,
+    TurnAnalyzerUserTurnStopStrategy,
+)
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
+
+from pipeline import events as ev
+from pipeline.config import SessionConfig
+from pipeline.local_services import (
+    LocalLlamaLLMService,
+    LocalPiperTTSService,
+    LocalWhisperSTTService,
+)
+from pipeline.models import LocalModels
+from pipeline.observers import EventSink, UIEventObserver, latency_observer
+from pipeline.transport import AudioOutbox, FastRTCTransport
+
+
+def transport_params(config: SessionConfig) -> TransportParams:
+    return TransportParams(
+        audio_in_enabled=True,
+        audio_in_sample_rate=config.input_sample_rate,
+        audio_out_enabled=True,
+        audio_out_sample_rate=config.output_sample_rate,
+    )
+
+
+def _turn_strategies(config: SessionConfig) -> UserTurnStrategies:
+    if config.smart_turn:
+        analyzer = LocalSmartTurnAnalyzerV3(
+            params=SmartTurnParams(stop_secs=config.turn_fallback_secs)
+        )
+        stop = TurnAnalyzerUserTurnStopStrategy(turn_analyzer=analyzer)
+    else:
+        stop = SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=config.vad_stop_secs)
+    return UserTurnStrategies(stop=[stop])
+
+
+@dataclass
+class VoicePipeline:
+    """Everything a session holds on to for one connection."""
+
+    worker: PipelineWorker
+    transport: FastRTCTransport
+    context: LLMContext
+
+
+def build_voice_pipeline(
+    config: SessionConfig,
+    models: LocalModels,
+    outbox: AudioOutbox,
+    sink: EventSink,
+    extra_observers: list[BaseObserver] | None = None,
+) -> VoicePipeline:
+    transport = FastRTCTransport(transport_params(config), outbox, config.output_lead_secs)
+    context = LLMContext()
+    aggregators = LLMContextAggregatorPair(
+        context,
+        user_params=LLMUserAggregatorParams(
+            vad_analyzer=SileroVADAnalyzer(params=VADParams(stop_secs=config.vad_stop_secs)),
+            user_turn_strategies=_turn_strategies(config),
+        ),
+    )
+    user, assistant = aggregators.user(), aggregators.assistant()
+
+    @user.event_handler("on_user_turn_stopped")
+    async def _on_user_turn(_aggregator, _strategy, message):
+        if message.content:
+            sink(ev.UserTurnText(time.time(), message.content))
+
+    @assistant.event_handler("on_assistant_turn_stopped")
+    async def _on_assistant_turn(_aggregator, message):
+        sink(ev.BotTurnText(time.time(), message.content, interrupted=message.interrupted))
+
+    pipeline = Pipeline(
+        [
+            transport.input(),
+            LocalWhisperSTTService(models=models),
+            user,
+            LocalLlamaLLMService(
+                models=models,
+                system_instruction=config.system_prompt,
+                max_tokens=config.llm_max_tokens,
+            ),
+            LocalPiperTTSService(models=models),
+            transport.output(),
+            assistant,
+        ]
+    )
+    worker = PipelineWorker(
+        pipeline,
+        params=PipelineParams(
+            audio_in_sample_rate=config.input_sample_rate,
+            audio_out_sample_rate=config.output_sample_rate,
+            enable_metrics=True,
+            enable_usage_metrics=True,
+        ),
+        observers=[UIEventObserver(sink), latency_observer(sink), *(extra_observers or [])],
+        enable_rtvi=False,
+        idle_timeout_secs=config.idle_timeout_secs,
+        cancel_runner_on_idle_timeout=False,
+    )
+    return VoicePipeline(worker=worker, transport=transport, context=context)

@@ -1,0 +1,53 @@
+"""Session settings, with defaults from the environment (documented in ``.env.example``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are Voice Lab, a friendly voice assistant. Your words are spoken aloud, "
+    "so answer in one or two short, plain sentences. No lists, no markdown, no emoji."
+)
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name, "").strip()
+    return float(value) if value else default
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else default
+
+
+@dataclass
+class SessionConfig:
+    """What one session's pipeline is built from.
+
+    ``vad_stop_secs`` is the silence Silero waits out before the user is
+    considered paused (every turn pays it); Smart Turn then decides whether the
+    pause ends the turn, falling back to ``turn_fallback_secs`` of silence.
+    """
+
+    system_prompt: str = field(
+        default_factory=lambda: os.environ.get("VOICE_LAB_SYSTEM_PROMPT", DEFAULT_SYSTEM_PROMPT)
+    )
+    vad_stop_secs: float = field(default_factory=lambda: _env_float("VOICE_LAB_VAD_STOP_SECS", 0.2))
+    smart_turn: bool = True
+    turn_fallback_secs: float = 2.0
+    llm_max_tokens: int = field(default_factory=lambda: _env_int("VOICE_LAB_LLM_MAX_TOKENS", 80))
+    input_sample_rate: int = 16000
+    output_sample_rate: int = 24000
+    # Audio handed to fastrtc ahead of playback: a cushion against event-loop
+    # jitter, and the most that can still play after a barge-in.
+    output_lead_secs: float = 0.06
+    # A session with no user speech and no bot speech for this long is closed.
+    idle_timeout_secs: float = field(
+        default_factory=lambda: _env_float("VOICE_LAB_IDLE_TIMEOUT_SECS", 600.0)
+    )
+
+
+def max_sessions() -> int:
+    """How many browser connections the server accepts at once (beyond that: a clear refusal)."""
+    return _env_int("VOICE_LAB_MAX_SESSIONS", 4)

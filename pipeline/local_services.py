@@ -1,0 +1,234 @@
+"""Pipecat services backed by the embedded models in :mod:`pipeline.models`.
+
+pipecat ships a faster-whisper and a Piper service, but each loads its own copy
+of the model per instance (one per session here) and the Whisper one decodes
+with beam search and timestamps, which costs ~2x the greedy settings we use.
+These thin subclasses reuse the process-wide models instead. There is no
+llama.cpp service in pipecat, so :class:`LocalLlamaLLMService` is ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncGenerator, AsyncIterator
+
+from loguru import logger
+from pipecat.frames.frames import (
+    ErrorFrame,
+    Frame,
+    LLMContextFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    TranscriptionFrame,
+)
+from pipecat.metrics.metrics import LLMTokenUsage
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.frame_processor import FrameDirection
+from pipecat.services.llm_service import LLMService
+from pipecat.services.settings import LLMSettings, STTSettings, TTSSettings
+from pipecat.services.stt_service import SegmentedSTTService
+from pipecat.services.tts_service import TTSService
+from pipecat.transcriptions.language import Language
+from pipecat.utils.time import time_now_iso8601
+
+from pipeline.models import LLM_LABEL, PIPER_LABEL, WHISPER_LABEL, LocalModels
+
+# Keep the prompt well inside the 2048-token window of the local model: the
+# system prompt plus the most recent exchanges are plenty for a voice chat.
+MAX_HISTORY_MESSAGES = 12
+
+
+class LocalWhisperSTTService(SegmentedSTTService):
+    """Whisper tiny.en, greedy decoding, on the shared model."""
+
+    def __init__(self, *, models: LocalModels, **kwargs):
+        super().__init__(
+            settings=STTSettings(model=WHISPER_LABEL, language=Language.EN),
+            trailing_silence_secs=0.3,
+            ttfs_p99_latency=0.6,
+            **kwargs,
+        )
+        self._models = models
+
+    @property
+    def wants_wav_segments(self) -> bool:
+        """The model reads raw 16-bit PCM."""
+        return False
+
+    def can_generate_metrics(self) -> bool:
+        return True
+
+    async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame, None]:
+        await self.start_processing_metrics()
+        text = await asyncio.to_thread(self._models.transcribe, audio, self.sample_rate)
+        await self.stop_processing_metrics()
+        if text:
+            yield TranscriptionFrame(text, self._user_id, time_now_iso8601(), Language.EN)
+
+
+class LocalLlamaLLMService(LLMService):
+    """SmolLM2-135M-Instruct through llama.cpp, streamed token by token.
+
+    Generation runs in a worker thread that hands each token to the event loop;
+    an interruption cancels the awaiting task, and the ``stop`` event it sets on
+    the way out ends the thread's loop at the next token, so a barged-in reply
+    stops using the CPU at once.
+    """
+
+    def __init__(
+        self,
+        *,
+        models: LocalModels,
+        system_instruction: str,
+        max_tokens: int = 120,
+        temperature: float = 0.3,
+        **kwargs,
+    ):
+        settings = LLMSettings(
+            model=LLM_LABEL,
+            system_instruction=system_instruction,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            top_p=None,
+            top_k=None,
+            frequency_penalty=None,
+            presence_penalty=None,
+            seed=None,
+            filter_incomplete_user_turns=False,
+            user_turn_completion_config=None,
+            extra={},
+        )
+        super().__init__(settings=settings, **kwargs)
+        self._models = models
+
+    def can_generate_metrics(self) -> bool:
+        return True
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if not isinstance(frame, LLMContextFrame):
+            await self.push_frame(frame, direction)
+            return
+        await self.push_frame(LLMFullResponseStartFrame())
+        await self.start_processing_metrics()
+        try:
+            await self._generate(frame.context)
+        except Exception as e:
+            await self.push_error(error_msg=f"Local LLM failed: {e}", exception=e)
+        finally:
+            await self.stop_processing_metrics()
+            await self.push_frame(LLMFullResponseEndFrame())
+
+    async def _messages(self, context: LLMContext) -> list[dict]:
+        params = await self.get_llm_adapter().get_llm_invocation_params(
+            context,
+            system_instruction=self._settings.system_instruction,
+            convert_developer_to_user=True,
+        )
+        messages = list(params["messages"])
+        system = [m for m in messages[:1] if m.get("role") == "system"]
+        history = [m for m in messages[len(system) :] if isinstance(m.get("content"), str)]
+        return system + history[-MAX_HISTORY_MESSAGES:]
+
+    async def _generate(self, context: LLMContext) -> None:
+        messages = await self._messages(context)
+        await self.start_ttfb_metrics()
+        usage: dict = {}
+        async for token in self._stream_tokens(messages, usage):
+            await self.stop_ttfb_metrics()
+            await self._push_llm_text(token)
+        if usage:
+            await self.start_llm_usage_metrics(
+                LLMTokenUsage(
+                    prompt_tokens=usage["prompt_tokens"],
+                    completion_tokens=usage["completion_tokens"],
+                    total_tokens=usage["prompt_tokens"] + usage["completion_tokens"],
+                )
+            )
+
+    async def _stream_tokens(self, messages: list[dict], usage: dict) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        tokens: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
+        stop = threading.Event()
+        models = self._models
+        max_tokens = int(self._settings.max_tokens or 120)
+        temperature = float(self._settings.temperature or 0.0)
+
+        def generate() -> None:
+            count = 0
+            try:
+                with models.llm_lock:
+                    llm = models.llm
+                    prompt_tokens = 0
+                    stream = llm.create_chat_completion(
+                        messages=messages,
+                        stream=True,
+                        max_tokens=max_tokens,
+                        temperature=temperature,
+                    )
+                    for chunk in stream:
+                        if stop.is_set():
+                            break
+                        prompt_tokens = prompt_tokens or llm.n_tokens
+                        text = chunk["choices"][0]["delta"].get("content")
+                        if text:
+                            count += 1
+                            loop.call_soon_threadsafe(tokens.put_nowait, text)
+                usage.update(prompt_tokens=prompt_tokens, completion_tokens=count)
+                loop.call_soon_threadsafe(tokens.put_nowait, None)
+            except BaseException as e:  # surfaced on the event loop, not lost in the thread
+                loop.call_soon_threadsafe(tokens.put_nowait, e)
+
+        worker = loop.run_in_executor(None, generate)
+        try:
+            while (item := await tokens.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            if not worker.done():
+                # Let the thread see ``stop`` and release the model lock in the
+                # background; an interruption must not wait for it.
+                worker.add_done_callback(lambda f: f.exception())
+
+
+class LocalPiperTTSService(TTSService):
+    """Piper en_US-joe-medium on the shared voice, one synthesis per sentence."""
+
+    def __init__(self, *, models: LocalModels, **kwargs):
+        super().__init__(
+            push_start_frame=True,
+            push_stop_frames=True,
+            settings=TTSSettings(model=PIPER_LABEL, voice="en_US-joe-medium", language=None),
+            **kwargs,
+        )
+        self._models = models
+
+    def can_generate_metrics(self) -> bool:
+        return True
+
+    def _synthesize(self, text: str) -> list[bytes]:
+        with self._models.tts_lock:
+            return [chunk.audio_int16_bytes for chunk in self._models.piper.synthesize(text)]
+
+    async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
+        await self.start_tts_usage_metrics(text)
+        try:
+            chunks = await asyncio.to_thread(self._synthesize, text)
+        except Exception as e:
+            logger.error(f"{self} synthesis failed: {e}")
+            yield ErrorFrame(error=f"Local speech synthesis failed: {e}")
+            return
+
+        async def audio() -> AsyncIterator[bytes]:
+            for chunk in chunks:
+                yield chunk
+
+        sample_rate = self._models.piper.config.sample_rate
+        async for frame in self._stream_audio_frames_from_iterator(
+            audio(), in_sample_rate=sample_rate, context_id=context_id
+        ):
+            await self.stop_ttfb_metrics()
+            yield frame

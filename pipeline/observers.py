@@ -1,0 +1,93 @@
+"""Observers that turn pipecat frames into :mod:`pipeline.events` for the UI.
+
+They never block the pipeline: each callback builds one small event and hands
+it to a synchronous sink (the session appends it to a list that a separate
+task publishes). Voice-to-voice latency comes from pipecat's own
+``UserBotLatencyObserver`` rather than being re-derived here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    ErrorFrame,
+    InterimTranscriptionFrame,
+    InterruptionFrame,
+    LLMFullResponseStartFrame,
+    TranscriptionFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from pipecat.observers.base_observer import BaseObserver, FramePushed
+from pipecat.observers.user_bot_latency_observer import (
+    LatencyBreakdown,
+    MeasuredFrom,
+    UserBotLatencyObserver,
+)
+from pipecat.processors.frame_processor import FrameDirection
+
+from pipeline import events as ev
+
+EventSink = Callable[[ev.Event], None]
+
+
+class UIEventObserver(BaseObserver):
+    """Maps the frames a person would notice to UI events, each frame once."""
+
+    def __init__(self, sink: EventSink, clock: Callable[[], float] = time.time):
+        super().__init__(observe_every_push=False)
+        self._sink = sink
+        self._now = clock
+
+    async def on_push_frame(self, data: FramePushed):
+        frame = data.frame
+        # Speaking frames are broadcast both ways as sibling frames; count one.
+        if data.direction != FrameDirection.DOWNSTREAM and not isinstance(frame, ErrorFrame):
+            return
+        event = self._event_for(frame)
+        if event is not None:
+            self._sink(event)
+
+    def _event_for(self, frame) -> ev.Event | None:
+        t = self._now()
+        match frame:
+            case UserStartedSpeakingFrame():
+                return ev.UserStartedSpeaking(t)
+            case UserStoppedSpeakingFrame():
+                return ev.UserStoppedSpeaking(t)
+            case InterimTranscriptionFrame():
+                return ev.UserTranscript(t, frame.text, final=False)
+            case TranscriptionFrame():
+                return ev.UserTranscript(t, frame.text, final=True)
+            case LLMFullResponseStartFrame():
+                return ev.BotThinking(t)
+            case BotStartedSpeakingFrame():
+                return ev.BotStartedSpeaking(t)
+            case BotStoppedSpeakingFrame():
+                return ev.BotStoppedSpeaking(t)
+            case InterruptionFrame():
+                return ev.Interrupted(t)
+            case ErrorFrame():
+                return ev.ErrorReported(t, frame.error, fatal=frame.fatal)
+        return None
+
+
+def latency_observer(sink: EventSink) -> UserBotLatencyObserver:
+    """pipecat's voice-to-voice observer, reporting each turn's breakdown as an event.
+
+    The pipeline worker only creates one when tracing is on, so we make our own.
+    """
+    observer = UserBotLatencyObserver()
+
+    @observer.event_handler("on_latency_breakdown")
+    async def _on_breakdown(_observer, breakdown: LatencyBreakdown):
+        if breakdown.measured_from != MeasuredFrom.USER_SILENCE:
+            return
+        contributions = tuple((c.label, c.duration_secs) for c in breakdown.contributions)
+        sink(ev.LatencyMeasured(time.time(), breakdown.total_secs, contributions))
+
+    return observer

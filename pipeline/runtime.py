@@ -1,0 +1,72 @@
+"""Process start-up: quiet logs, offline guards, warm models, optional loopback-only ICE."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import sys
+import time
+
+from pipeline.models import shared_models
+
+log = logging.getLogger("voice_lab")
+
+
+def configure_logging() -> None:
+    """INFO by default: pipecat's DEBUG logging is per-frame and costs real CPU."""
+    from loguru import logger
+
+    level = os.environ.get("VOICE_LAB_LOG_LEVEL", "INFO").upper()
+    logger.remove()
+    logger.add(sys.stderr, level=level)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def restrict_ice_to_loopback() -> None:
+    """Make aiortc offer and accept only 127.0.0.1 ICE candidates.
+
+    aioice never offers loopback addresses, so a browser on the same machine
+    would be reached through the machine's LAN address. Tests, the benchmark
+    and CI must not send traffic anywhere but 127.0.0.1, so with
+    ``VOICE_LAB_LOOPBACK_ICE=1`` the server offers 127.0.0.1 and ignores the
+    browser's other candidates. Never needed in production.
+    """
+    import aioice.ice
+
+    if getattr(aioice.ice, "_voice_lab_loopback", False):
+        return
+
+    def loopback_only(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return ["127.0.0.1"] if use_ipv4 else []
+
+    original_add = aioice.ice.Connection.add_remote_candidate
+
+    async def add_loopback_candidate(self, candidate):
+        if candidate is not None and not _is_loopback(candidate.host):
+            return
+        await original_add(self, candidate)
+
+    aioice.ice.get_host_addresses = loopback_only
+    aioice.ice.Connection.add_remote_candidate = add_loopback_candidate
+    aioice.ice._voice_lab_loopback = True
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # an mDNS name such as 1234.local
+        return False
+
+
+def prepare_runtime(warm: bool = True) -> float:
+    """Everything the server needs before accepting a visitor; returns seconds taken."""
+    start = time.perf_counter()
+    configure_logging()
+    if os.environ.get("VOICE_LAB_LOOPBACK_ICE") == "1":
+        restrict_ice_to_loopback()
+    if warm:
+        shared_models().warm_up()
+    elapsed = time.perf_counter() - start
+    log.info("Voice Lab ready in %.1fs", elapsed)
+    return elapsed

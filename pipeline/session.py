@@ -1,0 +1,186 @@
+"""One browser connection = one :class:`VoiceSession` = one pipecat pipeline.
+
+fastrtc copies the handler per connection (``copy()``), calls ``start_up()``
+once the connection is live, ``receive()`` for every incoming audio frame,
+pulls ``emit()`` for outgoing audio and UI updates, and ``shutdown()`` when the
+connection closes. The pipeline lives inside ``start_up()``; ``shutdown()``
+cancels it and waits (bounded) until every task it started is gone.
+
+UI updates are coalesced: observers append events to a list, and a publisher
+task folds them into the view state at most ``publish_interval`` apart, so a
+burst of tokens costs one update rather than one per token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+from fastrtc import AdditionalOutputs, AsyncStreamHandler, CloseStream
+from pipecat.workers.runner import WorkerRunner
+
+from pipeline import events as ev
+from pipeline.builder import VoicePipeline, build_voice_pipeline
+from pipeline.config import SessionConfig
+from pipeline.models import LocalModels, shared_models
+from pipeline.transport import AudioOutbox
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S")
+SHUTDOWN_TIMEOUT_SECS = 2.0
+EVENT_LOG_LIMIT = 5000
+
+
+class VoiceSession(AsyncStreamHandler, Generic[S]):
+    """The fastrtc <-> pipecat bridge for one connection.
+
+    ``reduce`` and ``initial_state`` come from the UI layer: the session folds
+    its events with them and emits the resulting state as ``AdditionalOutputs``.
+    The pipeline package never imports the UI.
+    """
+
+    def __init__(
+        self,
+        *,
+        reduce: Callable[[S, ev.Event], S],
+        initial_state: Callable[[], S],
+        config_factory: Callable[[], SessionConfig] = SessionConfig,
+        models: LocalModels | None = None,
+        publish_interval: float = 0.1,
+    ):
+        config = config_factory()
+        super().__init__(
+            expected_layout="mono",
+            output_sample_rate=config.output_sample_rate,
+            input_sample_rate=config.input_sample_rate,
+        )
+        self._reduce = reduce
+        self._initial_state = initial_state
+        self._config_factory = config_factory
+        self._models = models or shared_models()
+        self._publish_interval = publish_interval
+
+        self.config = config
+        self.state: S = initial_state()
+        self.events: deque[ev.Event] = deque(maxlen=EVENT_LOG_LIMIT)
+        self.outbox = AudioOutbox()
+        self.outbox.clear_downstream = self._clear_fastrtc_queue
+        self.voice: VoicePipeline | None = None
+        self.finished = asyncio.Event()
+        self._pending: list[ev.Event] = []
+        self._dirty = asyncio.Event()
+        self._closed = False
+        self._runner: WorkerRunner | None = None
+        self._publisher: asyncio.Task | None = None
+
+    def copy(self) -> VoiceSession[S]:
+        return VoiceSession(
+            reduce=self._reduce,
+            initial_state=self._initial_state,
+            config_factory=self._config_factory,
+            models=self._models,
+            publish_interval=self._publish_interval,
+        )
+
+    # -- events -> UI -------------------------------------------------------
+
+    def report(self, event: ev.Event) -> None:
+        """Called by observers: cheap and synchronous, never blocks the pipeline."""
+        self.events.append(event)
+        self._pending.append(event)
+        self._dirty.set()
+
+    def _publish_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        self._dirty.clear()
+        for event in pending:
+            self.state = self._reduce(self.state, event)
+        self.outbox.put(AdditionalOutputs(self.state))
+
+    async def _publish_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._publish_pending()
+            await asyncio.sleep(self._publish_interval)
+
+    # -- fastrtc handler interface -------------------------------------------
+
+    async def start_up(self) -> None:
+        self._publisher = asyncio.create_task(self._publish_loop(), name="voice-lab-publisher")
+        try:
+            self.voice = build_voice_pipeline(self.config, self._models, self.outbox, self.report)
+
+            @self.voice.worker.event_handler("on_pipeline_started")
+            async def _on_started(_worker, _frame):
+                self.report(ev.SessionStarted(time.time()))
+
+            self._runner = WorkerRunner(handle_sigint=False)
+            await self._runner.add_workers(self.voice.worker)
+            await self._runner.run()
+        except Exception as e:
+            log.exception("session failed")
+            self.report(ev.ErrorReported(time.time(), f"The voice pipeline failed: {e}", True))
+        finally:
+            await self._finish("session ended")
+
+    async def receive(self, frame: tuple[int, np.ndarray]) -> None:
+        if self.voice is None or self._closed:
+            return
+        sample_rate, samples = frame
+        pcm = np.ascontiguousarray(samples.reshape(-1), dtype=np.int16).tobytes()
+        await self.voice.transport.input().push_pcm(pcm, sample_rate)
+
+    async def emit(self):
+        if self._closed and self.finished.is_set():
+            # fastrtc keeps polling until its connection notices the close;
+            # don't let it spin.
+            await asyncio.sleep(0.1)
+            return None
+        return await self.outbox.get()
+
+    async def shutdown(self) -> None:
+        """The browser left (tab closed, stop pressed): tear everything down."""
+        if self._runner is not None and not self.finished.is_set():
+            await self._runner.cancel(reason="client disconnected")
+        try:
+            await asyncio.wait_for(self.finished.wait(), SHUTDOWN_TIMEOUT_SECS)
+        except TimeoutError:
+            log.warning("session did not finish within %.1fs", SHUTDOWN_TIMEOUT_SECS)
+        await self._stop_publisher()
+
+    # -- internals -----------------------------------------------------------
+
+    def _clear_fastrtc_queue(self) -> None:
+        if self._clear_queue is not None:
+            self._clear_queue()
+
+    async def _finish(self, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.report(ev.SessionEnded(time.time(), reason))
+        self._publish_pending()
+        await self._stop_publisher()
+        self.outbox.put(CloseStream(reason))
+        self.finished.set()
+
+    async def _stop_publisher(self) -> None:
+        if self._publisher is not None:
+            self._publisher.cancel()
+            try:
+                await self._publisher
+            except asyncio.CancelledError:
+                pass
+            self._publisher = None
+
+
+def session_state(session: VoiceSession[Any]) -> Any:
+    """The UI state a session would show right now (for tests and the benchmark)."""
+    session._publish_pending()
+    return session.state

@@ -1,0 +1,168 @@
+"""A pipecat transport whose far end is a fastrtc connection.
+
+Input: the session hands browser audio to :meth:`FastRTCInputTransport.push_pcm`.
+Output: audio written by pipecat goes into an :class:`AudioOutbox` that the
+session's ``emit()`` drains.
+
+fastrtc pulls ``emit()`` eagerly into a buffer of its own and paces playback
+there, so a transport that handed audio over as fast as the TTS makes it would
+let "bot started/stopped speaking", the spoken-text timing and barge-in all run
+ahead of what the user hears. :class:`FastRTCOutputTransport` therefore blocks
+each write on a real-time clock, staying at most ``lead_secs`` ahead of
+playback (a small cushion against scheduling jitter), and on an interruption
+drops everything not yet played, in our outbox and in fastrtc's queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import numpy as np
+from pipecat.frames.frames import (
+    CancelFrame,
+    EndFrame,
+    Frame,
+    InputAudioRawFrame,
+    InterruptionFrame,
+    OutputAudioRawFrame,
+    StartFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection
+from pipecat.transports.base_input import BaseInputTransport
+from pipecat.transports.base_output import BaseOutputTransport
+from pipecat.transports.base_transport import BaseTransport, TransportParams
+
+AudioChunk = tuple[int, np.ndarray]
+
+
+class AudioOutbox:
+    """What the session's ``emit()`` hands to fastrtc: paced audio and UI updates, in order.
+
+    ``clear_audio`` drops queued audio but keeps UI updates, and also empties
+    fastrtc's own playback queue through the callback the session installs.
+    """
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self.clear_downstream: Callable[[], None] | None = None
+
+    def put(self, item: object) -> None:
+        self._queue.put_nowait(item)
+
+    async def get(self) -> object:
+        return await self._queue.get()
+
+    def clear_audio(self) -> int:
+        """Drop unplayed audio; returns how many chunks were dropped."""
+        kept, dropped = [], 0
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, tuple):
+                dropped += 1
+            else:
+                kept.append(item)
+        for item in kept:
+            self._queue.put_nowait(item)
+        if self.clear_downstream is not None:
+            self.clear_downstream()
+        return dropped
+
+
+class PlaybackClock:
+    """Real-time pacing of output audio, allowing ``lead_secs`` of queued audio.
+
+    ``time_source`` is injectable so unit tests can check the schedule
+    deterministically.
+    """
+
+    def __init__(self, lead_secs: float, time_source: Callable[[], float] = time.monotonic):
+        self.lead_secs = lead_secs
+        self._now = time_source
+        self._play_until = 0.0
+
+    def reset(self) -> None:
+        self._play_until = 0.0
+
+    @property
+    def queued_secs(self) -> float:
+        """Audio handed over but not yet heard."""
+        return max(0.0, self._play_until - self._now())
+
+    def schedule(self, duration_secs: float) -> float:
+        """Account for a chunk; returns how long to wait before taking the next one."""
+        now = self._now()
+        # An empty queue means playback caught up (or never started).
+        self._play_until = max(self._play_until, now) + duration_secs
+        return max(0.0, self._play_until - now - self.lead_secs)
+
+
+class FastRTCInputTransport(BaseInputTransport):
+    """Browser audio into the pipeline; frames arriving before start are dropped."""
+
+    def __init__(self, params: TransportParams, **kwargs):
+        super().__init__(params, **kwargs)
+        self._ready = False
+
+    async def start(self, frame: StartFrame):
+        await super().start(frame)
+        await self.set_transport_ready(frame)
+        self._ready = True
+
+    async def stop(self, frame: EndFrame):
+        self._ready = False
+        await super().stop(frame)
+
+    async def cancel(self, frame: CancelFrame):
+        self._ready = False
+        await super().cancel(frame)
+
+    async def push_pcm(self, pcm: bytes, sample_rate: int) -> None:
+        if self._ready:
+            await self.push_audio_frame(
+                InputAudioRawFrame(audio=pcm, sample_rate=sample_rate, num_channels=1)
+            )
+
+
+class FastRTCOutputTransport(BaseOutputTransport):
+    """Pipeline audio out to the session's outbox, paced in real time."""
+
+    def __init__(self, params: TransportParams, outbox: AudioOutbox, clock: PlaybackClock, **kw):
+        super().__init__(params, **kw)
+        self._outbox = outbox
+        self._clock = clock
+
+    async def start(self, frame: StartFrame):
+        await super().start(frame)
+        await self.set_transport_ready(frame)
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, InterruptionFrame):
+            self._outbox.clear_audio()
+            self._clock.reset()
+
+    async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
+        samples = np.frombuffer(frame.audio, dtype=np.int16)
+        self._outbox.put((frame.sample_rate, samples))
+        wait = self._clock.schedule(len(samples) / frame.sample_rate / frame.num_channels)
+        if wait > 0:
+            await asyncio.sleep(wait)
+        return True
+
+
+class FastRTCTransport(BaseTransport):
+    """The pair of processors that connect one fastrtc connection to one pipeline."""
+
+    def __init__(self, params: TransportParams, outbox: AudioOutbox, lead_secs: float = 0.06):
+        super().__init__()
+        self.clock = PlaybackClock(lead_secs)
+        self._input = FastRTCInputTransport(params, name="fastrtc-in")
+        self._output = FastRTCOutputTransport(params, outbox, self.clock, name="fastrtc-out")
+
+    def input(self) -> FastRTCInputTransport:
+        return self._input
+
+    def output(self) -> FastRTCOutputTransport:
+        return self._output

@@ -1,0 +1,114 @@
+"""Drive a :class:`VoiceSession` the way fastrtc does, without a browser.
+
+Feeds 20 ms frames on a real-time clock into ``receive()``, pulls ``emit()``
+continuously into a list (as fastrtc's decode task does) and records when reply
+audio arrived, so tests and the benchmark can ask what a listener would hear.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from fastrtc import AdditionalOutputs, CloseStream
+
+from pipeline.session import VoiceSession
+
+FRAME_SECS = 0.02
+
+
+@dataclass
+class Received:
+    audio: list[tuple[float, int, np.ndarray]] = field(default_factory=list)
+    updates: int = 0
+    closed: bool = False
+    cleared: int = 0
+
+    def audio_after(self, t: float) -> list[tuple[float, int, np.ndarray]]:
+        return [a for a in self.audio if a[0] >= t]
+
+    def audible_after(self, t: float, threshold: int = 300) -> list[float]:
+        """Times of chunks after ``t`` that carry sound (not the padding silence)."""
+        return [ts for ts, _, s in self.audio_after(t) if np.abs(s).max(initial=0) > threshold]
+
+
+class SessionDriver:
+    def __init__(self, session: VoiceSession):
+        self.session = session
+        self.received = Received()
+        self._tasks: list[asyncio.Task] = []
+        self.frame_sent_at: list[float] = []
+
+    async def __aenter__(self) -> SessionDriver:
+        # What fastrtc's AudioCallback installs: its clear-queue hook.
+        self.session._clear_queue = self._on_clear
+        self._tasks.append(asyncio.create_task(self.session.start_up(), name="driver-startup"))
+        self._tasks.append(asyncio.create_task(self._pull(), name="driver-pull"))
+        await self.wait_for(lambda: self.session.voice is not None and self._started(), 30)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    def _started(self) -> bool:
+        return any(e.kind == "SessionStarted" for e in self.session.events)
+
+    def _on_clear(self) -> None:
+        self.received.cleared += 1
+
+    async def _pull(self) -> None:
+        while True:
+            item = await self.session.emit()
+            now = time.monotonic()
+            if isinstance(item, tuple):
+                self.received.audio.append((now, item[0], item[1]))
+            elif isinstance(item, AdditionalOutputs):
+                self.received.updates += 1
+            elif isinstance(item, CloseStream):
+                self.received.closed = True
+                return
+
+    async def play(self, samples: np.ndarray, sample_rate: int = 16000) -> float:
+        """Send audio in real time; returns the monotonic time the last frame went out."""
+        step = int(sample_rate * FRAME_SECS)
+        start = time.monotonic()
+        for i, offset in enumerate(range(0, len(samples), step)):
+            chunk = samples[offset : offset + step]
+            if len(chunk) < step:
+                chunk = np.pad(chunk, (0, step - len(chunk)))
+            await self.session.receive((sample_rate, chunk.reshape(1, -1)))
+            delay = start + (i + 1) * FRAME_SECS - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        return time.monotonic()
+
+    async def play_silence_until(self, predicate, timeout: float, sample_rate: int = 16000):
+        """Keep the mic open (silence) until ``predicate()`` holds, as a browser would."""
+        step = int(sample_rate * FRAME_SECS)
+        zeros = np.zeros((1, step), dtype=np.int16)
+        deadline = time.monotonic() + timeout
+        next_at = time.monotonic()
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise TimeoutError("condition not reached while listening")
+            await self.session.receive((sample_rate, zeros))
+            next_at += FRAME_SECS
+            await asyncio.sleep(max(0, next_at - time.monotonic()))
+
+    async def wait_for(self, predicate, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise TimeoutError("condition not reached")
+            await asyncio.sleep(0.02)
+
+    def events(self, kind: str) -> list:
+        return [e for e in self.session.events if e.kind == kind]
+
+    async def close(self) -> None:
+        await self.session.shutdown()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
