@@ -10,8 +10,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
-from pipeline.runtime import prepare_runtime  # noqa: E402
-from ui.layout import build_ui  # noqa: E402
+from pipeline.runtime import prepare_runtime
+from ui.layout import build_ui
 
 if __name__ == "__main__":
     prepare_runtime()

@@ -61,6 +61,13 @@ class BotThinking(Event):
 
 
 @dataclass(frozen=True)
+class BotToken(Event):
+    """A piece of the reply as the LLM streams it."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class BotStartedSpeaking(Event):
     """The first reply audio left for the browser."""
 

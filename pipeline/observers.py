@@ -18,6 +18,7 @@ from pipecat.frames.frames import (
     InterimTranscriptionFrame,
     InterruptionFrame,
     LLMFullResponseStartFrame,
+    LLMTextFrame,
     TranscriptionFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
@@ -63,6 +64,8 @@ class UIEventObserver(BaseObserver):
                 return ev.UserTranscript(t, frame.text, final=False)
             case TranscriptionFrame():
                 return ev.UserTranscript(t, frame.text, final=True)
+            case LLMTextFrame():
+                return ev.BotToken(t, frame.text)
             case LLMFullResponseStartFrame():
                 return ev.BotThinking(t)
             case BotStartedSpeakingFrame():

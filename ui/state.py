@@ -46,9 +46,9 @@ def reduce(state: SessionState, event: ev.Event) -> SessionState:
         case ev.SessionStarted():
             return replace(state, status="listening", error=None)
         case ev.UserStartedSpeaking():
-            return replace(state, status="hearing")
-        case ev.Interrupted() if state.status == "speaking":
-            return replace(state, interruptions=state.interruptions + 1, status="hearing")
+            # Speaking over the bot is a barge-in: pipecat interrupts it.
+            barged_in = state.status == "speaking"
+            return replace(state, status="hearing", interruptions=state.interruptions + barged_in)
         case ev.UserTranscript(text=text, final=True):
             return replace(state, user_live=_join(state.user_live, text))
         case ev.UserStoppedSpeaking():
