@@ -14,6 +14,7 @@ burst of tokens costs one update rather than one per token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -173,10 +174,8 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
     async def _stop_publisher(self) -> None:
         if self._publisher is not None:
             self._publisher.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._publisher
-            except asyncio.CancelledError:
-                pass
             self._publisher = None
 
 

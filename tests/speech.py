@@ -1,4 +1,4 @@
-"""Test speech made with Piper (Smart Turn misjudges robotic espeak-ng speech; Piper sounds human enough)."""
+"""Test speech made with Piper: Smart Turn misjudges robotic espeak-ng speech."""
 
 from __future__ import annotations
 

@@ -131,7 +131,7 @@ async def test_browser_audio_enters_the_pipeline_as_input_frames():
 
 async def test_non_speech_output_frames_pass_through_without_audio():
     transport, outbox, _ = make_transport()
-    down, _ = await run_test(
+    _down, _ = await run_test(
         transport.output(),
         frames_to_send=[OutputAudioRawFrame(audio=b"", sample_rate=RATE, num_channels=1)],
     )

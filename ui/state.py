@@ -54,17 +54,17 @@ def reduce(state: SessionState, event: ev.Event) -> SessionState:
         case ev.UserStoppedSpeaking():
             return replace(state, status="thinking")
         case ev.UserTurnText(text=text):
-            turns = state.turns + (Turn("user", text.strip()),)
+            turns = (*state.turns, Turn("user", text.strip()))
             return replace(state, turns=turns, user_live="", status="thinking")
         case ev.BotStartedSpeaking():
             return replace(state, status="speaking")
         case ev.BotStoppedSpeaking() if state.status == "speaking":
             return replace(state, status="listening")
         case ev.BotTurnText(text=text, interrupted=interrupted) if text.strip():
-            turns = state.turns + (Turn("bot", text.strip(), interrupted),)
+            turns = (*state.turns, Turn("bot", text.strip(), interrupted))
             return replace(state, turns=turns)
         case ev.LatencyMeasured(seconds=seconds):
-            return replace(state, latencies=(state.latencies + (seconds,))[-LATENCY_WINDOW:])
+            return replace(state, latencies=((*state.latencies, seconds))[-LATENCY_WINDOW:])
         case ev.ErrorReported(message=message, fatal=fatal):
             return replace(state, error=message, status="error" if fatal else state.status)
         case ev.SessionEnded():
