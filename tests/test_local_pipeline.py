@@ -11,8 +11,8 @@ import psutil
 import pytest
 
 from pipeline.session import VoiceSession, session_state
-from tests.driver import SessionDriver
-from tests.speech import noise, silence, speech_pcm
+from bench.driver import SessionDriver
+from bench.speech import noise, silence, speech_pcm
 from ui import state
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Drive a :class:`VoiceSession` the way fastrtc does, without a browser.
+"""A headless client for a :class:`VoiceSession`: drives it the way fastrtc does, without a browser.
 
 Feeds 20 ms frames on a real-time clock into ``receive()``, pulls ``emit()``
 continuously into a list (as fastrtc's decode task does) and records when reply

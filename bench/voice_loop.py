@@ -1,0 +1,126 @@
+"""Voice-to-voice benchmark: spoken turns through the same session handler the browser uses.
+
+For each turn a Piper-made question is streamed in real time into a
+``VoiceSession``; we wait for the reply and read two clocks:
+
+- ``voice_to_voice``: pipecat's ``UserBotLatencyObserver`` (user falls silent
+  -> BotStartedSpeaking), with its named contributions;
+- ``first_audio``: what the client saw, from the last frame of speech sent to
+  the first audible reply chunk out of ``emit()`` (includes the trailing
+  silence in the question audio, so it reads a little higher).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+from bench.driver import SessionDriver
+from bench.speech import speech_pcm
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "How many legs does a spider have?",
+    "Can you suggest a name for a black cat?",
+    "What colour is the sky on a clear day?",
+    "Why do leaves fall in autumn?",
+    "What is two plus three?",
+    "Tell me a fun fact about the ocean.",
+    "What should I cook for dinner tonight?",
+]
+
+
+@dataclass
+class TurnResult:
+    question: str
+    transcript: str
+    reply: str
+    voice_to_voice: float | None
+    first_audio: float | None
+    contributions: dict[str, float] = field(default_factory=dict)
+
+
+def summarize(values: list[float]) -> dict[str, float | int | None]:
+    """median, p95, max and count of a list of seconds (None when empty)."""
+    if not values:
+        return {"median": None, "p95": None, "max": None, "n": 0}
+    ordered = sorted(values)
+    p95_index = max(0, round(0.95 * (len(ordered) - 1)))
+    return {
+        "median": statistics.median(ordered),
+        "p95": ordered[p95_index],
+        "max": ordered[-1],
+        "n": len(ordered),
+    }
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def run_turn(driver: SessionDriver, question: str, timeout: float = 30.0) -> TurnResult:
+    audio = speech_pcm(question)
+    before = len(driver.events("BotTurnText"))
+    latencies_before = len(driver.events("LatencyMeasured"))
+    transcripts_before = len(driver.events("UserTurnText"))
+    spoken_until = await driver.play(audio)
+    await driver.play_silence_until(
+        lambda: len(driver.events("BotTurnText")) > before, timeout=timeout
+    )
+    latency = driver.events("LatencyMeasured")[latencies_before:]
+    audible = driver.received.audible_after(spoken_until)
+    contributions: dict[str, float] = {}
+    for label, seconds in latency[0].contributions if latency else ():
+        contributions[label] = contributions.get(label, 0.0) + seconds
+    return TurnResult(
+        question=question,
+        transcript=" ".join(e.text for e in driver.events("UserTurnText")[transcripts_before:]),
+        reply=driver.events("BotTurnText")[-1].text,
+        voice_to_voice=latency[0].seconds if latency else None,
+        first_audio=(audible[0] - spoken_until) if audible else None,
+        contributions=contributions,
+    )
+
+
+async def run_local(turns: int, *, models, session_factory) -> dict:
+    """Run ``turns`` spoken turns in one session; returns the JSON-ready result."""
+    load_before = os.getloadavg()
+    cpu_before = cpu_seconds()
+    started = time.perf_counter()
+    results: list[TurnResult] = []
+    async with SessionDriver(session_factory()) as driver:
+        for i in range(turns):
+            results.append(await run_turn(driver, QUESTIONS[i % len(QUESTIONS)]))
+    wall = time.perf_counter() - started
+
+    labels = sorted({label for r in results for label in r.contributions})
+    return {
+        "profile": "local",
+        "turns": [asdict(r) for r in results],
+        "voice_to_voice": summarize([r.voice_to_voice for r in results if r.voice_to_voice]),
+        "first_audio": summarize([r.first_audio for r in results if r.first_audio]),
+        "contributions": {
+            label: summarize([r.contributions[label] for r in results if label in r.contributions])
+            for label in labels
+        },
+        "peak_rss_mb": peak_rss_mb(),
+        "cpu_seconds": cpu_seconds() - cpu_before,
+        "wall_seconds": wall,
+        "model_load_seconds": asdict(models.load_times),
+        "machine": {
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+    }
