@@ -12,7 +12,6 @@ For each turn a Piper-made question is streamed in real time into a
 
 from __future__ import annotations
 
-import asyncio
 import os
 import platform
 import resource

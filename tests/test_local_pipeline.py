@@ -10,9 +10,9 @@ import numpy as np
 import psutil
 import pytest
 
-from pipeline.session import VoiceSession, session_state
 from bench.driver import SessionDriver
 from bench.speech import noise, silence, speech_pcm
+from pipeline.session import VoiceSession, session_state
 from ui import state
 
 pytestmark = pytest.mark.slow

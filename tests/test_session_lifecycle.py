@@ -8,9 +8,9 @@ import weakref
 
 import pytest
 
-from pipeline.session import VoiceSession
 from bench.driver import SessionDriver
 from bench.speech import speech_pcm
+from pipeline.session import VoiceSession
 from ui import state
 
 pytestmark = pytest.mark.slow
