@@ -38,7 +38,7 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
     browser_rtc, server_rtc = rtc_configurations()
     css = (ASSETS / "style.css").read_text()
     head = f"<script>{(ASSETS / 'mic_errors.js').read_text()}</script>"
-    initial = state.initial_state()
+    idle = state.SessionState(status="idle")
 
     with gr.Blocks(title="Voice Lab", css=css, head=head, theme=gr.themes.Soft()) as demo:
         gr.Markdown(
@@ -56,15 +56,27 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
                     elem_id="voice",
                     button_labels={"start": "Record", "stop": "Stop"},
                 )
-                status = gr.HTML(render.render_status(initial), elem_id="status")
+                status = gr.HTML(render.render_status(idle), elem_id="status")
             with gr.Column(scale=2):
-                conversation = gr.HTML(render.render_conversation(initial), elem_id="conversation")
+                conversation = gr.HTML(render.render_conversation(idle), elem_id="conversation")
 
         audio.stream(
             fn=session,
             inputs=[audio],
             outputs=[audio],
             concurrency_limit=max_sessions(),
+        )
+        # The session's own updates stop with the stream, so the page says
+        # itself what pressing Record and Stop did.
+        audio.start_recording(
+            lambda: render.render_status(state.SessionState(status="connecting")),
+            outputs=[status],
+            queue=False,
+        )
+        audio.stop_recording(
+            lambda: render.render_status(state.SessionState(status="ended")),
+            outputs=[status],
+            queue=False,
         )
         audio.on_additional_outputs(
             _render_update,

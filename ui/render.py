@@ -11,7 +11,8 @@ from ui.state import SessionState
 VISIBLE_TURNS = 40
 
 STATUS_TEXT = {
-    "connecting": "Press Record and allow the microphone to start talking.",
+    "idle": "Press Record and allow the microphone to start talking.",
+    "connecting": "Connecting…",
     "listening": "Listening: say something.",
     "hearing": "Hearing you…",
     "thinking": "Thinking…",

@@ -12,7 +12,16 @@ from typing import Literal
 
 from pipeline import events as ev
 
-Status = Literal["connecting", "listening", "hearing", "thinking", "speaking", "error", "ended"]
+Status = Literal[
+    "idle",
+    "connecting",
+    "listening",
+    "hearing",
+    "thinking",
+    "speaking",
+    "error",
+    "ended",
+]
 Role = Literal["user", "bot"]
 
 LATENCY_WINDOW = 200
