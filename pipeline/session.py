@@ -19,7 +19,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 from fastrtc import AdditionalOutputs, AsyncStreamHandler, CloseStream
@@ -96,6 +96,11 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         self.events.append(event)
         self._pending.append(event)
         self._dirty.set()
+
+    def snapshot(self) -> S:
+        """The state the page shows once pending events are published (tests, benchmark)."""
+        self._publish_pending()
+        return self.state
 
     def _publish_pending(self) -> None:
         pending, self._pending = self._pending, []
@@ -177,9 +182,3 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._publisher
             self._publisher = None
-
-
-def session_state(session: VoiceSession[Any]) -> Any:
-    """The UI state a session would show right now (for tests and the benchmark)."""
-    session._publish_pending()
-    return session.state

@@ -12,7 +12,7 @@ import pytest
 
 from bench.driver import SessionDriver
 from bench.speech import noise, silence, speech_pcm
-from pipeline.session import VoiceSession, session_state
+from pipeline.session import VoiceSession
 from ui import state
 
 pytestmark = pytest.mark.slow
@@ -38,7 +38,7 @@ async def test_a_spoken_question_gets_a_spoken_answer(models):
         assert latency and 0.1 < latency[0].seconds < 5
         labels = [label for label, _ in latency[0].contributions]
         assert "transcription" in labels
-        final = session_state(d.session)
+        final = d.session.snapshot()
         assert [t.role for t in final.turns] == ["user", "bot"]
         assert final.status == "listening"
 
@@ -91,7 +91,7 @@ async def test_silence_and_background_noise_start_no_turn(models):
         assert not d.events("BotStartedSpeaking")
         assert not d.events("ErrorReported")
         assert not d.received.audible_after(0)
-        assert session_state(d.session).status == "listening"
+        assert d.session.snapshot().status == "listening"
 
 
 MONOLOGUE = [
