@@ -104,20 +104,16 @@ def build_voice_pipeline(
     async def _on_assistant_turn(_aggregator, message):
         sink(ev.BotTurnText(time.time(), message.content, interrupted=message.interrupted))
 
-    pipeline = Pipeline(
-        [
-            transport.input(),
-            LocalWhisperSTTService(models=models),
-            user,
-            LocalLlamaLLMService(
-                models=models,
-                system_instruction=config.system_prompt,
-                max_tokens=config.llm_max_tokens,
-            ),
-            LocalPiperTTSService(models=models),
-            transport.output(),
-            assistant,
-        ]
+    stt = LocalWhisperSTTService(models=models)
+    llm = LocalLlamaLLMService(
+        models=models, system_instruction=config.system_prompt, max_tokens=config.llm_max_tokens
+    )
+    tts = LocalPiperTTSService(models=models)
+    pipeline = Pipeline([transport.input(), stt, user, llm, tts, transport.output(), assistant])
+    ui_observer = UIEventObserver(
+        sink,
+        output=transport.output(),
+        stages={stt.name: "stt", llm.name: "llm", tts.name: "tts"},
     )
     worker = PipelineWorker(
         pipeline,
@@ -129,7 +125,7 @@ def build_voice_pipeline(
             enable_metrics=True,
             enable_usage_metrics=True,
         ),
-        observers=[UIEventObserver(sink), latency_observer(sink), *(extra_observers or [])],
+        observers=[ui_observer, latency_observer(sink), *(extra_observers or [])],
         enable_rtvi=False,
         idle_timeout_secs=config.idle_timeout_secs,
         cancel_runner_on_idle_timeout=False,

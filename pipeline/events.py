@@ -68,6 +68,20 @@ class BotToken(Event):
 
 
 @dataclass(frozen=True)
+class BotSentenceStarted(Event):
+    """The audio of this piece of the reply (a sentence, or a word) started playing."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class BotSpoken(Event):
+    """The audio of this piece of the reply finished playing: it has been heard."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class BotStartedSpeaking(Event):
     """The first reply audio left for the browser."""
 
@@ -99,6 +113,40 @@ class LatencyMeasured(Event):
 
 
 @dataclass(frozen=True)
+class ServiceTTFB(Event):
+    """Time to first byte of one service call (STT, LLM or TTS)."""
+
+    stage: str
+    service: str
+    model: str | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class UsageReported(Event):
+    """LLM tokens or TTS characters used by one call."""
+
+    stage: str
+    amount: int
+
+
+@dataclass(frozen=True)
 class ErrorReported(Event):
     message: str
     fatal: bool = False
+
+
+def _subclasses(cls: type) -> list[type]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found
+
+
+def from_dict(data: dict) -> Event:
+    """Rebuild an event from :meth:`Event.to_dict` output (session replay)."""
+    kinds = {cls.__name__: cls for cls in _subclasses(Event)}
+    fields = {k: v for k, v in data.items() if k != "kind"}
+    if "contributions" in fields:
+        fields["contributions"] = tuple(tuple(pair) for pair in fields["contributions"])
+    return kinds[data["kind"]](**fields)

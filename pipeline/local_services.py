@@ -17,6 +17,7 @@ from loguru import logger
 from pipecat.frames.frames import (
     ErrorFrame,
     Frame,
+    InterimTranscriptionFrame,
     LLMContextFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
@@ -40,9 +41,16 @@ MAX_HISTORY_MESSAGES = 12
 
 
 class LocalWhisperSTTService(SegmentedSTTService):
-    """Whisper tiny.en, greedy decoding, on the shared model."""
+    """Whisper tiny.en, greedy decoding, on the shared model.
 
-    def __init__(self, *, models: LocalModels, **kwargs):
+    Whisper is segmented (it transcribes a finished utterance), so interim
+    text is made by re-transcribing the growing utterance every
+    ``interim_every_secs`` of new speech on a second model instance; a pass
+    is skipped when the machine is busy, and a pass still running when the
+    utterance ends is dropped.
+    """
+
+    def __init__(self, *, models: LocalModels, interim_every_secs: float = 0.6, **kwargs):
         super().__init__(
             settings=STTSettings(model=WHISPER_LABEL, language=Language.EN),
             trailing_silence_secs=0.3,
@@ -50,6 +58,9 @@ class LocalWhisperSTTService(SegmentedSTTService):
             **kwargs,
         )
         self._models = models
+        self._interim_every_secs = interim_every_secs
+        self._interim_from = 0
+        self._interim_task: asyncio.Task | None = None
 
     @property
     def wants_wav_segments(self) -> bool:
@@ -58,6 +69,46 @@ class LocalWhisperSTTService(SegmentedSTTService):
 
     def can_generate_metrics(self) -> bool:
         return True
+
+    async def _handle_user_started_speaking(self, frame):
+        await super()._handle_user_started_speaking(frame)
+        self._interim_from = len(self._audio_buffer)
+
+    async def _handle_user_stopped_speaking(self, frame):
+        await self._cancel_interim()
+        await super()._handle_user_stopped_speaking(frame)
+
+    async def process_audio_frame(self, frame, direction):
+        await super().process_audio_frame(frame, direction)
+        if not self._user_speaking or self._interim_every_secs <= 0:
+            return
+        new_secs = (len(self._audio_buffer) - self._interim_from) / (2 * self.sample_rate)
+        if new_secs >= self._interim_every_secs and (
+            self._interim_task is None or self._interim_task.done()
+        ):
+            self._interim_from = len(self._audio_buffer)
+            snapshot = bytes(self._audio_buffer)
+            self._interim_task = self.create_task(self._push_interim(snapshot), name="interim")
+
+    async def _push_interim(self, audio: bytes) -> None:
+        text = await asyncio.to_thread(self._models.transcribe_interim, audio, self.sample_rate)
+        if text and self._user_speaking:
+            await self.push_frame(
+                InterimTranscriptionFrame(text, self._user_id, time_now_iso8601(), Language.EN)
+            )
+
+    async def _cancel_interim(self) -> None:
+        if self._interim_task is not None:
+            await self.cancel_task(self._interim_task)
+            self._interim_task = None
+
+    async def cancel(self, frame):
+        await self._cancel_interim()
+        await super().cancel(frame)
+
+    async def stop(self, frame):
+        await self._cancel_interim()
+        await super().stop(frame)
 
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame, None]:
         await self.start_processing_metrics()

@@ -76,6 +76,7 @@ class LocalModels:
         self._llm_batch_threads = llm_batch_threads
         self._load_lock = threading.Lock()
         self.whisper_lock = threading.Lock()
+        self.interim_lock = threading.Lock()
         self.llm_lock = threading.Lock()
         self.tts_lock = threading.Lock()
         self.load_times = LoadTimes()
@@ -94,6 +95,20 @@ class LocalModels:
             )
             self.load_times.whisper = time.perf_counter() - start
             return model
+
+    @cached_property
+    def interim_whisper(self):
+        """A second, single-threaded Whisper for interim transcripts.
+
+        Interim passes run on their own model so a final transcript never
+        queues behind one.
+        """
+        from faster_whisper import WhisperModel
+
+        with self._load_lock:
+            return WhisperModel(
+                str(whisper_model_dir()), device="cpu", compute_type="int8", cpu_threads=1
+            )
 
     @cached_property
     def llm(self):
@@ -123,27 +138,27 @@ class LocalModels:
 
     def transcribe(self, pcm16: bytes, sample_rate: int = 16000) -> str:
         """Greedy Whisper decoding of 16-bit mono PCM (blocking: call from a thread)."""
-        if sample_rate != 16000:
-            raise ValueError("Whisper expects 16 kHz audio")
-        audio = np.frombuffer(pcm16, dtype=np.int16).astype(np.float32) / 32768.0
         with self.whisper_lock:
-            segments, _ = self.whisper.transcribe(
-                audio,
-                language="en",
-                beam_size=1,
-                without_timestamps=True,
-                condition_on_previous_text=False,
-                vad_filter=False,
-            )
-            # ``segments`` is lazy: decoding happens while it is consumed, so
-            # consume it while holding the lock.
-            pieces = [s.text for s in segments if s.no_speech_prob < 0.6]
-        return " ".join(p.strip() for p in pieces if p.strip())
+            return _greedy_transcribe(self.whisper, pcm16, sample_rate)
+
+    def transcribe_interim(self, pcm16: bytes, sample_rate: int = 16000) -> str | None:
+        """Best-effort transcript of an utterance still in progress; ``None`` when busy.
+
+        Skipped (not queued) while a final transcript or another interim pass is
+        running: on a loaded machine the interim text simply updates less often.
+        """
+        if self.whisper_lock.locked() or not self.interim_lock.acquire(blocking=False):
+            return None
+        try:
+            return _greedy_transcribe(self.interim_whisper, pcm16, sample_rate)
+        finally:
+            self.interim_lock.release()
 
     def warm_up(self) -> LoadTimes:
         """Load every model and run one small inference through each."""
         silence = np.zeros(16000, dtype=np.int16).tobytes()
         self.transcribe(silence)
+        self.transcribe_interim(silence)
         with self.llm_lock:
             self.llm.create_chat_completion(
                 messages=[{"role": "user", "content": "Hi"}], max_tokens=1
@@ -153,6 +168,24 @@ class LocalModels:
                 pass
         log.info("local models warm: %s", self.load_times)
         return self.load_times
+
+
+def _greedy_transcribe(model, pcm16: bytes, sample_rate: int) -> str:
+    if sample_rate != 16000:
+        raise ValueError("Whisper expects 16 kHz audio")
+    audio = np.frombuffer(pcm16, dtype=np.int16).astype(np.float32) / 32768.0
+    segments, _ = model.transcribe(
+        audio,
+        language="en",
+        beam_size=1,
+        without_timestamps=True,
+        condition_on_previous_text=False,
+        vad_filter=False,
+    )
+    # ``segments`` is lazy: decoding happens while it is consumed, which the
+    # caller does while holding the model's lock.
+    pieces = [s.text.strip() for s in segments if s.no_speech_prob < 0.6]
+    return " ".join(p for p in pieces if p)
 
 
 _shared: LocalModels | None = None

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from pipecat.frames.frames import (
+    AggregatedTextFrame,
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     ErrorFrame,
@@ -19,17 +20,20 @@ from pipecat.frames.frames import (
     InterruptionFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
+    MetricsFrame,
     TranscriptionFrame,
+    TTSTextFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
+from pipecat.metrics.metrics import LLMUsageMetricsData, TTFBMetricsData, TTSUsageMetricsData
 from pipecat.observers.base_observer import BaseObserver, FramePushed
 from pipecat.observers.user_bot_latency_observer import (
     LatencyBreakdown,
     MeasuredFrom,
     UserBotLatencyObserver,
 )
-from pipecat.processors.frame_processor import FrameDirection
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from pipeline import events as ev
 
@@ -37,17 +41,47 @@ EventSink = Callable[[ev.Event], None]
 
 
 class UIEventObserver(BaseObserver):
-    """Maps the frames a person would notice to UI events, each frame once."""
+    """Maps the frames a person would notice to UI events, each frame once.
 
-    def __init__(self, sink: EventSink, clock: Callable[[], float] = time.time):
-        super().__init__(observe_every_push=False)
+    Most frames are reported where they are first pushed. The reply text is
+    the exception: the paced output transport re-pushes each sentence (or
+    word) exactly when its audio starts and finishes playing, so those pushes
+    are what time the "being spoken" highlight.
+    """
+
+    def __init__(
+        self,
+        sink: EventSink,
+        *,
+        output: FrameProcessor | None = None,
+        stages: dict[str, str] | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        super().__init__(observe_every_push=True)
         self._sink = sink
+        self._output = output
+        self._stages = stages or {}
         self._now = clock
 
     async def on_push_frame(self, data: FramePushed):
         frame = data.frame
+        if data.source is self._output and data.direction == FrameDirection.DOWNSTREAM:
+            if isinstance(frame, TTSTextFrame):
+                self._sink(ev.BotSpoken(self._now(), frame.text))
+                return
+            if isinstance(frame, AggregatedTextFrame):
+                self._sink(ev.BotSentenceStarted(self._now(), frame.text))
+                return
+        if not data.first_push:
+            return
         # Speaking frames are broadcast both ways as sibling frames; count one.
-        if data.direction != FrameDirection.DOWNSTREAM and not isinstance(frame, ErrorFrame):
+        if data.direction != FrameDirection.DOWNSTREAM and not isinstance(
+            frame, (ErrorFrame, MetricsFrame)
+        ):
+            return
+        if isinstance(frame, MetricsFrame):
+            for event in self._metric_events(frame):
+                self._sink(event)
             return
         event = self._event_for(frame)
         if event is not None:
@@ -77,6 +111,21 @@ class UIEventObserver(BaseObserver):
             case ErrorFrame():
                 return ev.ErrorReported(t, frame.error, fatal=frame.fatal)
         return None
+
+    def _metric_events(self, frame: MetricsFrame) -> list[ev.Event]:
+        t = self._now()
+        events: list[ev.Event] = []
+        for data in frame.data:
+            stage = self._stages.get(data.processor)
+            if stage is None:
+                continue
+            if isinstance(data, TTFBMetricsData) and data.value > 0:
+                events.append(ev.ServiceTTFB(t, stage, data.processor, data.model, data.value))
+            elif isinstance(data, LLMUsageMetricsData):
+                events.append(ev.UsageReported(t, "llm", data.value.total_tokens))
+            elif isinstance(data, TTSUsageMetricsData):
+                events.append(ev.UsageReported(t, "tts", data.value))
+        return events
 
 
 def latency_observer(sink: EventSink) -> UserBotLatencyObserver:

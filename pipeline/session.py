@@ -8,7 +8,9 @@ cancels it and waits (bounded) until every task it started is gone.
 
 UI updates are coalesced: observers append events to a list, and a publisher
 task folds them into the view state at most ``publish_interval`` apart, so a
-burst of tokens costs one update rather than one per token.
+burst of tokens costs one update rather than one per token. Each update
+carries the previously published state too, so the renderer can skip what did
+not change (charts are redrawn only when a metric arrived).
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import numpy as np
 from fastrtc import AdditionalOutputs, AsyncStreamHandler, CloseStream
+from fastrtc.utils import current_context
 from pipecat.workers.runner import WorkerRunner
 
 from pipeline import events as ev
@@ -36,6 +39,28 @@ log = logging.getLogger(__name__)
 S = TypeVar("S")
 SHUTDOWN_TIMEOUT_SECS = 2.0
 EVENT_LOG_LIMIT = 5000
+
+
+class SessionRecords:
+    """The event logs of the most recent sessions, by WebRTC connection id, for export.
+
+    Only the log is kept (not the pipeline), bounded to ``limit`` sessions. A
+    connection id is random and known only to the browser that made it, so a
+    visitor can only export their own session.
+    """
+
+    def __init__(self, limit: int = 64):
+        self._limit = limit
+        self._logs: OrderedDict[str, deque[ev.Event]] = OrderedDict()
+
+    def add(self, connection_id: str, log_: deque[ev.Event]) -> None:
+        self._logs[connection_id] = log_
+        while len(self._logs) > self._limit:
+            self._logs.popitem(last=False)
+
+    def get(self, connection_id: str) -> list[ev.Event] | None:
+        found = self._logs.get(connection_id)
+        return None if found is None else list(found)
 
 
 class VoiceSession(AsyncStreamHandler, Generic[S]):
@@ -54,6 +79,7 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         config_factory: Callable[[], SessionConfig] = SessionConfig,
         models: LocalModels | None = None,
         publish_interval: float = 0.1,
+        records: SessionRecords | None = None,
     ):
         config = config_factory()
         super().__init__(
@@ -66,9 +92,11 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         self._config_factory = config_factory
         self._models = models or shared_models()
         self._publish_interval = publish_interval
+        self.records = records if records is not None else SessionRecords()
 
         self.config = config
         self.state: S = initial_state()
+        self._published: S | None = None
         self.events: deque[ev.Event] = deque(maxlen=EVENT_LOG_LIMIT)
         self.outbox = AudioOutbox()
         self.outbox.clear_downstream = self._clear_fastrtc_queue
@@ -87,6 +115,7 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
             config_factory=self._config_factory,
             models=self._models,
             publish_interval=self._publish_interval,
+            records=self.records,
         )
 
     # -- events -> UI -------------------------------------------------------
@@ -107,7 +136,8 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         self._dirty.clear()
         for event in pending:
             self.state = self._reduce(self.state, event)
-        self.outbox.put(AdditionalOutputs(self.state))
+        self.outbox.put(AdditionalOutputs(self._published, self.state))
+        self._published = self.state
 
     async def _publish_loop(self) -> None:
         while True:
@@ -118,6 +148,9 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
     # -- fastrtc handler interface -------------------------------------------
 
     async def start_up(self) -> None:
+        connection = current_context.get()
+        if connection is not None:
+            self.records.add(connection.webrtc_id, self.events)
         self._publisher = asyncio.create_task(self._publish_loop(), name="voice-lab-publisher")
         try:
             self.voice = build_voice_pipeline(self.config, self._models, self.outbox, self.report)

@@ -1,18 +1,21 @@
-"""The Gradio page: the WebRTC component, the conversation and the status line."""
+"""The Gradio page: talk on the left; the conversation and latency dashboard beside it."""
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from pathlib import Path
 
 import gradio as gr
 from fastrtc import WebRTC
 
 from pipeline.config import max_sessions
-from pipeline.session import VoiceSession
-from ui import render, state
+from pipeline.session import SessionRecords, VoiceSession
+from ui import charts, export, render, state
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
+EXPORT_DIR = Path(tempfile.gettempdir()) / "voice-lab-exports"
 
 
 def rtc_configurations() -> tuple[dict | None, dict]:
@@ -33,8 +36,42 @@ def rtc_configurations() -> tuple[dict | None, dict]:
     return get_cloudflare_turn_credentials_async, get_cloudflare_turn_credentials(ttl=360_000)
 
 
+def render_all(current: state.SessionState) -> tuple:
+    """Every output, in the order the layout wires them."""
+    return (
+        render.render_conversation(current),
+        render.render_user_live(current),
+        render.render_status(current),
+        render.render_stats(current),
+        charts.breakdown_figure(current),
+        charts.ttfb_figure(current),
+    )
+
+
+def render_update(previous: state.SessionState | None, current: state.SessionState) -> tuple:
+    """Like :func:`render_all`, but leaves the charts alone unless a metric changed."""
+    values = render_all(current) if _metrics_changed(previous, current) else None
+    if values is not None:
+        return values
+    return (
+        render.render_conversation(current),
+        render.render_user_live(current),
+        render.render_status(current),
+        gr.skip(),
+        gr.skip(),
+        gr.skip(),
+    )
+
+
+def _metrics_changed(previous: state.SessionState | None, current: state.SessionState) -> bool:
+    return previous is None or previous.metrics_version != current.metrics_version
+
+
 def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
-    session = session or VoiceSession(reduce=state.reduce, initial_state=state.initial_state)
+    records = session.records if session is not None else SessionRecords()
+    session = session or VoiceSession(
+        reduce=state.reduce, initial_state=state.initial_state, records=records
+    )
     browser_rtc, server_rtc = rtc_configurations()
     css = (ASSETS / "style.css").read_text()
     head = f"<script>{(ASSETS / 'mic_errors.js').read_text()}</script>"
@@ -42,11 +79,13 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
 
     with gr.Blocks(title="Voice Lab", css=css, head=head, theme=gr.themes.Soft()) as demo:
         gr.Markdown(
-            "# Voice Lab\nTalk to a real-time voice agent and watch how it works. "
-            "Press **Record**, allow the microphone, and speak; talk over the bot to interrupt it."
+            "# Voice Lab\nTalk to a real-time voice agent and watch it think: your words as you "
+            "speak, the reply as the LLM writes it, the sentence being spoken, and where every "
+            "millisecond of each turn went. Press **Record**, allow the microphone and speak; "
+            "talk over the bot to interrupt it."
         )
         with gr.Row():
-            with gr.Column(scale=1, min_width=280):
+            with gr.Column(scale=2, min_width=320):
                 audio = WebRTC(
                     label="Microphone and speaker",
                     modality="audio",
@@ -57,15 +96,21 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
                     button_labels={"start": "Record", "stop": "Stop"},
                 )
                 status = gr.HTML(render.render_status(idle), elem_id="status")
-            with gr.Column(scale=2):
                 conversation = gr.HTML(render.render_conversation(idle), elem_id="conversation")
+                user_live = gr.HTML(render.render_user_live(idle), elem_id="user-live")
+            with gr.Column(scale=3, min_width=420):
+                stats = gr.HTML(render.render_stats(idle), elem_id="latency-stats")
+                breakdown = gr.Plot(charts.breakdown_figure(idle), elem_id="latency-breakdown")
+                ttfb = gr.Plot(charts.ttfb_figure(idle), elem_id="ttfb-chart")
+                with gr.Row():
+                    export_button = gr.Button("Export session (JSON)", size="sm")
+                    replay_button = gr.UploadButton(
+                        "Replay a session file", file_types=[".json"], size="sm"
+                    )
+                export_file = gr.File(label="Session file", visible=False, elem_id="export-file")
 
-        audio.stream(
-            fn=session,
-            inputs=[audio],
-            outputs=[audio],
-            concurrency_limit=max_sessions(),
-        )
+        outputs = [conversation, user_live, status, stats, breakdown, ttfb]
+        audio.stream(fn=session, inputs=[audio], outputs=[audio], concurrency_limit=max_sessions())
         # The session's own updates stop with the stream, so the page says
         # itself what pressing Record and Stop did.
         audio.start_recording(
@@ -79,14 +124,27 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
             queue=False,
         )
         audio.on_additional_outputs(
-            _render_update,
-            outputs=[conversation, status],
+            render_update,
+            outputs=outputs,
             concurrency_limit=None,
             show_progress="hidden",
             queue=True,
         )
+
+        def export_current(connection) -> dict:
+            connection_id = getattr(connection, "webrtc_id", connection)
+            events = records.get(connection_id) if connection_id else None
+            if not events:
+                raise gr.Error("Nothing to export yet: press Record and talk first.")
+            return gr.update(value=str(export.write_export(events, EXPORT_DIR)), visible=True)
+
+        def replay_file(file) -> tuple:
+            try:
+                data = json.loads(Path(file.name if hasattr(file, "name") else file).read_text())
+                return render_all(export.replay(data))
+            except (ValueError, KeyError, TypeError) as e:
+                raise gr.Error(f"Could not replay that file: {e}") from e
+
+        export_button.click(export_current, inputs=[audio], outputs=[export_file])
+        replay_button.upload(replay_file, inputs=[replay_button], outputs=outputs)
     return demo
-
-
-def _render_update(session_state: state.SessionState):
-    return render.render(session_state)

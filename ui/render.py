@@ -1,10 +1,13 @@
-"""Session state -> component values (HTML strings), pure and cheap."""
+"""Session state -> HTML for the conversation, the live user text, the status and the stats.
+
+Pure and cheap: called up to ten times a second per session.
+"""
 
 from __future__ import annotations
 
 from html import escape
 
-from ui.state import SessionState
+from ui.state import TTFB, BotReply, SessionState, pending_text, percentile
 
 # The page keeps the most recent turns; older ones are summarised in one line
 # so a long session does not grow what is sent to the browser on every update.
@@ -34,6 +37,26 @@ def render_status(state: SessionState) -> str:
     )
 
 
+def _bubble(role: str, data_role: str, body: str, extra_class: str = "") -> str:
+    who = "You" if role == "user" else "Bot"
+    return (
+        f'<div class="turn turn-{role} {extra_class}" data-role="{data_role}">'
+        f'<span class="turn-who">{who}</span><span class="turn-text">{body}</span></div>'
+    )
+
+
+def _live_reply(bot: BotReply) -> str:
+    parts = []
+    if bot.spoken:
+        parts.append(f'<span class="spoken">{escape(bot.spoken)}</span>')
+    if bot.speaking:
+        parts.append(f'<mark class="speaking">{escape(bot.speaking)}</mark>')
+    pending = pending_text(bot)
+    if pending:
+        parts.append(f'<span class="pending">{escape(pending)}</span>')
+    return " ".join(parts) or '<span class="pending">…</span>'
+
+
 def render_conversation(state: SessionState) -> str:
     turns = state.turns[-VISIBLE_TURNS:]
     hidden = len(state.turns) - len(turns)
@@ -41,24 +64,66 @@ def render_conversation(state: SessionState) -> str:
     if hidden:
         parts.append(f'<div class="turn-summary">{hidden} earlier turns</div>')
     for turn in turns:
-        mark = ' <span class="turn-flag">(interrupted)</span>' if turn.interrupted else ""
-        who = "You" if turn.role == "user" else "Bot"
-        parts.append(
-            f'<div class="turn turn-{turn.role}" data-role="{turn.role}">'
-            f'<span class="turn-who">{who}</span>'
-            f'<span class="turn-text">{escape(turn.text)}</span>{mark}</div>'
-        )
-    if state.user_live:
-        parts.append(
-            f'<div class="turn turn-user turn-live" data-role="user-live">'
-            f'<span class="turn-who">You</span>'
-            f'<span class="turn-text">{escape(state.user_live)}</span></div>'
-        )
+        body = escape(turn.text)
+        if turn.unspoken:
+            body += f' <s class="unspoken" title="never spoken">{escape(turn.unspoken)}</s>'
+        if turn.interrupted:
+            body += ' <span class="turn-flag">(interrupted)</span>'
+        parts.append(_bubble(turn.role, turn.role, body))
+    if state.bot is not None and state.bot.generated:
+        parts.append(_bubble("bot", "bot-live", _live_reply(state.bot), "turn-live"))
     if not parts:
         parts.append('<div class="turn-empty">The conversation will appear here.</div>')
     return '<div class="conversation">' + "".join(parts) + "</div>"
 
 
-def render(state: SessionState) -> tuple[str, str]:
-    """The values of (conversation, status), in the order the layout wires them."""
-    return render_conversation(state), render_status(state)
+def render_user_live(state: SessionState) -> str:
+    """What the user is saying right now: settled words, then the interim guess."""
+    if not (state.user_live or state.user_interim):
+        return '<div class="user-live empty"></div>'
+    interim = f' <span class="interim">{escape(state.user_interim)}</span>'
+    return (
+        f'<div class="user-live"><span class="turn-who">You (live)</span>'
+        f'<span class="final">{escape(state.user_live)}</span>'
+        f"{interim if state.user_interim else ''}</div>"
+    )
+
+
+def _ms(seconds: float | None) -> str:
+    return "–" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+
+def _ttfb_figures(points: tuple[TTFB, ...]) -> str:
+    stages = {}
+    for point in points:
+        if not point.interrupted:
+            stages.setdefault(point.stage, []).append(point.seconds)
+    return " · ".join(
+        f"{stage.upper()} TTFB p50 {_ms(percentile(values, 50))}"
+        for stage, values in sorted(stages.items())
+    )
+
+
+def render_stats(state: SessionState) -> str:
+    values = [entry.seconds for entry in state.latency]
+    last = values[-1] if values else None
+    cells = [
+        ("last", _ms(last)),
+        ("p50", _ms(percentile(values, 50))),
+        ("p95", _ms(percentile(values, 95))),
+        ("turns", str(state.user_turns)),
+        ("interruptions", str(state.interruptions)),
+        ("LLM tokens", str(state.usage.llm_tokens)),
+        ("TTS characters", str(state.usage.tts_characters)),
+    ]
+    grid = "".join(
+        f'<div class="stat"><div class="stat-value">{value}</div>'
+        f'<div class="stat-label">{label}</div></div>'
+        for label, value in cells
+    )
+    ttfb = _ttfb_figures(state.ttfb)
+    return (
+        '<div class="latency-stats"><div class="stats-title">Voice-to-voice latency</div>'
+        f'<div class="stat-grid">{grid}</div>'
+        f'<div class="stats-ttfb">{escape(ttfb)}</div></div>'
+    )

@@ -3,11 +3,14 @@
 No gradio, no pipecat, no clock reads: ``reduce(state, event)`` depends only on
 its arguments, so it is tested from scripted event lists and a recorded
 session replays into exactly the same state.
+
+Metrics live in bounded windows (the charts show the most recent turns); the
+headline figures are computed over a longer but still bounded window.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from pipeline import events as ev
@@ -24,7 +27,8 @@ Status = Literal[
 ]
 Role = Literal["user", "bot"]
 
-LATENCY_WINDOW = 200
+CHART_TURNS = 30  # turns drawn in the charts
+STATS_TURNS = 500  # turns the headline percentiles are computed over
 
 
 @dataclass(frozen=True)
@@ -32,17 +36,61 @@ class Turn:
     role: Role
     text: str
     interrupted: bool = False
+    # Bot turns cut off by the user: what was generated but never heard.
+    unspoken: str = ""
+
+
+@dataclass(frozen=True)
+class BotReply:
+    """The reply in progress: what the LLM wrote, what was heard, what is playing now."""
+
+    generated: str = ""
+    spoken: str = ""
+    speaking: str = ""
+
+
+@dataclass(frozen=True)
+class TurnLatency:
+    turn: int
+    seconds: float
+    contributions: tuple[tuple[str, float], ...]
+    interrupted: bool = False
+
+
+@dataclass(frozen=True)
+class TTFB:
+    turn: int
+    stage: str
+    service: str
+    seconds: float
+    # Reported for a request the user interrupted: shown, but kept out of the figures.
+    interrupted: bool = False
+
+
+@dataclass(frozen=True)
+class Usage:
+    llm_tokens: int = 0
+    tts_characters: int = 0
 
 
 @dataclass(frozen=True)
 class SessionState:
     status: Status = "connecting"
     turns: tuple[Turn, ...] = ()
-    # Final transcript pieces of the user turn still in progress.
+    # The user turn in progress: final transcript pieces, then the latest interim guess.
     user_live: str = ""
+    user_interim: str = ""
+    bot: BotReply | None = None
     error: str | None = None
-    latencies: tuple[float, ...] = ()
+    user_turns: int = 0
     interruptions: int = 0
+    latency: tuple[TurnLatency, ...] = ()
+    ttfb: tuple[TTFB, ...] = ()
+    usage: Usage = field(default_factory=Usage)
+    # Bumped whenever a metric changes, so charts are redrawn only then.
+    metrics_version: int = 0
+    # A barge-in happened and no new reply has started yet.
+    interrupting: bool = False
 
 
 def initial_state() -> SessionState:
@@ -55,30 +103,102 @@ def reduce(state: SessionState, event: ev.Event) -> SessionState:
         case ev.SessionStarted():
             return replace(state, status="listening", error=None)
         case ev.UserStartedSpeaking():
-            # Speaking over the bot is a barge-in: pipecat interrupts it.
-            barged_in = state.status == "speaking"
-            return replace(state, status="hearing", interruptions=state.interruptions + barged_in)
+            return _user_started(state)
+        case ev.UserTranscript(text=text, final=False):
+            return replace(state, user_interim=text.strip())
         case ev.UserTranscript(text=text, final=True):
-            return replace(state, user_live=_join(state.user_live, text))
+            return replace(state, user_live=_join(state.user_live, text), user_interim="")
         case ev.UserStoppedSpeaking():
             return replace(state, status="thinking")
         case ev.UserTurnText(text=text):
-            turns = (*state.turns, Turn("user", text.strip()))
-            return replace(state, turns=turns, user_live="", status="thinking")
+            return replace(
+                state,
+                turns=(*state.turns, Turn("user", text.strip())),
+                user_live="",
+                user_interim="",
+                user_turns=state.user_turns + 1,
+                status="thinking",
+            )
+        case ev.BotThinking():
+            return replace(state, bot=BotReply(), interrupting=False)
+        case ev.BotToken(text=text):
+            bot = state.bot or BotReply()
+            return replace(state, bot=replace(bot, generated=bot.generated + text))
+        case ev.BotSentenceStarted(text=text) if state.bot is not None:
+            return replace(state, bot=replace(state.bot, speaking=text.strip()))
+        case ev.BotSpoken(text=text) if state.bot is not None:
+            spoken = _join(state.bot.spoken, text)
+            return replace(state, bot=replace(state.bot, spoken=spoken, speaking=""))
         case ev.BotStartedSpeaking():
             return replace(state, status="speaking")
         case ev.BotStoppedSpeaking() if state.status == "speaking":
             return replace(state, status="listening")
-        case ev.BotTurnText(text=text, interrupted=interrupted) if text.strip():
-            turns = (*state.turns, Turn("bot", text.strip(), interrupted))
-            return replace(state, turns=turns)
-        case ev.LatencyMeasured(seconds=seconds):
-            return replace(state, latencies=((*state.latencies, seconds))[-LATENCY_WINDOW:])
+        case ev.BotTurnText():
+            return _bot_turn_done(state, event)
+        case ev.LatencyMeasured(seconds=seconds, contributions=contributions):
+            entry = TurnLatency(state.user_turns, seconds, contributions)
+            return _metric(state, latency=(*state.latency, entry)[-STATS_TURNS:])
+        case ev.ServiceTTFB(stage=stage, service=service, model=model, seconds=seconds):
+            entry = TTFB(state.user_turns, stage, model or service, seconds, state.interrupting)
+            return _metric(state, ttfb=(*state.ttfb, entry)[-STATS_TURNS * 3 :])
+        case ev.UsageReported(stage="llm", amount=amount):
+            usage = replace(state.usage, llm_tokens=state.usage.llm_tokens + amount)
+            return _metric(state, usage=usage)
+        case ev.UsageReported(stage="tts", amount=amount):
+            usage = replace(state.usage, tts_characters=state.usage.tts_characters + amount)
+            return _metric(state, usage=usage)
         case ev.ErrorReported(message=message, fatal=fatal):
             return replace(state, error=message, status="error" if fatal else state.status)
         case ev.SessionEnded():
             return replace(state, status="error" if state.status == "error" else "ended")
     return state
+
+
+def _user_started(state: SessionState) -> SessionState:
+    # Speaking over the bot (or over a reply still being prepared) is a barge-in.
+    barged_in = state.status == "speaking"
+    return replace(
+        state,
+        status="hearing",
+        interruptions=state.interruptions + barged_in,
+        interrupting=state.interrupting or barged_in or state.bot is not None,
+    )
+
+
+def _bot_turn_done(state: SessionState, event: ev.BotTurnText) -> SessionState:
+    generated = state.bot.generated if state.bot else ""
+    spoken = event.text.strip()
+    unspoken = unspoken_remainder(generated, spoken) if event.interrupted else ""
+    turns = state.turns
+    if spoken or unspoken:
+        turns = (*turns, Turn("bot", spoken, event.interrupted, unspoken))
+    latency = state.latency
+    if event.interrupted and latency and latency[-1].turn == state.user_turns:
+        latency = (*latency[:-1], replace(latency[-1], interrupted=True))
+    return _metric(replace(state, turns=turns, bot=None), latency=latency)
+
+
+def _metric(state: SessionState, **changes) -> SessionState:
+    return replace(state, metrics_version=state.metrics_version + 1, **changes)
+
+
+def unspoken_remainder(generated: str, spoken: str) -> str:
+    """The words of ``generated`` after the ones that were ``spoken`` (compared word by word)."""
+    words = generated.split()
+    return " ".join(words[len(spoken.split()) :])
+
+
+def pending_text(bot: BotReply) -> str:
+    """Generated text not yet spoken nor being spoken."""
+    return unspoken_remainder(bot.generated, _join(bot.spoken, bot.speaking))
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (``q`` in 0..100) of ``values``; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, round(q / 100 * (len(ordered) - 1)))]
 
 
 def _join(left: str, right: str) -> str:

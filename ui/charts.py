@@ -1,0 +1,80 @@
+"""The latency dashboard's Plotly figures, drawn from the session state.
+
+Only the last ``CHART_TURNS`` turns are drawn, so a long session sends the
+browser the same amount of data per update as a short one.
+"""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+from ui.state import CHART_TURNS, SessionState
+
+# The order a turn's time is spent in, and a colour for each part (pipecat's labels).
+CONTRIBUTION_COLOURS = {
+    "endpointing wait": "#94a3b8",
+    "transcription": "#3b82f6",
+    "turn detection": "#06b6d4",
+    "LLM inference": "#f59e0b",
+    "sentence aggregation": "#eab308",
+    "speech synthesis": "#8b5cf6",
+    "output transport": "#ec4899",
+    "pipeline": "#64748b",
+}
+STAGE_COLOURS = {"stt": "#3b82f6", "llm": "#f59e0b", "tts": "#8b5cf6"}
+
+
+def _layout(title: str, y_title: str) -> dict:
+    return {
+        "title": {"text": title, "font": {"size": 14}},
+        "height": 300,
+        "margin": {"l": 50, "r": 10, "t": 40, "b": 40},
+        "xaxis": {"title": "turn", "dtick": 1},
+        "yaxis": {"title": y_title, "rangemode": "tozero"},
+        "legend": {"orientation": "h", "y": -0.25, "font": {"size": 10}},
+        "template": "plotly_white",
+    }
+
+
+def breakdown_figure(state: SessionState) -> go.Figure:
+    """One stacked bar per turn: where each millisecond of voice-to-voice went."""
+    turns = state.latency[-CHART_TURNS:]
+    labels = list(CONTRIBUTION_COLOURS)
+    for turn in turns:
+        labels += [label for label, _ in turn.contributions if label not in labels]
+    x = [f"{t.turn}{' ✂' if t.interrupted else ''}" for t in turns]
+    figure = go.Figure(layout=_layout("Voice-to-voice latency per turn", "ms"))
+    for label in labels:
+        y = [sum(s for name, s in t.contributions if name == label) * 1000 for t in turns]
+        if any(y):
+            figure.add_bar(
+                name=label, x=x, y=y, marker_color=CONTRIBUTION_COLOURS.get(label, "#a3a3a3")
+            )
+    figure.update_layout(barmode="stack", xaxis={"type": "category", "title": "turn"})
+    return figure
+
+
+def ttfb_figure(state: SessionState) -> go.Figure:
+    """Time to first byte per service, one line per stage, labelled with the model."""
+    first_turn = max(0, state.user_turns - CHART_TURNS)
+    figure = go.Figure(layout=_layout("Time to first byte per service", "ms"))
+    for stage in ("stt", "llm", "tts"):
+        points = [p for p in state.ttfb if p.stage == stage and p.turn > first_turn]
+        if not points:
+            continue
+        services = sorted({p.service for p in points})
+        figure.add_scatter(
+            name=f"{stage.upper()}: {', '.join(services)}",
+            x=[p.turn for p in points],
+            y=[p.seconds * 1000 for p in points],
+            mode="lines+markers",
+            line={"color": STAGE_COLOURS[stage]},
+            marker={
+                "symbol": ["circle-open" if p.interrupted else "circle" for p in points],
+                "size": 8,
+            },
+            text=[
+                "interrupted: not in the figures" if p.interrupted else p.service for p in points
+            ],
+        )
+    return figure
