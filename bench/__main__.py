@@ -28,6 +28,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--profile", choices=["local"], default="local")
     parser.add_argument("--turns", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="one turn: a smoke run for CI")
+    parser.add_argument(
+        "--no-dashboard", action="store_true", help="observers and UI updates off (comparison)"
+    )
     parser.add_argument("--json", type=Path, help="write the full result here")
     return parser.parse_args(argv)
 
@@ -37,12 +40,20 @@ def format_summary(result: dict) -> str:
         return "-" if value is None else f"{value * 1000:.0f} ms"
 
     v2v, first = result["voice_to_voice"], result["first_audio"]
+    delay, cost = result["ui_event_delay"], result["observer_cost_us"]
+    dashboard = "on" if result["dashboard"] else "off"
     lines = [
-        f"profile {result['profile']}: {len(result['turns'])} turns, "
+        f"profile {result['profile']}: {len(result['turns'])} turns, dashboard {dashboard}, "
         f"start-up {result['startup_seconds']:.1f} s",
         f"voice-to-voice  median {ms(v2v['median'])}  p95 {ms(v2v['p95'])}  max {ms(v2v['max'])}",
         f"first audio out median {ms(first['median'])}  p95 {ms(first['p95'])}",
     ]
+    if result["dashboard"]:
+        lines.append(
+            f"UI event delay  median {ms(delay['median'])}  p95 {ms(delay['p95'])}; observer "
+            f"{cost['median']:.1f} us/frame median, p95 {cost['p95']:.1f} us "
+            f"over {cost['n']} pushes"
+        )
     for label, figures in result["contributions"].items():
         lines.append(f"  {label:<22} median {ms(figures['median'])}  p95 {ms(figures['p95'])}")
     machine = result["machine"]
@@ -57,6 +68,7 @@ def format_summary(result: dict) -> str:
 async def main(argv: list[str]) -> int:
     args = parse_args(argv)
     from bench.voice_loop import run_local
+    from pipeline.config import SessionConfig
     from pipeline.models import shared_models
     from pipeline.runtime import prepare_runtime
     from pipeline.session import VoiceSession
@@ -67,9 +79,16 @@ async def main(argv: list[str]) -> int:
     turns = 1 if args.quick else args.turns
 
     def session_factory() -> VoiceSession:
-        return VoiceSession(reduce=state.reduce, initial_state=state.initial_state, models=models)
+        return VoiceSession(
+            reduce=state.reduce,
+            initial_state=state.initial_state,
+            models=models,
+            config_factory=lambda: SessionConfig(dashboard=not args.no_dashboard),
+        )
 
-    result = await run_local(turns, models=models, session_factory=session_factory)
+    result = await run_local(
+        turns, models=models, session_factory=session_factory, dashboard=not args.no_dashboard
+    )
     result["startup_seconds"] = startup
     result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     print(format_summary(result))

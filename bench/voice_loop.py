@@ -12,6 +12,7 @@ For each turn a Piper-made question is streamed in real time into a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
@@ -21,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 from bench.driver import SessionDriver
 from bench.speech import speech_pcm
+from pipeline.observers import UIEventObserver
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -91,20 +93,48 @@ async def run_turn(driver: SessionDriver, question: str, timeout: float = 30.0) 
     )
 
 
-async def run_local(turns: int, *, models, session_factory) -> dict:
+@contextlib.contextmanager
+def observer_cost():
+    """Time every call of the dashboard observer (seconds per frame push)."""
+    durations: list[float] = []
+    original = UIEventObserver.on_push_frame
+
+    async def timed(self, data):
+        start = time.perf_counter()
+        await original(self, data)
+        durations.append(time.perf_counter() - start)
+
+    UIEventObserver.on_push_frame = timed
+    try:
+        yield durations
+    finally:
+        UIEventObserver.on_push_frame = original
+
+
+def _microseconds(values: list[float]) -> dict:
+    figures = summarize(values)
+    return {k: (v * 1e6 if isinstance(v, float) else v) for k, v in figures.items()}
+
+
+async def run_local(turns: int, *, models, session_factory, dashboard: bool = True) -> dict:
     """Run ``turns`` spoken turns in one session; returns the JSON-ready result."""
     load_before = os.getloadavg()
     cpu_before = cpu_seconds()
     started = time.perf_counter()
     results: list[TurnResult] = []
-    async with SessionDriver(session_factory()) as driver:
-        for i in range(turns):
-            results.append(await run_turn(driver, QUESTIONS[i % len(QUESTIONS)]))
+    session = session_factory()
+    with observer_cost() as observer_calls:
+        async with SessionDriver(session) as driver:
+            for i in range(turns):
+                results.append(await run_turn(driver, QUESTIONS[i % len(QUESTIONS)]))
     wall = time.perf_counter() - started
 
     labels = sorted({label for r in results for label in r.contributions})
     return {
         "profile": "local",
+        "dashboard": dashboard,
+        "ui_event_delay": summarize(list(session.ui_delays)),
+        "observer_cost_us": _microseconds(observer_calls),
         "turns": [asdict(r) for r in results],
         "voice_to_voice": summarize([r.voice_to_voice for r in results if r.voice_to_voice]),
         "first_audio": summarize([r.first_audio for r in results if r.first_audio]),

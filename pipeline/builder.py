@@ -125,7 +125,11 @@ def build_voice_pipeline(
             enable_metrics=True,
             enable_usage_metrics=True,
         ),
-        observers=[ui_observer, latency_observer(sink), *(extra_observers or [])],
+        observers=[
+            *([ui_observer] if config.dashboard else []),
+            latency_observer(sink),
+            *(extra_observers or []),
+        ],
         enable_rtvi=False,
         idle_timeout_secs=config.idle_timeout_secs,
         cancel_runner_on_idle_timeout=False,

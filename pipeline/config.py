@@ -42,6 +42,8 @@ class SessionConfig:
     # Audio handed to fastrtc ahead of playback: a cushion against event-loop
     # jitter, and the most that can still play after a barge-in.
     output_lead_secs: float = 0.06
+    # The live view: frame observers and UI updates. Off only to measure what they cost.
+    dashboard: bool = True
     # A session with no user speech and no bot speech for this long is closed.
     idle_timeout_secs: float = field(
         default_factory=lambda: _env_float("VOICE_LAB_IDLE_TIMEOUT_SECS", 600.0)

@@ -47,8 +47,17 @@ def restrict_ice_to_loopback() -> None:
             return
         await original_add(self, candidate)
 
+    original_request = aioice.ice.Connection.request_received
+
+    def loopback_request_received(self, message, addr, protocol):
+        # A check from the browser's LAN address would otherwise be learnt as
+        # a peer-reflexive candidate and answered.
+        if _is_loopback(addr[0]):
+            original_request(self, message, addr, protocol)
+
     aioice.ice.get_host_addresses = loopback_only
     aioice.ice.Connection.add_remote_candidate = add_loopback_candidate
+    aioice.ice.Connection.request_received = loopback_request_received
     aioice.ice._voice_lab_loopback = True
 
 

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 S = TypeVar("S")
 SHUTDOWN_TIMEOUT_SECS = 2.0
 EVENT_LOG_LIMIT = 5000
+DELAY_SAMPLES = 2000
 
 
 class SessionRecords:
@@ -102,6 +103,8 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         self.outbox.clear_downstream = self._clear_fastrtc_queue
         self.voice: VoicePipeline | None = None
         self.finished = asyncio.Event()
+        # Seconds from each event's creation to its hand-off to fastrtc (benchmark).
+        self.ui_delays: deque[float] = deque(maxlen=DELAY_SAMPLES)
         self._pending: list[ev.Event] = []
         self._dirty = asyncio.Event()
         self._closed = False
@@ -123,8 +126,9 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
     def report(self, event: ev.Event) -> None:
         """Called by observers: cheap and synchronous, never blocks the pipeline."""
         self.events.append(event)
-        self._pending.append(event)
-        self._dirty.set()
+        if self.config.dashboard:
+            self._pending.append(event)
+            self._dirty.set()
 
     def snapshot(self) -> S:
         """The state the page shows once pending events are published (tests, benchmark)."""
@@ -137,6 +141,8 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         for event in pending:
             self.state = self._reduce(self.state, event)
         self.outbox.put(AdditionalOutputs(self._published, self.state))
+        now = time.time()
+        self.ui_delays.extend(now - event.t for event in pending)
         self._published = self.state
 
     async def _publish_loop(self) -> None:
@@ -151,7 +157,8 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         connection = current_context.get()
         if connection is not None:
             self.records.add(connection.webrtc_id, self.events)
-        self._publisher = asyncio.create_task(self._publish_loop(), name="voice-lab-publisher")
+        if self.config.dashboard:
+            self._publisher = asyncio.create_task(self._publish_loop(), name="voice-lab-publisher")
         try:
             self.voice = build_voice_pipeline(self.config, self._models, self.outbox, self.report)
 

@@ -32,6 +32,9 @@ def test_quick_benchmark_writes_a_complete_plausible_result(tmp_path):
         assert summary["n"] == 1
         assert 0.05 < summary["median"] <= summary["p95"] <= summary["max"] < 10
     assert {"transcription", "speech synthesis"} <= set(result["contributions"])
+    assert result["dashboard"] is True
+    assert 0 <= result["ui_event_delay"]["median"] <= result["ui_event_delay"]["p95"] < 5
+    assert result["observer_cost_us"]["n"] > 100 and result["observer_cost_us"]["median"] > 0
     assert 100 < result["peak_rss_mb"] < 8000
     assert result["cpu_seconds"] > 0 and result["startup_seconds"] > 0
     assert len(result["machine"]["loadavg_before"]) == 3
