@@ -39,6 +39,10 @@ from pipeline import events as ev
 
 EventSink = Callable[[ev.Event], None]
 
+# pipecat reports a reply sentence that produced no audio (e.g. one made only of
+# symbols) as a soft error; it is worth a log line, not a red message on screen.
+_NOT_FOR_USERS = ("completed with no audio",)
+
 
 class UIEventObserver(BaseObserver):
     """Maps the frames a person would notice to UI events, each frame once.
@@ -108,7 +112,7 @@ class UIEventObserver(BaseObserver):
                 return ev.BotStoppedSpeaking(t)
             case InterruptionFrame():
                 return ev.Interrupted(t)
-            case ErrorFrame():
+            case ErrorFrame() if frame.fatal or not frame.error.endswith(_NOT_FOR_USERS):
                 return ev.ErrorReported(t, frame.error, fatal=frame.fatal)
         return None
 

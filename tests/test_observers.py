@@ -88,7 +88,10 @@ async def test_errors_travelling_upstream_are_reported():
     seen: list[ev.Event] = []
     await run_test(
         IdentityFilter(),
-        frames_to_send=[ErrorFrame("Groq refused the API key")],
+        frames_to_send=[
+            ErrorFrame("Groq refused the API key"),
+            ErrorFrame("TTS context 1234 completed with no audio"),
+        ],
         frames_to_send_direction=FrameDirection.UPSTREAM,
         observers=[UIEventObserver(seen.append)],
     )

@@ -141,6 +141,8 @@ def test_errors_are_shown_in_plain_words_and_fatal_ones_change_status():
     soft = run(ev.SessionStarted(0), ev.ErrorReported(1, "Groq refused the key"))
     assert soft.status == "listening"
     assert "Groq refused the key" in render.render_status(soft)
+    recovered = run(*one_turn(t0=2), start=soft)
+    assert recovered.error is None, "a passing error should clear once the bot speaks again"
     fatal = run(ev.SessionStarted(0), ev.ErrorReported(1, "pipeline died", fatal=True))
     assert fatal.status == "error"
     assert run(ev.SessionStarted(0), ev.SessionEnded(2)).status == "ended"

@@ -81,8 +81,8 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
         gr.Markdown(
             "# Voice Lab\nTalk to a real-time voice agent and watch it think: your words as you "
             "speak, the reply as the LLM writes it, the sentence being spoken, and where every "
-            "millisecond of each turn went. Press **Record**, allow the microphone and speak; "
-            "talk over the bot to interrupt it."
+            "millisecond of each turn went. Click the microphone box, press **Record**, allow "
+            "the microphone and speak; talk over the bot to interrupt it."
         )
         with gr.Row():
             with gr.Column(scale=2, min_width=320):
@@ -94,6 +94,9 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
                     server_rtc_configuration=server_rtc,
                     elem_id="voice",
                     button_labels={"start": "Record", "stop": "Stop"},
+                    # The default full-screen mode pins the widget over the
+                    # whole viewport, where the charts cover its Record button.
+                    full_screen=False,
                 )
                 status = gr.HTML(render.render_status(idle), elem_id="status")
                 conversation = gr.HTML(render.render_conversation(idle), elem_id="conversation")

@@ -14,7 +14,7 @@ from ui.state import TTFB, BotReply, SessionState, pending_text, percentile
 VISIBLE_TURNS = 40
 
 STATUS_TEXT = {
-    "idle": "Press Record and allow the microphone to start talking.",
+    "idle": "Click the microphone box, press Record and allow the microphone to start.",
     "connecting": "Connecting…",
     "listening": "Listening: say something.",
     "hearing": "Hearing you…",

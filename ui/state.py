@@ -130,7 +130,8 @@ def reduce(state: SessionState, event: ev.Event) -> SessionState:
             spoken = _join(state.bot.spoken, text)
             return replace(state, bot=replace(state.bot, spoken=spoken, speaking=""))
         case ev.BotStartedSpeaking():
-            return replace(state, status="speaking")
+            # The bot speaking again means a passing error is over.
+            return replace(state, status="speaking", error=None)
         case ev.BotStoppedSpeaking() if state.status == "speaking":
             return replace(state, status="listening")
         case ev.BotTurnText():

@@ -1,0 +1,112 @@
+// Installed with add_init_script, before the app's own scripts run.
+// Records every RTCPeerConnection the page makes, samples the loudness of the
+// bot's audio (the remote track) every 20 ms, and can speak into the call on
+// cue, so browser tests can assert what a listener heard and when.
+(() => {
+  const NativePeerConnection = window.RTCPeerConnection;
+  const probe = {
+    connections: [],
+    // [performance.now() in ms, RMS of the remote audio], every 20 ms.
+    levels: [],
+    maxRms: 0,
+    // performance.now() of the first getUserMedia call.
+    micOpenedAt: null,
+    // performance.now() when speak() started playing into the call.
+    spokeAt: null,
+    error: null,
+  };
+  window.__voiceProbe = probe;
+
+  function sampleLevels(track) {
+    try {
+      const context = new AudioContext();
+      const analyser = context.createAnalyser();
+      analyser.fftSize = 512;
+      context.createMediaStreamSource(new MediaStream([track])).connect(analyser);
+      const buffer = new Float32Array(analyser.fftSize);
+      setInterval(() => {
+        analyser.getFloatTimeDomainData(buffer);
+        let sum = 0;
+        for (const v of buffer) sum += v * v;
+        const rms = Math.sqrt(sum / buffer.length);
+        probe.levels.push([performance.now(), rms]);
+        probe.maxRms = Math.max(probe.maxRms, rms);
+      }, 20);
+    } catch (err) {
+      probe.error = String(err);
+    }
+  }
+
+  class ProbedPeerConnection extends NativePeerConnection {
+    constructor(...args) {
+      super(...args);
+      probe.connections.push(this);
+      this.addEventListener("track", (e) => {
+        if (e.track.kind === "audio") sampleLevels(e.track);
+      });
+    }
+  }
+  window.RTCPeerConnection = ProbedPeerConnection;
+
+  // When the page first opened the microphone: a fake one starts its file then.
+  if (navigator.mediaDevices && navigator.mediaDevices.getUserMedia) {
+    const getUserMedia = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+    navigator.mediaDevices.getUserMedia = (constraints) => {
+      if (probe.micOpenedAt === null) probe.micOpenedAt = performance.now();
+      return getUserMedia(constraints);
+    };
+  }
+
+  const latest = () => probe.connections[probe.connections.length - 1];
+
+  // Inbound audio RTP counters of the newest connection.
+  probe.inboundAudio = async () => {
+    let inbound = null;
+    (await latest().getStats()).forEach((r) => {
+      if (r.type === "inbound-rtp" && r.kind === "audio") {
+        inbound = { packetsReceived: r.packetsReceived, bytesReceived: r.bytesReceived };
+      }
+    });
+    return inbound;
+  };
+
+  // Addresses of the candidate pair the newest connection carries media on.
+  probe.selectedPair = async () => {
+    const stats = await latest().getStats();
+    let pair = null;
+    stats.forEach((r) => {
+      if (r.type === "transport" && r.selectedCandidatePairId) {
+        pair = stats.get(r.selectedCandidatePairId);
+      }
+    });
+    if (!pair) return null;
+    return {
+      local: stats.get(pair.localCandidateId).address,
+      remote: stats.get(pair.remoteCandidateId).address,
+    };
+  };
+
+  // performance.now() of the first remote-audio sample louder than `threshold`.
+  probe.firstAudibleAt = (threshold) => {
+    const loud = probe.levels.find(([, rms]) => rms > threshold);
+    return loud ? loud[0] : null;
+  };
+
+  // From now on the microphone sends `wavBase64` (then silence), as if the
+  // user spoke at this moment.
+  probe.speak = async (wavBase64) => {
+    const sender = latest()
+      .getSenders()
+      .find((s) => s.track && s.track.kind === "audio");
+    const context = new AudioContext();
+    const bytes = Uint8Array.from(atob(wavBase64), (c) => c.charCodeAt(0));
+    const audio = await context.decodeAudioData(bytes.buffer);
+    const destination = context.createMediaStreamDestination();
+    const source = context.createBufferSource();
+    source.buffer = audio;
+    source.connect(destination);
+    await sender.replaceTrack(destination.stream.getAudioTracks()[0]);
+    source.start();
+    probe.spokeAt = performance.now();
+  };
+})();
