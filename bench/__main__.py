@@ -29,6 +29,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--turns", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="one turn: a smoke run for CI")
     parser.add_argument(
+        "--no-interim", action="store_true", help="no interim transcripts (comparison)"
+    )
+    parser.add_argument(
         "--no-dashboard", action="store_true", help="observers and UI updates off (comparison)"
     )
     parser.add_argument("--json", type=Path, help="write the full result here")
@@ -83,7 +86,10 @@ async def main(argv: list[str]) -> int:
             reduce=state.reduce,
             initial_state=state.initial_state,
             models=models,
-            config_factory=lambda: SessionConfig(dashboard=not args.no_dashboard),
+            config_factory=lambda: SessionConfig(
+                dashboard=not args.no_dashboard,
+                interim_every_secs=0 if args.no_interim else SessionConfig.interim_every_secs,
+            ),
         )
 
     result = await run_local(

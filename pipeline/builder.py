@@ -1,6 +1,6 @@
 """Build one session's pipecat pipeline from a :class:`SessionConfig`.
 
-    transport in -> STT -> user turn (Silero VAD + Smart Turn) -> LLM -> TTS
+    transport in -> STT -> user turn (Silero VAD + Smart Turn) -> LLM -> chunker -> TTS
                  -> transport out (real-time paced) -> assistant context
 
 The STT sits before the user aggregator so that it sees the audio; the
@@ -35,6 +35,7 @@ from pipecat.turns.user_stop import (
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from pipeline import events as ev
+from pipeline.chunking import first_clause_chunker
 from pipeline.config import SessionConfig
 from pipeline.local_services import (
     LocalLlamaLLMService,
@@ -104,12 +105,23 @@ def build_voice_pipeline(
     async def _on_assistant_turn(_aggregator, message):
         sink(ev.BotTurnText(time.time(), message.content, interrupted=message.interrupted))
 
-    stt = LocalWhisperSTTService(models=models)
+    stt = LocalWhisperSTTService(models=models, interim_every_secs=config.interim_every_secs)
     llm = LocalLlamaLLMService(
         models=models, system_instruction=config.system_prompt, max_tokens=config.llm_max_tokens
     )
     tts = LocalPiperTTSService(models=models)
-    pipeline = Pipeline([transport.input(), stt, user, llm, tts, transport.output(), assistant])
+    pipeline = Pipeline(
+        [
+            transport.input(),
+            stt,
+            user,
+            llm,
+            first_clause_chunker(),
+            tts,
+            transport.output(),
+            assistant,
+        ]
+    )
     ui_observer = UIEventObserver(
         sink,
         output=transport.output(),

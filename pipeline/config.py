@@ -42,6 +42,9 @@ class SessionConfig:
     # Audio handed to fastrtc ahead of playback: a cushion against event-loop
     # jitter, and the most that can still play after a barge-in.
     output_lead_secs: float = 0.06
+    # Re-transcribe the growing utterance this often (seconds of new speech) to
+    # show interim words with segmented STT; 0 turns it off.
+    interim_every_secs: float = 0.6
     # The live view: frame observers and UI updates. Off only to measure what they cost.
     dashboard: bool = True
     # A session with no user speech and no bot speech for this long is closed.

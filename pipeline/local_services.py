@@ -35,9 +35,11 @@ from pipecat.utils.time import time_now_iso8601
 
 from pipeline.models import LLM_LABEL, PIPER_LABEL, WHISPER_LABEL, LocalModels
 
-# Keep the prompt well inside the 2048-token window of the local model: the
-# system prompt plus the most recent exchanges are plenty for a voice chat.
-MAX_HISTORY_MESSAGES = 12
+# Keep the prompt well inside the 2048-token window of the local model (about
+# four characters a token). When the history outgrows the budget the oldest half
+# is dropped in one go, not one message per turn: llama.cpp reuses the evaluated
+# prompt prefix, and a window sliding every turn would re-evaluate it all.
+HISTORY_BUDGET_CHARS = 4000
 
 
 class LocalWhisperSTTService(SegmentedSTTService):
@@ -152,6 +154,7 @@ class LocalLlamaLLMService(LLMService):
         )
         super().__init__(settings=settings, **kwargs)
         self._models = models
+        self._history_start = 0
 
     def can_generate_metrics(self) -> bool:
         return True
@@ -180,7 +183,24 @@ class LocalLlamaLLMService(LLMService):
         messages = list(params["messages"])
         system = [m for m in messages[:1] if m.get("role") == "system"]
         history = [m for m in messages[len(system) :] if isinstance(m.get("content"), str)]
-        return system + history[-MAX_HISTORY_MESSAGES:]
+        return system + self._trim(history)
+
+    def _trim(self, history: list[dict]) -> list[dict]:
+        def size(start: int) -> int:
+            return sum(len(m["content"]) for m in history[start:])
+
+        if self._history_start >= len(history):
+            self._history_start = 0
+        if size(self._history_start) > HISTORY_BUDGET_CHARS:
+            while size(self._history_start) > HISTORY_BUDGET_CHARS // 2:
+                self._history_start += 1
+            # Start on a user message, as chat templates expect.
+            while (
+                self._history_start < len(history) - 1
+                and history[self._history_start]["role"] != "user"
+            ):
+                self._history_start += 1
+        return history[self._history_start :]
 
     async def _generate(self, context: LLMContext) -> None:
         messages = await self._messages(context)

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -98,17 +100,27 @@ class LocalModels:
 
     @cached_property
     def interim_whisper(self):
-        """A second, single-threaded Whisper for interim transcripts.
+        """A second, single-threaded, low-priority Whisper for interim transcripts.
 
         Interim passes run on their own model so a final transcript never
-        queues behind one.
+        queues behind one, and on threads niced to 19 so that on a busy
+        machine the kernel gives the final transcript (and the audio path)
+        the CPU first. CTranslate2 computes on threads it starts itself; they
+        inherit the nice value of the thread that creates them, so the model
+        is loaded and first run from a thread that lowered its own priority.
         """
         from faster_whisper import WhisperModel
 
-        with self._load_lock:
-            return WhisperModel(
+        def load():
+            _lower_this_thread_priority()
+            model = WhisperModel(
                 str(whisper_model_dir()), device="cpu", compute_type="int8", cpu_threads=1
             )
+            _greedy_transcribe(model, np.zeros(8000, dtype=np.int16).tobytes(), 16000)
+            return model
+
+        with self._load_lock, ThreadPoolExecutor(1, thread_name_prefix="interim-load") as pool:
+            return pool.submit(load).result()
 
     @cached_property
     def llm(self):
@@ -168,6 +180,14 @@ class LocalModels:
                 pass
         log.info("local models warm: %s", self.load_times)
         return self.load_times
+
+
+def _lower_this_thread_priority() -> None:
+    """Nice the calling thread (Linux niceness is per thread) and threads it will start."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):  # not Linux, or not permitted: run at normal priority
+        log.debug("could not lower the interim transcription priority")
 
 
 def _greedy_transcribe(model, pcm16: bytes, sample_rate: int) -> str:

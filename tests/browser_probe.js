@@ -92,6 +92,24 @@
     return loud ? loud[0] : null;
   };
 
+  // Records, with page timestamps, every distinct state of the live parts of
+  // the page: what a person watching would have seen, and when.
+  probe.watchLiveView = () => {
+    const seen = { interim: [], reply: [], highlight: [] };
+    const note = (list, text) => {
+      if (text && (list.length === 0 || list.at(-1)[1] !== text)) {
+        list.push([performance.now(), text]);
+      }
+    };
+    const text = (selector) => document.querySelector(selector)?.textContent?.trim();
+    new MutationObserver(() => {
+      note(seen.interim, text("#user-live .interim"));
+      note(seen.reply, text("#conversation [data-role=bot-live]"));
+      note(seen.highlight, text("#conversation mark.speaking"));
+    }).observe(document.body, { subtree: true, childList: true, characterData: true });
+    probe.liveView = seen;
+  };
+
   // From now on the microphone sends `wavBase64` (then silence), as if the
   // user spoke at this moment.
   probe.speak = async (wavBase64) => {

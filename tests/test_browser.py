@@ -261,3 +261,47 @@ def test_denied_microphone_is_explained_in_plain_words(pw, app, tmp_path):
         expect(page.locator("#status")).to_contain_text(
             re.compile(r"microphone (access )?was (denied|blocked)", re.I), timeout=10_000
         )
+
+
+def test_live_view_shows_words_reply_highlight_and_latency(pw, app, tmp_path):
+    """Interim words while speaking, a reply growing in steps, a moving highlight, then charts."""
+    silent_mic = mic_wav(tmp_path / "mic.wav", silence(1.0))
+    request = speech_pcm(
+        "Please tell me a long story about a brave knight who lives in a castle "
+        "by the sea and a friendly dragon from the mountains."
+    )
+    with open_app(pw, app, tmp_path, fake_mic=silent_mic) as page:
+        press_record(page)
+        wait_until_listening(page)
+        page.evaluate("__voiceProbe.watchLiveView()")
+        spoke_at = speak(page, tmp_path / "request.wav", np.concatenate([request, silence(0.5)]))
+        speech_ends_at = spoke_at + (len(request) / SAMPLE_RATE - speech_onset_secs(request)) * 1000
+
+        bot_turn = page.locator("#conversation [data-role=bot]").first
+        expect(bot_turn).to_contain_text(re.compile(r"\w{2,}"), timeout=REPLY_TIMEOUT_MS)
+        seen = page.evaluate("__voiceProbe.liveView")
+
+        interim_while_speaking = [text for t, text in seen["interim"] if t < speech_ends_at]
+        assert interim_while_speaking, f"no interim words while the user spoke: {seen['interim']}"
+        assert any(w in " ".join(interim_while_speaking).lower() for w in ("story", "knight"))
+
+        growing = [text for _, text in seen["reply"]]
+        assert len(growing) >= 3, f"the reply did not grow in steps: {growing}"
+        assert len(growing[-1]) > len(growing[0])
+
+        highlights = [text for _, text in seen["highlight"]]
+        assert highlights, "no sentence was highlighted while the bot spoke"
+        final_reply = bot_turn.inner_text()
+        assert highlights[0].split()[0] in final_reply
+        if len(re.findall(r"[.!?](\s|$)", final_reply)) >= 2:
+            assert len(set(highlights)) >= 2, f"the highlight did not move: {highlights}"
+
+        # After the turn: a bar in the breakdown, points on the TTFB lines, a ms figure.
+        wait_in_page(
+            page,
+            "document.querySelectorAll('#latency-breakdown .barlayer .point').length > 0"
+            " && document.querySelectorAll('#ttfb-chart .scatterlayer .point').length > 0",
+            10_000,
+            "the latency charts hold no point for the turn",
+        )
+        expect(page.locator("#latency-stats")).to_contain_text(re.compile(r"\d+ ms"))

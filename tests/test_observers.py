@@ -131,3 +131,25 @@ async def test_sentence_events_follow_the_audio_the_listener_hears():
 def test_events_round_trip_through_json_dicts():
     original = ev.LatencyMeasured(1.5, 0.8, (("transcription", 0.3), ("LLM inference", 0.2)))
     assert ev.from_dict(original.to_dict()) == original
+
+
+async def test_first_clause_of_a_reply_goes_to_speech_early_then_whole_sentences():
+    from pipecat.frames.frames import AggregatedTextFrame as Chunk
+
+    from pipeline.chunking import first_clause_chunker
+
+    tokens = "Well, the ocean covers most of the planet, and it is very deep. It is, too, cold."
+    down, _ = await run_test(
+        first_clause_chunker(),
+        frames_to_send=[
+            LLMFullResponseStartFrame(),
+            *[LLMTextFrame(t + " ") for t in tokens.split()],
+            LLMFullResponseEndFrame(),
+        ],
+    )
+    chunks = [f.text for f in down if isinstance(f, Chunk)]
+    assert chunks == [
+        "Well, the ocean covers most of the planet,",
+        "and it is very deep.",
+        "It is, too, cold.",
+    ]
