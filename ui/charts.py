@@ -28,10 +28,10 @@ def _layout(title: str, y_title: str) -> dict:
     return {
         "title": {"text": title, "font": {"size": 14}},
         "height": 300,
-        "margin": {"l": 50, "r": 10, "t": 40, "b": 40},
-        "xaxis": {"title": "turn", "dtick": 1},
+        "margin": {"l": 50, "r": 10, "t": 40, "b": 30},
+        "xaxis": {"title": {"text": "turn", "standoff": 4}, "dtick": 1},
         "yaxis": {"title": y_title, "rangemode": "tozero"},
-        "legend": {"orientation": "h", "y": -0.25, "font": {"size": 10}},
+        "legend": {"orientation": "h", "y": -0.32, "font": {"size": 10}},
         "template": "plotly_white",
     }
 
@@ -50,7 +50,7 @@ def breakdown_figure(state: SessionState) -> go.Figure:
             figure.add_bar(
                 name=label, x=x, y=y, marker_color=CONTRIBUTION_COLOURS.get(label, "#a3a3a3")
             )
-    figure.update_layout(barmode="stack", xaxis={"type": "category", "title": "turn"})
+    figure.update_layout(barmode="stack", xaxis={"type": "category"})
     return figure
 
 

@@ -103,8 +103,10 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
                 user_live = gr.HTML(render.render_user_live(idle), elem_id="user-live")
             with gr.Column(scale=3, min_width=420):
                 stats = gr.HTML(render.render_stats(idle), elem_id="latency-stats")
-                breakdown = gr.Plot(charts.breakdown_figure(idle), elem_id="latency-breakdown")
-                ttfb = gr.Plot(charts.ttfb_figure(idle), elem_id="ttfb-chart")
+                breakdown = gr.Plot(
+                    charts.breakdown_figure(idle), elem_id="latency-breakdown", show_label=False
+                )
+                ttfb = gr.Plot(charts.ttfb_figure(idle), elem_id="ttfb-chart", show_label=False)
                 with gr.Row():
                     export_button = gr.Button("Export session (JSON)", size="sm")
                     replay_button = gr.UploadButton(
