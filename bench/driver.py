@@ -49,6 +49,11 @@ class SessionDriver:
         await self.wait_for(lambda: self.session.voice is not None and self._started(), 30)
         return self
 
+    @property
+    def tasks(self) -> set[asyncio.Task]:
+        """The driver's own tasks (feeding ``start_up`` and pulling ``emit``)."""
+        return set(self._tasks)
+
     async def __aexit__(self, *exc) -> None:
         await self.close()
 

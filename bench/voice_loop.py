@@ -122,11 +122,14 @@ async def run_local(turns: int, *, models, session_factory, dashboard: bool = Tr
     cpu_before = cpu_seconds()
     started = time.perf_counter()
     results: list[TurnResult] = []
+    questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(turns)]
+    for question in questions:  # synthesised up front: the mic must not pause between turns
+        speech_pcm(question)
     session = session_factory()
     with observer_cost() as observer_calls:
         async with SessionDriver(session) as driver:
-            for i in range(turns):
-                results.append(await run_turn(driver, QUESTIONS[i % len(QUESTIONS)]))
+            for question in questions:
+                results.append(await run_turn(driver, question))
     wall = time.perf_counter() - started
 
     labels = sorted({label for r in results for label in r.contributions})

@@ -47,6 +47,11 @@ class SessionConfig:
     interim_every_secs: float = 0.6
     # The live view: frame observers and UI updates. Off only to measure what they cost.
     dashboard: bool = True
+    # A browser that stops sending audio this long has gone (tab closed, network
+    # lost): WebRTC itself would only notice after ~30 s of ICE consent checks.
+    audio_gone_secs: float = field(
+        default_factory=lambda: _env_float("VOICE_LAB_AUDIO_GONE_SECS", 1.5)
+    )
     # A session with no user speech and no bot speech for this long is closed.
     idle_timeout_secs: float = field(
         default_factory=lambda: _env_float("VOICE_LAB_IDLE_TIMEOUT_SECS", 600.0)

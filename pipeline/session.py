@@ -110,6 +110,7 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         self._closed = False
         self._runner: WorkerRunner | None = None
         self._publisher: asyncio.Task | None = None
+        self._last_audio_at: float | None = None
 
     def copy(self) -> VoiceSession[S]:
         return VoiceSession(
@@ -159,6 +160,7 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
             self.records.add(connection.webrtc_id, self.events)
         if self.config.dashboard:
             self._publisher = asyncio.create_task(self._publish_loop(), name="voice-lab-publisher")
+        watchdog = asyncio.create_task(self._watch_audio(), name="voice-lab-audio-watchdog")
         try:
             self.voice = build_voice_pipeline(self.config, self._models, self.outbox, self.report)
 
@@ -173,11 +175,13 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
             log.exception("session failed")
             self.report(ev.ErrorReported(time.time(), f"The voice pipeline failed: {e}", True))
         finally:
+            watchdog.cancel()
             await self._finish("session ended")
 
     async def receive(self, frame: tuple[int, np.ndarray]) -> None:
         if self.voice is None or self._closed:
             return
+        self._last_audio_at = time.monotonic()
         sample_rate, samples = frame
         pcm = np.ascontiguousarray(samples.reshape(-1), dtype=np.int16).tobytes()
         await self.voice.transport.input().push_pcm(pcm, sample_rate)
@@ -192,6 +196,7 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
 
     async def shutdown(self) -> None:
         """The browser left (tab closed, stop pressed): tear everything down."""
+        log.info("client disconnected: closing its session")
         if self._runner is not None and not self.finished.is_set():
             await self._runner.cancel(reason="client disconnected")
         try:
@@ -201,6 +206,24 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         await self._stop_publisher()
 
     # -- internals -----------------------------------------------------------
+
+    async def _watch_audio(self) -> None:
+        """End the session once a browser that was sending audio stops.
+
+        A closed tab sends no goodbye that aiortc acts on: the connection
+        would only fail after ~30 s of missed ICE consent checks, with the
+        pipeline talking to nobody all the while. A live browser sends a
+        frame every 20 ms even when the user is silent.
+        """
+        limit = self.config.audio_gone_secs
+        while True:
+            await asyncio.sleep(limit / 4)
+            last = self._last_audio_at
+            if last is not None and time.monotonic() - last > limit:
+                log.info("no audio from the browser for %.1fs: closing its session", limit)
+                if self._runner is not None:
+                    await self._runner.cancel(reason="browser gone")
+                return
 
     def _clear_fastrtc_queue(self) -> None:
         if self._clear_queue is not None:
@@ -215,6 +238,7 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         await self._stop_publisher()
         self.outbox.put(CloseStream(reason))
         self.finished.set()
+        log.info("session finished: %s", reason)
 
     async def _stop_publisher(self) -> None:
         if self._publisher is not None:

@@ -116,13 +116,22 @@
     const sender = latest()
       .getSenders()
       .find((s) => s.track && s.track.kind === "audio");
+    // Kept referenced: a collected context ends its track, and a call that
+    // stops sending audio is, to the server, a closed tab.
     const context = new AudioContext();
+    probe.speakContexts = [...(probe.speakContexts || []), context];
     const bytes = Uint8Array.from(atob(wavBase64), (c) => c.charCodeAt(0));
     const audio = await context.decodeAudioData(bytes.buffer);
     const destination = context.createMediaStreamDestination();
     const source = context.createBufferSource();
     source.buffer = audio;
     source.connect(destination);
+    // Keep the track producing (silent) audio after the clip ends, as a real
+    // microphone does; an idle WebAudio graph would stop sending packets.
+    const hum = context.createConstantSource();
+    hum.offset.value = 0;
+    hum.connect(destination);
+    hum.start();
     await sender.replaceTrack(destination.stream.getAudioTracks()[0]);
     source.start();
     probe.spokeAt = performance.now();

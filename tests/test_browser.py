@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +117,15 @@ def mic_wav(path: Path, *parts: np.ndarray) -> Path:
     return write_wav(path, np.concatenate(parts), SAMPLE_RATE)
 
 
+def quiet_mic(tmp_path: Path) -> Path:
+    """A microphone file of silence outlasting the test, for tests that speak on cue.
+
+    Chromium's fake device stops sending audio when its file ends, which the
+    server rightly takes for a closed tab.
+    """
+    return mic_wav(tmp_path / "mic.wav", silence(90.0))
+
+
 def wait_until_listening(page: Page) -> float:
     """Waits for the session to be live; returns seconds since the page opened the mic."""
     wait_in_page(
@@ -202,7 +213,7 @@ def test_speaking_over_the_bot_stops_its_audio(pw, app, tmp_path):
     latency, which vary with the machine's load; speaking on cue (once the
     session listens, then once the bot has been heard for a while) cannot.
     """
-    silent_mic = mic_wav(tmp_path / "mic.wav", silence(1.0))
+    silent_mic = quiet_mic(tmp_path)
 
     with open_app(pw, app, tmp_path, fake_mic=silent_mic) as page:
         press_record(page)
@@ -265,7 +276,7 @@ def test_denied_microphone_is_explained_in_plain_words(pw, app, tmp_path):
 
 def test_live_view_shows_words_reply_highlight_and_latency(pw, app, tmp_path):
     """Interim words while speaking, a reply growing in steps, a moving highlight, then charts."""
-    silent_mic = mic_wav(tmp_path / "mic.wav", silence(1.0))
+    silent_mic = quiet_mic(tmp_path)
     request = speech_pcm(
         "Please tell me a long story about a brave knight who lives in a castle "
         "by the sea and a friendly dragon from the mountains."
@@ -305,3 +316,37 @@ def test_live_view_shows_words_reply_highlight_and_latency(pw, app, tmp_path):
             "the latency charts hold no point for the turn",
         )
         expect(page.locator("#latency-stats")).to_contain_text(re.compile(r"\d+ ms"))
+
+
+def test_closing_the_tab_mid_reply_ends_the_session_within_two_seconds(pw, app, tmp_path):
+    """A closed tab sends no goodbye the server acts on; its audio simply stops."""
+    silent_mic = quiet_mic(tmp_path)
+    with open_app(pw, app, tmp_path, fake_mic=silent_mic) as page:
+        press_record(page)
+        wait_until_listening(page)
+        question = speech_pcm("Tell me a long story about a brave knight and a dragon.")
+        speak(page, tmp_path / "question.wav", np.concatenate([question, silence(0.5)]))
+        wait_in_page(
+            page,
+            "document.querySelector('#status [data-status]')?.dataset.status === 'speaking'",
+            REPLY_TIMEOUT_MS,
+            "the bot never started speaking",
+        )
+        log_offset = app.log_size()
+        closed_at = time.time()
+        page.close()
+
+    deadline = time.monotonic() + 10
+    while "session finished" not in app.log_since(log_offset) and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling a log file: there is no event to await across processes
+    finished = re.search(
+        r"^(\S+ \S+),(\d{3}) INFO pipeline.session: session finished",
+        app.log_since(log_offset),
+        re.M,
+    )
+    assert finished, (
+        f"the session was still running 10 s after the tab closed:\n{app.log_since(log_offset)}"
+    )
+    logged_at = datetime.strptime(finished.group(1), "%Y-%m-%d %H:%M:%S").timestamp()
+    gone_after = logged_at + int(finished.group(2)) / 1000 - closed_at
+    assert gone_after < 2.0, f"the session outlived its tab by {gone_after:.2f}s"

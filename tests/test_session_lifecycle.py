@@ -62,3 +62,21 @@ async def test_twenty_connect_disconnect_cycles_leave_no_tasks_threads_or_sessio
     # Worker pools (asyncio's default executor) may grow to their limit once;
     # after that the count must stay flat, not grow with every connection.
     assert max(thread_counts[5:]) <= thread_counts[4] + 2, thread_counts
+
+
+async def test_a_browser_that_stops_sending_audio_mid_reply_is_gone_within_two_seconds(models):
+    """A closed tab says no goodbye: its audio just stops (WebRTC notices ~30 s later)."""
+    baseline_tasks = other_tasks()
+    session = VoiceSession(reduce=state.reduce, initial_state=state.initial_state, models=models)
+    driver = SessionDriver(session)
+    await driver.__aenter__()
+    try:
+        await driver.play(speech_pcm("Tell me about the moon."))
+        await driver.play_silence_until(lambda: driver.events("BotStartedSpeaking"), 30)
+        tab_closed_at = time.monotonic()
+        await asyncio.wait_for(session.finished.wait(), 2.0)
+        assert time.monotonic() - tab_closed_at < 2.0
+        left = await gone_within(lambda: not (other_tasks() - baseline_tasks - driver.tasks), 0.5)
+        assert left <= 0.5, sorted(t.get_name() for t in other_tasks() - baseline_tasks)
+    finally:
+        await driver.close()
