@@ -65,7 +65,11 @@ class SessionDriver:
 
     async def _pull(self) -> None:
         while True:
-            item = await self.session.emit()
+            # As fastrtc's decode task does: a timeout per call, None is "nothing yet".
+            try:
+                item = await asyncio.wait_for(self.session.emit(), 60)
+            except TimeoutError:
+                continue
             now = time.monotonic()
             if isinstance(item, tuple):
                 self.received.audio.append((now, item[0], item[1]))

@@ -132,8 +132,6 @@ def build_voice_pipeline(
         params=PipelineParams(
             audio_in_sample_rate=config.input_sample_rate,
             audio_out_sample_rate=config.output_sample_rate,
-            # Silence after the session ends would only delay teardown.
-            audio_out_end_silence_secs=0,
             enable_metrics=True,
             enable_usage_metrics=True,
         ),

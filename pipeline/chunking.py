@@ -28,18 +28,21 @@ class FirstClauseAggregator(SimpleTextAggregator):
         self._first_sent = False
 
     async def aggregate(self, text: str) -> AsyncIterator[Aggregation]:
-        async for aggregation in super().aggregate(text):
-            self._first_sent = True
-            yield aggregation
+        # A clause ends where punctuation is followed by a space: "1,000" and
+        # "3:30" arrive as separate tokens but are not clause boundaries.
         pending = self._text.strip()
         if (
             not self._first_sent
+            and text[:1].isspace()
             and pending.endswith(CLAUSE_ENDINGS)
             and len(pending.split()) >= self._min_words
         ):
             self._first_sent = True
             await super().reset()
             yield Aggregation(text=pending, type=TextType.SENTENCE)
+        async for aggregation in super().aggregate(text):
+            self._first_sent = True
+            yield aggregation
 
     async def flush(self) -> Aggregation | None:
         self._first_sent = False

@@ -192,7 +192,10 @@ class LocalLlamaLLMService(LLMService):
         if self._history_start >= len(history):
             self._history_start = 0
         if size(self._history_start) > HISTORY_BUDGET_CHARS:
-            while size(self._history_start) > HISTORY_BUDGET_CHARS // 2:
+            last = len(history) - 1  # the newest message always stays
+            while (
+                self._history_start < last and size(self._history_start) > HISTORY_BUDGET_CHARS // 2
+            ):
                 self._history_start += 1
             # Start on a user message, as chat templates expect.
             while (
@@ -262,7 +265,12 @@ class LocalLlamaLLMService(LLMService):
             if not worker.done():
                 # Let the thread see ``stop`` and release the model lock in the
                 # background; an interruption must not wait for it.
-                worker.add_done_callback(lambda f: f.exception())
+                worker.add_done_callback(_log_failure)
+
+
+def _log_failure(future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.warning(f"abandoned local LLM generation failed: {future.exception()}")
 
 
 class LocalPiperTTSService(TTSService):

@@ -111,6 +111,8 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         self._runner: WorkerRunner | None = None
         self._publisher: asyncio.Task | None = None
         self._last_audio_at: float | None = None
+        self._shutdown_requested = False
+        self._started = False
 
     def copy(self) -> VoiceSession[S]:
         return VoiceSession(
@@ -155,6 +157,7 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
     # -- fastrtc handler interface -------------------------------------------
 
     async def start_up(self) -> None:
+        self._started = True
         connection = current_context.get()
         if connection is not None:
             self.records.add(connection.webrtc_id, self.events)
@@ -162,7 +165,12 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
             self._publisher = asyncio.create_task(self._publish_loop(), name="voice-lab-publisher")
         watchdog = asyncio.create_task(self._watch_audio(), name="voice-lab-audio-watchdog")
         try:
-            self.voice = build_voice_pipeline(self.config, self._models, self.outbox, self.report)
+            # Built off the event loop: the per-session Silero and Smart Turn
+            # ONNX sessions take ~70 ms to create, longer than the output's
+            # jitter cushion, and every other session's audio runs on this loop.
+            self.voice = await asyncio.to_thread(
+                build_voice_pipeline, self.config, self._models, self.outbox, self.report
+            )
 
             @self.voice.worker.event_handler("on_pipeline_started")
             async def _on_started(_worker, _frame):
@@ -170,7 +178,9 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
 
             self._runner = WorkerRunner(handle_sigint=False)
             await self._runner.add_workers(self.voice.worker)
-            await self._runner.run()
+            # ``run()`` clears a cancel issued before it starts: check ourselves.
+            if not self._shutdown_requested:
+                await self._runner.run()
         except Exception as e:
             log.exception("session failed")
             self.report(ev.ErrorReported(time.time(), f"The voice pipeline failed: {e}", True))
@@ -187,7 +197,7 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         await self.voice.transport.input().push_pcm(pcm, sample_rate)
 
     async def emit(self):
-        if self._closed and self.finished.is_set():
+        if self.finished.is_set() and self.outbox.empty():
             # fastrtc keeps polling until its connection notices the close;
             # don't let it spin.
             await asyncio.sleep(0.1)
@@ -197,6 +207,9 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
     async def shutdown(self) -> None:
         """The browser left (tab closed, stop pressed): tear everything down."""
         log.info("client disconnected: closing its session")
+        self._shutdown_requested = True
+        if not self._started:
+            return  # start_up never ran: nothing to wait for
         if self._runner is not None and not self.finished.is_set():
             await self._runner.cancel(reason="client disconnected")
         try:
@@ -217,7 +230,7 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         """
         limit = self.config.audio_gone_secs
         while True:
-            await asyncio.sleep(limit / 4)
+            await asyncio.sleep(0.1)
             last = self._last_audio_at
             if last is not None and time.monotonic() - last > limit:
                 log.info("no audio from the browser for %.1fs: closing its session", limit)

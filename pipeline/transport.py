@@ -54,6 +54,9 @@ class AudioOutbox:
     async def get(self) -> object:
         return await self._queue.get()
 
+    def empty(self) -> bool:
+        return self._queue.empty()
+
     def clear_audio(self) -> int:
         """Drop unplayed audio; returns how many chunks were dropped."""
         kept, dropped = [], 0

@@ -138,18 +138,27 @@ async def test_first_clause_of_a_reply_goes_to_speech_early_then_whole_sentences
 
     from pipeline.chunking import first_clause_chunker
 
-    tokens = "Well, the ocean covers most of the planet, and it is very deep. It is, too, cold."
+    # LLM-style tokens: a leading space starts a word; "1,000" and "3:30" come in pieces.
+    words = (
+        "Well, the ocean covers 1,000 of 3:30 the planet, and it is very deep. It is, too, cold."
+    )
+    tokens = []
+    for word in words.split():
+        if word in ("1,000", "3:30"):
+            tokens += [" " + word[:2], word[2:]]
+        else:
+            tokens.append(" " + word)
     down, _ = await run_test(
         first_clause_chunker(),
         frames_to_send=[
             LLMFullResponseStartFrame(),
-            *[LLMTextFrame(t + " ") for t in tokens.split()],
+            *[LLMTextFrame(t) for t in tokens],
             LLMFullResponseEndFrame(),
         ],
     )
     chunks = [f.text for f in down if isinstance(f, Chunk)]
     assert chunks == [
-        "Well, the ocean covers most of the planet,",
+        "Well, the ocean covers 1,000 of 3:30 the planet,",
         "and it is very deep.",
         "It is, too, cold.",
     ]

@@ -18,10 +18,11 @@ def one_turn(t0: float = 0.0, user="Hello there", bot="Hi! How can I help?", v2v
     return [
         ev.UserStartedSpeaking(t0 + 0.1),
         ev.UserTranscript(t0 + 0.6, "Hello", final=False),
+        # pipecat reports the STT TTFB as the transcript arrives, before the turn is committed.
+        ev.ServiceTTFB(t0 + 1.0, "stt", "LocalWhisperSTTService#0", "Whisper", 0.35),
         ev.UserTranscript(t0 + 1.0, user),
         ev.UserStoppedSpeaking(t0 + 1.1),
         ev.UserTurnText(t0 + 1.1, user),
-        ev.ServiceTTFB(t0 + 1.15, "stt", "LocalWhisperSTTService#0", "Whisper", 0.35),
         ev.BotThinking(t0 + 1.2),
         ev.ServiceTTFB(t0 + 1.3, "llm", "LocalLlamaLLMService#0", "SmolLM2", 0.1),
         *[ev.BotToken(t0 + 1.3 + i / 100, w + " ") for i, w in enumerate(bot.split())],
@@ -107,6 +108,7 @@ def test_interrupted_reply_is_marked_with_its_unspoken_rest_struck_through():
         ev.UserStartedSpeaking(2.6),
         ev.Interrupted(2.6),
         ev.ServiceTTFB(2.7, "tts", "LocalPiperTTSService#0", "Piper", 0.5),
+        ev.ServiceTTFB(2.8, "stt", "LocalWhisperSTTService#0", "Whisper", 0.3),
         ev.BotStoppedSpeaking(2.6),
         ev.BotTurnText(2.6, "The knight rode out at dawn.", interrupted=True),
     )
@@ -117,8 +119,9 @@ def test_interrupted_reply_is_marked_with_its_unspoken_rest_struck_through():
     assert '<s class="unspoken"' in html and "(interrupted)" in html
     assert cut.interruptions == 1
     assert cut.latency[-1].interrupted
-    late_ttfb = cut.ttfb[-1]
-    assert late_ttfb.interrupted, "a TTFB reported after the barge-in must be tagged"
+    late_tts, interrupting_stt = cut.ttfb[-2:]
+    assert late_tts.interrupted, "a TTFB reported after the barge-in must be tagged"
+    assert not interrupting_stt.interrupted and interrupting_stt.turn == 2
     assert "500 ms" not in render.render_stats(cut)  # tagged values stay out of the figures
     assert "✂" in charts.breakdown_figure(cut).to_plotly_json()["data"][0]["x"][0]
 
@@ -133,7 +136,8 @@ def test_empty_turns_and_out_of_order_metrics():
         ev.ServiceTTFB(2.1, "llm", "x", None, 0.2),
     )
     assert [t.role for t in final.turns] == ["user"]
-    assert len(final.latency) == 1 and final.ttfb[0].service == "x"
+    assert [entry.turn for entry in final.latency] == [0]
+    assert final.ttfb[0].service == "x" and final.ttfb[0].turn == 1
     assert "will appear here" in render.render_conversation(run(ev.SessionStarted(0)))
 
 

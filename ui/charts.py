@@ -1,7 +1,9 @@
 """The latency dashboard's Plotly figures, drawn from the session state.
 
 Only the last ``CHART_TURNS`` turns are drawn, so a long session sends the
-browser the same amount of data per update as a short one.
+browser the same amount of data per update as a short one. Figures are built
+from plain dicts without plotly's validation (0.4 ms instead of ~13 ms a
+figure): rendering runs on the event loop that paces every session's audio.
 """
 
 from __future__ import annotations
@@ -36,45 +38,54 @@ def _layout(title: str, y_title: str) -> dict:
     }
 
 
+def _figure(data: list[dict], layout: dict) -> go.Figure:
+    return go.Figure({"data": data, "layout": layout}, _validate=False)
+
+
 def breakdown_figure(state: SessionState) -> go.Figure:
     """One stacked bar per turn: where each millisecond of voice-to-voice went."""
     turns = state.latency[-CHART_TURNS:]
-    labels = list(CONTRIBUTION_COLOURS)
+    labels = dict.fromkeys(CONTRIBUTION_COLOURS)
     for turn in turns:
-        labels += [label for label, _ in turn.contributions if label not in labels]
+        labels.update(dict.fromkeys(label for label, _ in turn.contributions))
     x = [f"{t.turn}{' ✂' if t.interrupted else ''}" for t in turns]
-    figure = go.Figure(layout=_layout("Voice-to-voice latency per turn", "ms"))
+    bars = []
     for label in labels:
         y = [sum(s for name, s in t.contributions if name == label) * 1000 for t in turns]
         if any(y):
-            figure.add_bar(
-                name=label, x=x, y=y, marker_color=CONTRIBUTION_COLOURS.get(label, "#a3a3a3")
-            )
-    figure.update_layout(barmode="stack", xaxis={"type": "category"})
-    return figure
+            colour = CONTRIBUTION_COLOURS.get(label, "#a3a3a3")
+            bars.append({"type": "bar", "name": label, "x": x, "y": y, "marker": {"color": colour}})
+    layout = _layout("Voice-to-voice latency per turn", "ms")
+    layout["barmode"] = "stack"
+    layout["xaxis"]["type"] = "category"
+    return _figure(bars, layout)
 
 
 def ttfb_figure(state: SessionState) -> go.Figure:
     """Time to first byte per service, one line per stage, labelled with the model."""
     first_turn = max(0, state.user_turns - CHART_TURNS)
-    figure = go.Figure(layout=_layout("Time to first byte per service", "ms"))
+    lines = []
     for stage in ("stt", "llm", "tts"):
         points = [p for p in state.ttfb if p.stage == stage and p.turn > first_turn]
         if not points:
             continue
         services = sorted({p.service for p in points})
-        figure.add_scatter(
-            name=f"{stage.upper()}: {', '.join(services)}",
-            x=[p.turn for p in points],
-            y=[p.seconds * 1000 for p in points],
-            mode="lines+markers",
-            line={"color": STAGE_COLOURS[stage]},
-            marker={
-                "symbol": ["circle-open" if p.interrupted else "circle" for p in points],
-                "size": 8,
-            },
-            text=[
-                "interrupted: not in the figures" if p.interrupted else p.service for p in points
-            ],
+        lines.append(
+            {
+                "type": "scatter",
+                "name": f"{stage.upper()}: {', '.join(services)}",
+                "x": [p.turn for p in points],
+                "y": [p.seconds * 1000 for p in points],
+                "mode": "lines+markers",
+                "line": {"color": STAGE_COLOURS[stage]},
+                "marker": {
+                    "symbol": ["circle-open" if p.interrupted else "circle" for p in points],
+                    "size": 8,
+                },
+                "text": [
+                    "interrupted: not in the figures" if p.interrupted else p.service
+                    for p in points
+                ],
+            }
         )
-    return figure
+    return _figure(lines, _layout("Time to first byte per service", "ms"))

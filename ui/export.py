@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import asdict
 from functools import reduce as fold
 from pathlib import Path
@@ -36,7 +37,9 @@ def export_session(events: list[ev.Event]) -> dict:
 
 def write_export(events: list[ev.Event], directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"voice-lab-session-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    # Unique per export: two visitors exporting in the same second must not share a file.
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = directory / f"voice-lab-session-{stamp}-{uuid.uuid4().hex[:8]}.json"
     path.write_text(json.dumps(export_session(events), indent=1))
     return path
 

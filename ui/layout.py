@@ -39,32 +39,26 @@ def rtc_configurations() -> tuple[dict | None, dict]:
 def render_all(current: state.SessionState) -> tuple:
     """Every output, in the order the layout wires them."""
     return (
-        render.render_conversation(current),
-        render.render_user_live(current),
-        render.render_status(current),
-        render.render_stats(current),
+        *render_all_but_charts(current),
         charts.breakdown_figure(current),
         charts.ttfb_figure(current),
     )
 
 
 def render_update(previous: state.SessionState | None, current: state.SessionState) -> tuple:
-    """Like :func:`render_all`, but leaves the charts alone unless a metric changed."""
-    values = render_all(current) if _metrics_changed(previous, current) else None
-    if values is not None:
-        return values
+    """Like :func:`render_all`, but leaves the charts alone until a turn's figures are in."""
+    if previous is None or previous.charts_version != current.charts_version:
+        return render_all(current)
+    return (*render_all_but_charts(current), gr.skip(), gr.skip())
+
+
+def render_all_but_charts(current: state.SessionState) -> tuple:
     return (
         render.render_conversation(current),
         render.render_user_live(current),
         render.render_status(current),
-        gr.skip(),
-        gr.skip(),
-        gr.skip(),
+        render.render_stats(current),
     )
-
-
-def _metrics_changed(previous: state.SessionState | None, current: state.SessionState) -> bool:
-    return previous is None or previous.metrics_version != current.metrics_version
 
 
 def build_ui(session: VoiceSession | None = None) -> gr.Blocks:

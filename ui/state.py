@@ -87,10 +87,12 @@ class SessionState:
     latency: tuple[TurnLatency, ...] = ()
     ttfb: tuple[TTFB, ...] = ()
     usage: Usage = field(default_factory=Usage)
-    # Bumped whenever a metric changes, so charts are redrawn only then.
-    metrics_version: int = 0
+    # Bumped when a turn's figures are complete, so charts are redrawn only then.
+    charts_version: int = 0
     # A barge-in happened and no new reply has started yet.
     interrupting: bool = False
+    # The user is speaking a turn that has not been committed yet.
+    user_turn_open: bool = False
 
 
 def initial_state() -> SessionState:
@@ -117,6 +119,7 @@ def reduce(state: SessionState, event: ev.Event) -> SessionState:
                 user_live="",
                 user_interim="",
                 user_turns=state.user_turns + 1,
+                user_turn_open=False,
                 status="thinking",
             )
         case ev.BotThinking():
@@ -138,16 +141,15 @@ def reduce(state: SessionState, event: ev.Event) -> SessionState:
             return _bot_turn_done(state, event)
         case ev.LatencyMeasured(seconds=seconds, contributions=contributions):
             entry = TurnLatency(state.user_turns, seconds, contributions)
-            return _metric(state, latency=(*state.latency, entry)[-STATS_TURNS:])
-        case ev.ServiceTTFB(stage=stage, service=service, model=model, seconds=seconds):
-            entry = TTFB(state.user_turns, stage, model or service, seconds, state.interrupting)
-            return _metric(state, ttfb=(*state.ttfb, entry)[-STATS_TURNS * 3 :])
+            return _charts_changed(state, latency=(*state.latency, entry)[-STATS_TURNS:])
+        case ev.ServiceTTFB():
+            return replace(state, ttfb=(*state.ttfb, _ttfb(state, event))[-STATS_TURNS * 3 :])
         case ev.UsageReported(stage="llm", amount=amount):
             usage = replace(state.usage, llm_tokens=state.usage.llm_tokens + amount)
-            return _metric(state, usage=usage)
+            return replace(state, usage=usage)
         case ev.UsageReported(stage="tts", amount=amount):
             usage = replace(state.usage, tts_characters=state.usage.tts_characters + amount)
-            return _metric(state, usage=usage)
+            return replace(state, usage=usage)
         case ev.ErrorReported(message=message, fatal=fatal):
             return replace(state, error=message, status="error" if fatal else state.status)
         case ev.SessionEnded():
@@ -163,7 +165,18 @@ def _user_started(state: SessionState) -> SessionState:
         status="hearing",
         interruptions=state.interruptions + barged_in,
         interrupting=state.interrupting or barged_in or state.bot is not None,
+        user_turn_open=True,
     )
+
+
+def _ttfb(state: SessionState, event: ev.ServiceTTFB) -> TTFB:
+    if event.stage == "stt":
+        # Transcribing belongs to the user turn being spoken (its metric comes
+        # before the turn is committed) and is never part of a cut-off reply.
+        turn = state.user_turns + 1 if state.user_turn_open else state.user_turns
+        return TTFB(turn, event.stage, event.model or event.service, event.seconds)
+    service = event.model or event.service
+    return TTFB(state.user_turns, event.stage, service, event.seconds, state.interrupting)
 
 
 def _bot_turn_done(state: SessionState, event: ev.BotTurnText) -> SessionState:
@@ -176,11 +189,11 @@ def _bot_turn_done(state: SessionState, event: ev.BotTurnText) -> SessionState:
     latency = state.latency
     if event.interrupted and latency and latency[-1].turn == state.user_turns:
         latency = (*latency[:-1], replace(latency[-1], interrupted=True))
-    return _metric(replace(state, turns=turns, bot=None), latency=latency)
+    return _charts_changed(replace(state, turns=turns, bot=None), latency=latency)
 
 
-def _metric(state: SessionState, **changes) -> SessionState:
-    return replace(state, metrics_version=state.metrics_version + 1, **changes)
+def _charts_changed(state: SessionState, **changes) -> SessionState:
+    return replace(state, charts_version=state.charts_version + 1, **changes)
 
 
 def unspoken_remainder(generated: str, spoken: str) -> str:
