@@ -32,7 +32,7 @@ def _layout(title: str, y_title: str) -> dict:
         "height": 300,
         "margin": {"l": 50, "r": 10, "t": 40, "b": 30},
         "xaxis": {"title": {"text": "turn", "standoff": 4}, "dtick": 1},
-        "yaxis": {"title": y_title, "rangemode": "tozero"},
+        "yaxis": {"title": {"text": y_title}, "rangemode": "tozero"},
         "legend": {"orientation": "h", "y": -0.32, "font": {"size": 10}},
         "template": "plotly_white",
     }
