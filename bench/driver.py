@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from fastrtc import AdditionalOutputs, CloseStream
+from fastrtc import CloseStream
 
 from pipeline.session import VoiceSession
 
@@ -22,7 +22,6 @@ FRAME_SECS = 0.02
 @dataclass
 class Received:
     audio: list[tuple[float, int, np.ndarray]] = field(default_factory=list)
-    updates: int = 0
     closed: bool = False
     cleared: int = 0
 
@@ -39,7 +38,6 @@ class SessionDriver:
         self.session = session
         self.received = Received()
         self._tasks: list[asyncio.Task] = []
-        self.frame_sent_at: list[float] = []
 
     async def __aenter__(self) -> SessionDriver:
         # What fastrtc's AudioCallback installs: its clear-queue hook.
@@ -73,8 +71,6 @@ class SessionDriver:
             now = time.monotonic()
             if isinstance(item, tuple):
                 self.received.audio.append((now, item[0], item[1]))
-            elif isinstance(item, AdditionalOutputs):
-                self.received.updates += 1
             elif isinstance(item, CloseStream):
                 self.received.closed = True
                 return

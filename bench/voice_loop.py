@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from bench.driver import SessionDriver
 from bench.speech import speech_pcm
 from pipeline.observers import UIEventObserver
+from ui.state import percentile
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -50,13 +51,11 @@ def summarize(values: list[float]) -> dict[str, float | int | None]:
     """median, p95, max and count of a list of seconds (None when empty)."""
     if not values:
         return {"median": None, "p95": None, "max": None, "n": 0}
-    ordered = sorted(values)
-    p95_index = max(0, round(0.95 * (len(ordered) - 1)))
     return {
-        "median": statistics.median(ordered),
-        "p95": ordered[p95_index],
-        "max": ordered[-1],
-        "n": len(ordered),
+        "median": statistics.median(values),
+        "p95": percentile(values, 95),
+        "max": max(values),
+        "n": len(values),
     }
 
 

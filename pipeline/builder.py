@@ -19,7 +19,6 @@ from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
-from pipecat.observers.base_observer import BaseObserver
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.aggregators.llm_context import LLMContext
@@ -83,7 +82,6 @@ def build_voice_pipeline(
     models: LocalModels,
     outbox: AudioOutbox,
     sink: EventSink,
-    extra_observers: list[BaseObserver] | None = None,
 ) -> VoicePipeline:
     transport = FastRTCTransport(transport_params(config), outbox, config.output_lead_secs)
     context = LLMContext()
@@ -138,7 +136,6 @@ def build_voice_pipeline(
         observers=[
             *([ui_observer] if config.dashboard else []),
             latency_observer(sink),
-            *(extra_observers or []),
         ],
         enable_rtvi=False,
         idle_timeout_secs=config.idle_timeout_secs,

@@ -134,7 +134,7 @@ class LocalLlamaLLMService(LLMService):
         *,
         models: LocalModels,
         system_instruction: str,
-        max_tokens: int = 120,
+        max_tokens: int = 80,
         temperature: float = 0.3,
         **kwargs,
     ):
@@ -226,7 +226,7 @@ class LocalLlamaLLMService(LLMService):
         tokens: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
         stop = threading.Event()
         models = self._models
-        max_tokens = int(self._settings.max_tokens or 120)
+        max_tokens = int(self._settings.max_tokens)
         temperature = float(self._settings.temperature or 0.0)
 
         def generate() -> None:

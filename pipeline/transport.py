@@ -57,20 +57,17 @@ class AudioOutbox:
     def empty(self) -> bool:
         return self._queue.empty()
 
-    def clear_audio(self) -> int:
-        """Drop unplayed audio; returns how many chunks were dropped."""
-        kept, dropped = [], 0
+    def clear_audio(self) -> None:
+        """Drop unplayed audio, keeping UI updates in order."""
+        kept = []
         while not self._queue.empty():
             item = self._queue.get_nowait()
-            if isinstance(item, tuple):
-                dropped += 1
-            else:
+            if not isinstance(item, tuple):
                 kept.append(item)
         for item in kept:
             self._queue.put_nowait(item)
         if self.clear_downstream is not None:
             self.clear_downstream()
-        return dropped
 
 
 class PlaybackClock:
@@ -160,9 +157,9 @@ class FastRTCTransport(BaseTransport):
 
     def __init__(self, params: TransportParams, outbox: AudioOutbox, lead_secs: float = 0.06):
         super().__init__()
-        self.clock = PlaybackClock(lead_secs)
+        clock = PlaybackClock(lead_secs)
         self._input = FastRTCInputTransport(params, name="fastrtc-in")
-        self._output = FastRTCOutputTransport(params, outbox, self.clock, name="fastrtc-out")
+        self._output = FastRTCOutputTransport(params, outbox, clock, name="fastrtc-out")
 
     def input(self) -> FastRTCInputTransport:
         return self._input

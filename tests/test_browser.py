@@ -145,6 +145,14 @@ def speak(page: Page, path: Path, samples: np.ndarray) -> float:
     return page.evaluate("__voiceProbe.spokeAt") + speech_onset_secs(samples) * 1000
 
 
+def ask_for_a_long_story(page: Page, tmp_path: Path) -> float:
+    """Record, wait until the session listens, then ask for a long reply; returns speak()'s time."""
+    press_record(page)
+    wait_until_listening(page)
+    question = speech_pcm("Tell me a long story about a brave knight and a dragon.")
+    return speak(page, tmp_path / "question.wav", np.concatenate([question, silence(0.5)]))
+
+
 def speech_onset_secs(samples: np.ndarray) -> float:
     """Where the words start in a Piper clip (it begins with a little silence)."""
     return int(np.argmax(np.abs(samples) > 1000)) / SAMPLE_RATE
@@ -216,10 +224,7 @@ def test_speaking_over_the_bot_stops_its_audio(pw, app, tmp_path):
     silent_mic = quiet_mic(tmp_path)
 
     with open_app(pw, app, tmp_path, fake_mic=silent_mic) as page:
-        press_record(page)
-        wait_until_listening(page)
-        question = speech_pcm("Tell me a long story about a brave knight and a dragon.")
-        speak(page, tmp_path / "question.wav", np.concatenate([question, silence(0.5)]))
+        ask_for_a_long_story(page, tmp_path)
         # Speak over a word, not into a pause between sentences.
         wait_in_page(
             page,
@@ -323,10 +328,7 @@ def test_closing_the_tab_mid_reply_ends_the_session_within_two_seconds(pw, app, 
     """A closed tab sends no goodbye the server acts on; its audio simply stops."""
     silent_mic = quiet_mic(tmp_path)
     with open_app(pw, app, tmp_path, fake_mic=silent_mic) as page:
-        press_record(page)
-        wait_until_listening(page)
-        question = speech_pcm("Tell me a long story about a brave knight and a dragon.")
-        speak(page, tmp_path / "question.wav", np.concatenate([question, silence(0.5)]))
+        ask_for_a_long_story(page, tmp_path)
         wait_in_page(
             page,
             "document.querySelector('#status [data-status]')?.dataset.status === 'speaking'",

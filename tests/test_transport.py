@@ -73,15 +73,20 @@ def test_playback_clock_holds_writes_to_real_time_plus_lead():
     assert clock.queued_secs == 0
 
 
-async def test_output_audio_is_paced_in_real_time_not_dumped():
-    transport, outbox, _ = make_transport()
+async def play_reply(seconds: float, *then) -> tuple[Listener, list[float]]:
+    """A TTS reply of ``seconds`` through the output transport, followed by ``then`` frames."""
+    transport, outbox, cleared = make_transport()
     listener = Listener(outbox)
-    audio = TTSAudioRawFrame(audio=tone(1.0), sample_rate=RATE, num_channels=1, context_id="c")
+    audio = TTSAudioRawFrame(audio=tone(seconds), sample_rate=RATE, num_channels=1, context_id="c")
     await run_test(
-        transport.output(),
-        frames_to_send=[TTSStartedFrame(context_id="c"), audio, TTSStoppedFrame(context_id="c")],
+        transport.output(), frames_to_send=[TTSStartedFrame(context_id="c"), audio, *then]
     )
     await listener.stop()
+    return listener, cleared
+
+
+async def test_output_audio_is_paced_in_real_time_not_dumped():
+    listener, _ = await play_reply(1.0, TTSStoppedFrame(context_id="c"))
     assert listener.seconds == pytest.approx(1.0, abs=0.05)
     first, last = listener.chunks[0][0], listener.chunks[-1][0]
     # A dump would hand the whole second over at once; paced, the last chunk
@@ -90,20 +95,9 @@ async def test_output_audio_is_paced_in_real_time_not_dumped():
 
 
 async def test_interruption_drops_unplayed_audio_and_clears_fastrtc_queue():
-    transport, outbox, cleared = make_transport()
-    listener = Listener(outbox)
-    audio = TTSAudioRawFrame(audio=tone(3.0), sample_rate=RATE, num_channels=1, context_id="c")
-    await run_test(
-        transport.output(),
-        frames_to_send=[
-            TTSStartedFrame(context_id="c"),
-            audio,
-            SleepFrame(sleep=0.5),
-            InterruptionFrame(),
-            SleepFrame(sleep=0.5),
-        ],
+    listener, cleared = await play_reply(
+        3.0, SleepFrame(sleep=0.5), InterruptionFrame(), SleepFrame(sleep=0.5)
     )
-    await listener.stop()
     assert cleared, "fastrtc's playback queue was not cleared on interruption"
     # About 0.5 s of the 3 s reply went out before the interruption, none after.
     assert 0.3 < listener.seconds < 0.9
