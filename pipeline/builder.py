@@ -36,13 +36,9 @@ from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipeline import events as ev
 from pipeline.chunking import first_clause_chunker
 from pipeline.config import SessionConfig
-from pipeline.local_services import (
-    LocalLlamaLLMService,
-    LocalPiperTTSService,
-    LocalWhisperSTTService,
-)
 from pipeline.models import LocalModels
-from pipeline.observers import EventSink, UIEventObserver, latency_observer
+from pipeline.observers import EventSink, TurnActivity, UIEventObserver, latency_observer
+from pipeline.providers import PROVIDERS
 from pipeline.transport import AudioOutbox, FastRTCTransport
 
 
@@ -75,6 +71,8 @@ class VoicePipeline:
     worker: PipelineWorker
     transport: FastRTCTransport
     context: LLMContext
+    activity: TurnActivity
+    config: SessionConfig
 
 
 def build_voice_pipeline(
@@ -82,9 +80,16 @@ def build_voice_pipeline(
     models: LocalModels,
     outbox: AudioOutbox,
     sink: EventSink,
+    context: LLMContext | None = None,
 ) -> VoicePipeline:
+    """One pipeline generation; ``context`` carries the conversation over from the previous one."""
+    services = {
+        stage: PROVIDERS[choice.provider].build(stage, choice, config.keys, config, models)
+        for stage, choice in config.choices().items()
+    }
+    stt, llm, tts = services["stt"], services["llm"], services["tts"]
     transport = FastRTCTransport(transport_params(config), outbox, config.output_lead_secs)
-    context = LLMContext()
+    context = context or LLMContext()
     aggregators = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(
@@ -103,11 +108,6 @@ def build_voice_pipeline(
     async def _on_assistant_turn(_aggregator, message):
         sink(ev.BotTurnText(time.time(), message.content, interrupted=message.interrupted))
 
-    stt = LocalWhisperSTTService(models=models, interim_every_secs=config.interim_every_secs)
-    llm = LocalLlamaLLMService(
-        models=models, system_instruction=config.system_prompt, max_tokens=config.llm_max_tokens
-    )
-    tts = LocalPiperTTSService(models=models)
     pipeline = Pipeline(
         [
             transport.input(),
@@ -123,8 +123,14 @@ def build_voice_pipeline(
     ui_observer = UIEventObserver(
         sink,
         output=transport.output(),
-        stages={stt.name: "stt", llm.name: "llm", tts.name: "tts"},
+        stages={service.name: stage for stage, service in services.items()},
+        providers={
+            service.name: PROVIDERS[config.choices()[stage].provider].label
+            for stage, service in services.items()
+        },
+        redact=config.keys.redact,
     )
+    activity = TurnActivity()
     worker = PipelineWorker(
         pipeline,
         params=PipelineParams(
@@ -136,9 +142,12 @@ def build_voice_pipeline(
         observers=[
             *([ui_observer] if config.dashboard else []),
             latency_observer(sink),
+            activity,
         ],
         enable_rtvi=False,
         idle_timeout_secs=config.idle_timeout_secs,
         cancel_runner_on_idle_timeout=False,
     )
-    return VoicePipeline(worker=worker, transport=transport, context=context)
+    return VoicePipeline(
+        worker=worker, transport=transport, context=context, activity=activity, config=config
+    )

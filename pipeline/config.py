@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from pipeline.providers import ProviderKeys, StageChoice, default_choice, keys_from_environment
+
 DEFAULT_SYSTEM_PROMPT = (
     "You are Voice Lab, a friendly voice assistant. Your words are spoken aloud, "
     "so answer in one or two short, plain sentences. No lists, no markdown, no emoji."
@@ -28,7 +30,15 @@ class SessionConfig:
     ``vad_stop_secs`` is the silence Silero waits out before the user is
     considered paused (every turn pays it); Smart Turn then decides whether the
     pause ends the turn, falling back to ``turn_fallback_secs`` of silence.
+
+    Each stage defaults to the cloud provider whose key is present, else to the
+    local model. ``keys`` are this session's own (typed in, or the server's).
     """
+
+    keys: ProviderKeys = field(default_factory=keys_from_environment)
+    stt: StageChoice | None = None
+    llm: StageChoice | None = None
+    tts: StageChoice | None = None
 
     system_prompt: str = field(
         default_factory=lambda: os.environ.get("VOICE_LAB_SYSTEM_PROMPT", DEFAULT_SYSTEM_PROMPT)
@@ -56,6 +66,14 @@ class SessionConfig:
     idle_timeout_secs: float = field(
         default_factory=lambda: _env_float("VOICE_LAB_IDLE_TIMEOUT_SECS", 600.0)
     )
+
+    def __post_init__(self):
+        self.stt = self.stt or default_choice("stt", self.keys)
+        self.llm = self.llm or default_choice("llm", self.keys)
+        self.tts = self.tts or default_choice("tts", self.keys)
+
+    def choices(self) -> dict[str, StageChoice]:
+        return {"stt": self.stt, "llm": self.llm, "tts": self.tts}
 
 
 def max_sessions() -> int:

@@ -33,6 +33,15 @@ class SessionEnded(Event):
 
 
 @dataclass(frozen=True)
+class ProvidersChanged(Event):
+    """The services the following turns use, as "Provider model" labels (no keys)."""
+
+    stt: str
+    llm: str
+    tts: str
+
+
+@dataclass(frozen=True)
 class UserStartedSpeaking(Event):
     """The user turn began (VAD start); interrupts the bot if it is speaking."""
 

@@ -27,9 +27,10 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-WHISPER_LABEL = "Whisper tiny.en (local)"
-LLM_LABEL = "SmolLM2-135M-Instruct (local)"
-PIPER_LABEL = "Piper joe-medium (local)"
+# Model names as the dashboard shows them.
+WHISPER_LABEL = "whisper-tiny.en"
+LLM_LABEL = "SmolLM2-135M-Instruct"
+PIPER_LABEL = "piper-joe-medium"
 
 
 def _distribution_file(distribution: str, suffix: str) -> Path:

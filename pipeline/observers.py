@@ -36,6 +36,7 @@ from pipecat.observers.user_bot_latency_observer import (
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from pipeline import events as ev
+from pipeline.providers.errors import describe_failure
 
 EventSink = Callable[[ev.Event], None]
 
@@ -59,12 +60,17 @@ class UIEventObserver(BaseObserver):
         *,
         output: FrameProcessor | None = None,
         stages: dict[str, str] | None = None,
+        providers: dict[str, str] | None = None,
+        redact: Callable[[str], str] = str,
         clock: Callable[[], float] = time.time,
     ):
         super().__init__(observe_every_push=True)
         self._sink = sink
         self._output = output
         self._stages = stages or {}
+        # Service name -> provider label, to say who failed.
+        self._providers = providers or {}
+        self._redact = redact
         self._now = clock
 
     async def on_push_frame(self, data: FramePushed):
@@ -87,9 +93,24 @@ class UIEventObserver(BaseObserver):
             for event in self._metric_events(frame):
                 self._sink(event)
             return
-        event = self._event_for(frame)
+        if isinstance(frame, ErrorFrame):
+            event = self._error_event(frame, data.source)
+        else:
+            event = self._event_for(frame)
         if event is not None:
             self._sink(event)
+
+    def _error_event(self, frame: ErrorFrame, source: FrameProcessor) -> ev.Event | None:
+        if not frame.fatal and frame.error.endswith(_NOT_FOR_USERS):
+            return None
+        origin = frame.processor or source
+        provider = self._providers.get(getattr(origin, "name", "")) or self._providers.get(
+            source.name
+        )
+        message = frame.error
+        if provider is not None:
+            message = describe_failure(provider, frame.exception, frame.error)
+        return ev.ErrorReported(self._now(), self._redact(message), fatal=frame.fatal)
 
     def _event_for(self, frame) -> ev.Event | None:
         t = self._now()
@@ -112,8 +133,6 @@ class UIEventObserver(BaseObserver):
                 return ev.BotStoppedSpeaking(t)
             case InterruptionFrame():
                 return ev.Interrupted(t)
-            case ErrorFrame() if frame.fatal or not frame.error.endswith(_NOT_FOR_USERS):
-                return ev.ErrorReported(t, frame.error, fatal=frame.fatal)
         return None
 
     def _metric_events(self, frame: MetricsFrame) -> list[ev.Event]:
@@ -147,3 +166,52 @@ def latency_observer(sink: EventSink) -> UserBotLatencyObserver:
         sink(ev.LatencyMeasured(time.time(), breakdown.total_secs, contributions))
 
     return observer
+
+
+class TurnActivity(BaseObserver):
+    """Whether a turn is under way, so a provider switch waits for the gap between turns.
+
+    A turn runs from the user starting to speak until the bot has finished its
+    reply. Between the user stopping and the bot starting (transcription, the
+    LLM, the first synthesis) nothing is audible, so that stretch is covered
+    by a deadline that each sign of progress extends; if a provider fails and
+    the reply never comes, the deadline runs out and the session is idle again.
+    """
+
+    REPLY_GRACE_SECS = 4.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self._now = clock
+        self.user_speaking = False
+        self.bot_speaking = False
+        self._reply_due_until = 0.0
+
+    @property
+    def idle(self) -> bool:
+        return (
+            not self.user_speaking
+            and not self.bot_speaking
+            and self._now() >= self._reply_due_until
+        )
+
+    async def on_push_frame(self, data: FramePushed):
+        frame = data.frame
+        if not data.first_push:
+            return
+        match frame:
+            case UserStartedSpeakingFrame():
+                self.user_speaking = True
+            case UserStoppedSpeakingFrame():
+                self.user_speaking = False
+                self._expect_reply()
+            case TranscriptionFrame() | LLMFullResponseStartFrame() | LLMTextFrame():
+                self._expect_reply()
+            case BotStartedSpeakingFrame():
+                self.bot_speaking = True
+            case BotStoppedSpeakingFrame():
+                self.bot_speaking = False
+                self._reply_due_until = 0.0
+
+    def _expect_reply(self) -> None:
+        self._reply_due_until = self._now() + self.REPLY_GRACE_SECS

@@ -6,6 +6,12 @@ pulls ``emit()`` for outgoing audio and UI updates, and ``shutdown()`` when the
 connection closes. The pipeline lives inside ``start_up()``; ``shutdown()``
 cancels it and waits (bounded) until every task it started is gone.
 
+Provider and knob changes arrive from the page through fastrtc's ``set_args``
+and take effect between turns: the next pipeline *generation* is built with
+the new settings and the same conversation context, started, and the old one
+cancelled, while the WebRTC connection stays up. Audio arriving during the
+hand-over is held and replayed into the new generation.
+
 UI updates are coalesced: observers append events to a list, and a publisher
 task folds them into the view state at most ``publish_interval`` apart, so a
 burst of tokens costs one update rather than one per token. Each update
@@ -38,6 +44,12 @@ log = logging.getLogger(__name__)
 
 S = TypeVar("S")
 SHUTDOWN_TIMEOUT_SECS = 2.0
+# How long the page gets to send its settings when a connection starts.
+SETTINGS_WAIT_SECS = 3.0
+# A switch waits for the gap between turns to have lasted this long.
+SWITCH_IDLE_SECS = 0.3
+# Audio held while one generation hands over to the next (at 20 ms a frame).
+HANDOVER_FRAMES = 150
 EVENT_LOG_LIMIT = 5000
 DELAY_SAMPLES = 2000
 
@@ -78,6 +90,7 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         reduce: Callable[[S, ev.Event], S],
         initial_state: Callable[[], S],
         config_factory: Callable[[], SessionConfig] = SessionConfig,
+        settings_from_inputs: Callable[..., SessionConfig] | None = None,
         models: LocalModels | None = None,
         publish_interval: float = 0.1,
         records: SessionRecords | None = None,
@@ -91,6 +104,7 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         self._reduce = reduce
         self._initial_state = initial_state
         self._config_factory = config_factory
+        self._settings_from_inputs = settings_from_inputs
         self._models = models or shared_models()
         self._publish_interval = publish_interval
         self.records = records if records is not None else SessionRecords()
@@ -113,12 +127,24 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         self._last_audio_at: float | None = None
         self._shutdown_requested = False
         self._started = False
+        # Set from the page's thread, applied on the event loop.
+        self._requested: SessionConfig | None = None
+        self._switch_requested = asyncio.Event()
+        self._switcher: asyncio.Task | None = None
+        self._next_voice: VoicePipeline | None = None
+        self._handover: deque[tuple[int, np.ndarray]] | None = None
+        self._handover_task: asyncio.Task | None = None
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
 
     def copy(self) -> VoiceSession[S]:
         return VoiceSession(
             reduce=self._reduce,
             initial_state=self._initial_state,
             config_factory=self._config_factory,
+            settings_from_inputs=self._settings_from_inputs,
             models=self._models,
             publish_interval=self._publish_interval,
             records=self.records,
@@ -158,43 +184,168 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
 
     async def start_up(self) -> None:
         self._started = True
+        self._loop = asyncio.get_running_loop()
         connection = current_context.get()
         if connection is not None:
             self.records.add(connection.webrtc_id, self.events)
         if self.config.dashboard:
             self._publisher = asyncio.create_task(self._publish_loop(), name="voice-lab-publisher")
         watchdog = asyncio.create_task(self._watch_audio(), name="voice-lab-audio-watchdog")
+        self._switcher = asyncio.create_task(self._switch_loop(), name="voice-lab-switcher")
         try:
+            await self._receive_page_settings()
             # Built off the event loop: the per-session Silero and Smart Turn
             # ONNX sessions take ~70 ms to create, longer than the output's
             # jitter cushion, and every other session's audio runs on this loop.
-            self.voice = await asyncio.to_thread(
-                build_voice_pipeline, self.config, self._models, self.outbox, self.report
-            )
-
-            @self.voice.worker.event_handler("on_pipeline_started")
-            async def _on_started(_worker, _frame):
-                self.report(ev.SessionStarted(time.time()))
-
-            self._runner = WorkerRunner(handle_sigint=False)
-            await self._runner.add_workers(self.voice.worker)
-            # ``run()`` clears a cancel issued before it starts: check ourselves.
-            if not self._shutdown_requested:
-                await self._runner.run()
+            voice = await asyncio.to_thread(self._build, self.config, None)
+            if voice.config is not self.config:  # the page changed a setting meanwhile
+                self._requested = self.config
+                self._switch_requested.set()
+            while voice is not None and not self._shutdown_requested:
+                await self._run_generation(voice)
+                voice, self._next_voice = self._next_voice, None
         except Exception as e:
             log.exception("session failed")
             self.report(ev.ErrorReported(time.time(), f"The voice pipeline failed: {e}", True))
         finally:
             watchdog.cancel()
+            self._switcher.cancel()
             await self._finish("session ended")
+
+    def _build(self, config: SessionConfig, voice: VoicePipeline | None) -> VoicePipeline:
+        context = voice.context if voice is not None else None
+        return build_voice_pipeline(config, self._models, self.outbox, self.report, context)
+
+    async def _run_generation(self, voice: VoicePipeline) -> None:
+        """Run one pipeline generation until it ends (switch, disconnect, idle timeout)."""
+        first = self.voice is None
+        self.voice = voice
+        self.config = voice.config
+
+        @voice.worker.event_handler("on_pipeline_started")
+        async def _on_started(_worker, _frame):
+            if first:
+                self.report(ev.SessionStarted(time.time()))
+            self.report(ev.ProvidersChanged(time.time(), *self._labels(voice.config)))
+            self._replay_handover(voice)
+
+        self._runner = WorkerRunner(handle_sigint=False)
+        await self._runner.add_workers(voice.worker)
+        # ``run()`` clears a cancel issued before it starts: check ourselves.
+        if not self._shutdown_requested:
+            await self._runner.run()
+
+    @staticmethod
+    def _labels(config: SessionConfig) -> tuple[str, str, str]:
+        return (config.stt.label, config.llm.label, config.tts.label)
+
+    # -- settings from the page ----------------------------------------------
+
+    def set_args(self, args: list) -> None:
+        """fastrtc hands over the page's inputs (providers, keys, knobs) on every change.
+
+        Called from Gradio's worker thread. Deliberately not the base class's
+        version, which logs the arguments, and so the visitor's keys, at debug level.
+        """
+        if self._settings_from_inputs is None or len(args) < 2:
+            return
+        try:
+            config = self._settings_from_inputs(*args[1:])
+        except ValueError as e:
+            self._call_soon(self.report, ev.ErrorReported(time.time(), str(e)))
+            return
+        self._call_soon(self.request_config, config)
+        self._call_soon(self.args_set.set)
+
+    def _call_soon(self, fn, *args) -> None:
+        if self._loop is not None and self._loop.is_running():
+            self._loop.call_soon_threadsafe(fn, *args)
+        else:
+            fn(*args)
+
+    def request_config(self, config: SessionConfig) -> None:
+        """Use ``config`` from the next turn on (before the pipeline exists: from the start)."""
+        if self.voice is None and self._next_voice is None:
+            self.config = config
+            return
+        self._requested = config
+        self._switch_requested.set()
+
+    async def _receive_page_settings(self) -> None:
+        """Ask the page for its current settings (fastrtc's data channel) before building."""
+        if self.channel is None or self.args_set.is_set():
+            return
+        try:
+            await asyncio.wait_for(self.wait_for_args(), SETTINGS_WAIT_SECS)
+        except TimeoutError:
+            log.warning("the page sent no settings: starting with the defaults")
+
+    async def _switch_loop(self) -> None:
+        while True:
+            await self._switch_requested.wait()
+            await self._wait_until_between_turns()
+            self._switch_requested.clear()
+            config, self._requested = self._requested, None
+            if config is None or self.voice is None or self._shutdown_requested:
+                continue
+            await self._switch_to(config)
+
+    async def _wait_until_between_turns(self) -> None:
+        idle_since: float | None = None
+        while True:
+            voice = self.voice
+            if voice is not None and voice.activity.idle:
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since >= SWITCH_IDLE_SECS:
+                    return
+            else:
+                idle_since = None
+            await asyncio.sleep(0.05)
+
+    async def _switch_to(self, config: SessionConfig) -> None:
+        old = self.voice
+        assert old is not None
+        try:
+            new = await asyncio.to_thread(self._build, config, old)
+        except Exception as e:
+            log.warning("could not switch providers: %s", config.keys.redact(str(e)))
+            self.report(ev.ErrorReported(time.time(), config.keys.redact(str(e))))
+            return
+        if self._shutdown_requested:
+            return
+        log.info("switching to %s", " / ".join(self._labels(config)))
+        self._handover = deque(maxlen=HANDOVER_FRAMES)
+        self._next_voice = new
+        if self._runner is not None:
+            await self._runner.cancel(reason="switching providers")
+
+    def _replay_handover(self, voice: VoicePipeline) -> None:
+        if self._handover is not None:
+            self._handover_task = asyncio.create_task(
+                self._drain_handover(voice), name="voice-lab-handover"
+            )
+
+    async def _drain_handover(self, voice: VoicePipeline) -> None:
+        """Feed the held audio to the new generation, in order, then let frames through."""
+        held = self._handover
+        while held:
+            sample_rate, pcm = held.popleft()
+            await voice.transport.input().push_pcm(pcm.tobytes(), sample_rate)
+        # No await between the last check and this: no frame can slip past.
+        self._handover = None
+
+    # -- audio in and out, teardown ------------------------------------------
 
     async def receive(self, frame: tuple[int, np.ndarray]) -> None:
         if self.voice is None or self._closed:
             return
         self._last_audio_at = time.monotonic()
         sample_rate, samples = frame
-        pcm = np.ascontiguousarray(samples.reshape(-1), dtype=np.int16).tobytes()
-        await self.voice.transport.input().push_pcm(pcm, sample_rate)
+        pcm = np.ascontiguousarray(samples.reshape(-1), dtype=np.int16)
+        if self._handover is not None:
+            self._handover.append((sample_rate, pcm))
+            return
+        await self.voice.transport.input().push_pcm(pcm.tobytes(), sample_rate)
 
     async def emit(self):
         if self.finished.is_set() and self.outbox.empty():
@@ -234,6 +385,7 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
             last = self._last_audio_at
             if last is not None and time.monotonic() - last > limit:
                 log.info("no audio from the browser for %.1fs: closing its session", limit)
+                self._shutdown_requested = True
                 if self._runner is not None:
                     await self._runner.cancel(reason="browser gone")
                 return

@@ -20,3 +20,10 @@ def models() -> LocalModels:
     shared = shared_models()
     shared.warm_up()
     return shared
+
+
+@pytest.fixture(autouse=True)
+def _no_server_keys(monkeypatch):
+    """Tests start keyless (every stage local) unless they set a key themselves."""
+    for name in ("GROQ_API_KEY", "ELEVENLABS_API_KEY", "GROQ_BASE_URL", "ELEVENLABS_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)

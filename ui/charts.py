@@ -48,16 +48,32 @@ def breakdown_figure(state: SessionState) -> go.Figure:
     labels = dict.fromkeys(CONTRIBUTION_COLOURS)
     for turn in turns:
         labels.update(dict.fromkeys(label for label, _ in turn.contributions))
-    x = [f"{t.turn}{' ✂' if t.interrupted else ''}" for t in turns]
+    # Each tick names the providers the turn ran on, so a switch shows on the axis.
+    x = [
+        f"{t.turn}{' ✂' if t.interrupted else ''}"
+        + (f"<br><sub>{t.providers.short}</sub>" if t.providers else "")
+        for t in turns
+    ]
+    setups = [t.providers.label if t.providers else "" for t in turns]
     bars = []
     for label in labels:
         y = [sum(s for name, s in t.contributions if name == label) * 1000 for t in turns]
         if any(y):
-            colour = CONTRIBUTION_COLOURS.get(label, "#a3a3a3")
-            bars.append({"type": "bar", "name": label, "x": x, "y": y, "marker": {"color": colour}})
+            bars.append(
+                {
+                    "type": "bar",
+                    "name": label,
+                    "x": x,
+                    "y": y,
+                    "marker": {"color": CONTRIBUTION_COLOURS.get(label, "#a3a3a3")},
+                    "customdata": setups,
+                    "hovertemplate": f"{label}: %{{y:.0f}} ms<br>%{{customdata}}<extra></extra>",
+                }
+            )
     layout = _layout("Voice-to-voice latency per turn", "ms")
     layout["barmode"] = "stack"
     layout["xaxis"]["type"] = "category"
+    layout["margin"]["b"] = 45
     return _figure(bars, layout)
 
 

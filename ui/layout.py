@@ -13,6 +13,7 @@ from fastrtc import WebRTC
 from pipeline.config import max_sessions
 from pipeline.session import SessionRecords, VoiceSession
 from ui import charts, export, render, state
+from ui.settings import build_settings_panel, config_from_settings
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 EXPORT_DIR = Path(tempfile.gettempdir()) / "voice-lab-exports"
@@ -64,7 +65,10 @@ def render_all_but_charts(current: state.SessionState) -> tuple:
 def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
     records = session.records if session is not None else SessionRecords()
     session = session or VoiceSession(
-        reduce=state.reduce, initial_state=state.initial_state, records=records
+        reduce=state.reduce,
+        initial_state=state.initial_state,
+        settings_from_inputs=config_from_settings,
+        records=records,
     )
     browser_rtc, server_rtc = rtc_configurations()
     css = (ASSETS / "style.css").read_text()
@@ -95,6 +99,7 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
                 status = gr.HTML(render.render_status(idle), elem_id="status")
                 conversation = gr.HTML(render.render_conversation(idle), elem_id="conversation")
                 user_live = gr.HTML(render.render_user_live(idle), elem_id="user-live")
+                settings = build_settings_panel()
             with gr.Column(scale=3, min_width=420):
                 stats = gr.HTML(render.render_stats(idle), elem_id="latency-stats")
                 breakdown = gr.Plot(
@@ -109,7 +114,14 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
                 export_file = gr.File(label="Session file", visible=False, elem_id="export-file")
 
         outputs = [conversation, user_live, status, stats, breakdown, ttfb]
-        audio.stream(fn=session, inputs=[audio], outputs=[audio], concurrency_limit=max_sessions())
+        # The settings state is the stream's extra input: fastrtc hands every
+        # change of it to this visitor's session (``VoiceSession.set_args``).
+        audio.stream(
+            fn=session,
+            inputs=[audio, settings],
+            outputs=[audio],
+            concurrency_limit=max_sessions(),
+        )
         # The session's own updates stop with the stream, so the page says
         # itself what pressing Record and Stop did.
         audio.start_recording(

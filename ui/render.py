@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from html import escape
 
-from ui.state import TTFB, BotReply, SessionState, pending_text, percentile
+from ui.state import TTFB, BotReply, SessionState, TurnLatency, pending_text, percentile
 
 # The page keeps the most recent turns; older ones are summarised in one line
 # so a long session does not grow what is sent to the browser on every update.
@@ -37,11 +37,14 @@ def render_status(state: SessionState) -> str:
     )
 
 
-def _bubble(role: str, data_role: str, body: str, extra_class: str = "") -> str:
+def _bubble(
+    role: str, data_role: str, body: str, extra_class: str = "", providers: str = ""
+) -> str:
     who = "You" if role == "user" else "Bot"
+    setup = f'<span class="turn-providers">{escape(providers)}</span>' if providers else ""
     return (
         f'<div class="turn turn-{role} {extra_class}" data-role="{data_role}">'
-        f'<span class="turn-who">{who}</span><span class="turn-text">{body}</span></div>'
+        f'<span class="turn-who">{who}</span><span class="turn-text">{body}</span>{setup}</div>'
     )
 
 
@@ -69,7 +72,8 @@ def render_conversation(state: SessionState) -> str:
             body += f' <s class="unspoken" title="never spoken">{escape(turn.unspoken)}</s>'
         if turn.interrupted:
             body += ' <span class="turn-flag">(interrupted)</span>'
-        parts.append(_bubble(turn.role, turn.role, body))
+        providers = turn.providers.label if turn.providers else ""
+        parts.append(_bubble(turn.role, turn.role, body, providers=providers))
     if state.bot is not None and state.bot.generated:
         parts.append(_bubble("bot", "bot-live", _live_reply(state.bot), "turn-live"))
     if not parts:
@@ -125,5 +129,25 @@ def render_stats(state: SessionState) -> str:
     return (
         '<div class="latency-stats"><div class="stats-title">Voice-to-voice latency</div>'
         f'<div class="stat-grid">{grid}</div>'
-        f'<div class="stats-ttfb">{escape(ttfb)}</div></div>'
+        f'<div class="stats-ttfb">{escape(ttfb)}</div>'
+        f"{_by_setup(state.latency)}</div>"
+    )
+
+
+def _by_setup(latency: tuple[TurnLatency, ...]) -> str:
+    """Median and p95 per provider combination, once the session has tried more than one."""
+    groups: dict[str, list[float]] = {}
+    for entry in latency:
+        if entry.providers is not None and not entry.interrupted:
+            groups.setdefault(entry.providers.label, []).append(entry.seconds)
+    if len(groups) < 2:
+        return ""
+    rows = "".join(
+        f"<tr><td>{escape(setup)}</td><td>{len(values)}</td>"
+        f"<td>{_ms(percentile(values, 50))}</td><td>{_ms(percentile(values, 95))}</td></tr>"
+        for setup, values in groups.items()
+    )
+    return (
+        '<table class="by-setup"><thead><tr><th>STT · LLM · TTS</th><th>turns</th>'
+        f"<th>p50</th><th>p95</th></tr></thead><tbody>{rows}</tbody></table>"
     )

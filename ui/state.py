@@ -32,12 +32,31 @@ STATS_TURNS = 500  # turns the headline percentiles are computed over
 
 
 @dataclass(frozen=True)
+class Providers:
+    """The services a turn ran on, as "Provider model" labels."""
+
+    stt: str
+    llm: str
+    tts: str
+
+    @property
+    def label(self) -> str:
+        return " · ".join((self.stt, self.llm, self.tts))
+
+    @property
+    def short(self) -> str:
+        """Provider names only, for chart ticks: "Groq·Groq·ElevenLabs"."""
+        return "·".join(part.split(" ", 1)[0] for part in (self.stt, self.llm, self.tts))
+
+
+@dataclass(frozen=True)
 class Turn:
     role: Role
     text: str
     interrupted: bool = False
     # Bot turns cut off by the user: what was generated but never heard.
     unspoken: str = ""
+    providers: Providers | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +74,7 @@ class TurnLatency:
     seconds: float
     contributions: tuple[tuple[str, float], ...]
     interrupted: bool = False
+    providers: Providers | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +113,8 @@ class SessionState:
     interrupting: bool = False
     # The user is speaking a turn that has not been committed yet.
     user_turn_open: bool = False
+    # What the next turn runs on (changes between turns when the visitor switches).
+    providers: Providers | None = None
 
 
 def initial_state() -> SessionState:
@@ -104,6 +126,8 @@ def reduce(state: SessionState, event: ev.Event) -> SessionState:
     match event:
         case ev.SessionStarted():
             return replace(state, status="listening", error=None)
+        case ev.ProvidersChanged(stt=stt, llm=llm, tts=tts):
+            return replace(state, providers=Providers(stt, llm, tts))
         case ev.UserStartedSpeaking():
             return _user_started(state)
         case ev.UserTranscript(text=text, final=False):
@@ -115,7 +139,7 @@ def reduce(state: SessionState, event: ev.Event) -> SessionState:
         case ev.UserTurnText(text=text):
             return replace(
                 state,
-                turns=(*state.turns, Turn("user", text.strip())),
+                turns=(*state.turns, Turn("user", text.strip(), providers=state.providers)),
                 user_live="",
                 user_interim="",
                 user_turns=state.user_turns + 1,
@@ -140,7 +164,7 @@ def reduce(state: SessionState, event: ev.Event) -> SessionState:
         case ev.BotTurnText():
             return _bot_turn_done(state, event)
         case ev.LatencyMeasured(seconds=seconds, contributions=contributions):
-            entry = TurnLatency(state.user_turns, seconds, contributions)
+            entry = TurnLatency(state.user_turns, seconds, contributions, False, state.providers)
             return _charts_changed(state, latency=(*state.latency, entry)[-STATS_TURNS:])
         case ev.ServiceTTFB():
             return replace(state, ttfb=(*state.ttfb, _ttfb(state, event))[-STATS_TURNS * 3 :])

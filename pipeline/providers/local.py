@@ -1,0 +1,39 @@
+"""The embedded offline models: no key, no network, always available."""
+
+from __future__ import annotations
+
+from pipeline.local_services import (
+    LocalLlamaLLMService,
+    LocalPiperTTSService,
+    LocalWhisperSTTService,
+)
+from pipeline.models import LLM_LABEL, PIPER_LABEL, WHISPER_LABEL
+from pipeline.providers import Catalog, Provider
+
+
+def _stt(choice, _key, config, models):
+    return LocalWhisperSTTService(models=models, interim_every_secs=config.interim_every_secs)
+
+
+def _llm(choice, _key, config, models):
+    return LocalLlamaLLMService(
+        models=models, system_instruction=config.system_prompt, max_tokens=config.llm_max_tokens
+    )
+
+
+def _tts(choice, _key, config, models):
+    return LocalPiperTTSService(models=models)
+
+
+PROVIDER = Provider(
+    id="local",
+    label="Local",
+    tag="local",
+    key_env=None,
+    catalogs={
+        "stt": Catalog((WHISPER_LABEL,)),
+        "llm": Catalog((LLM_LABEL,)),
+        "tts": Catalog((PIPER_LABEL,), voices=(("Joe (en-US)", "en_US-joe-medium"),)),
+    },
+    factories={"stt": _stt, "llm": _llm, "tts": _tts},
+)

@@ -1,0 +1,234 @@
+"""The settings panel: a provider and model (and voice) per stage, API keys, latency knobs.
+
+Every control feeds one per-visitor ``gr.State`` holding a plain dict; that
+state is the stream's only extra input, so the session receives one coherent
+settings change per edit (and a key only once it has been typed out: key
+fields report on blur or Enter, not per keystroke). The dict lives on the
+server, in this visitor's Gradio session only: a typed key is never sent to
+another visitor, rendered back to the page, logged or exported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+
+import gradio as gr
+
+from pipeline.config import SessionConfig
+from pipeline.providers import (
+    PROVIDERS,
+    STAGES,
+    Catalog,
+    Stage,
+    choice_for,
+    keys_from_environment,
+    providers_for,
+)
+
+log = logging.getLogger(__name__)
+
+CATALOG_TIMEOUT_SECS = 4.0
+STAGE_TITLES = {"stt": "Speech-to-text", "llm": "LLM", "tts": "Text-to-speech"}
+
+
+def initial_settings() -> dict:
+    """What a new visitor starts with: the defaults of :class:`SessionConfig`."""
+    config = SessionConfig()
+    values: dict = {"keys": {}}
+    for stage, choice in config.choices().items():
+        values[stage] = {"provider": choice.provider, "model": choice.model, "voice": choice.voice}
+    values.update(
+        vad_stop_secs=config.vad_stop_secs,
+        smart_turn=config.smart_turn,
+        system_prompt=config.system_prompt,
+    )
+    return values
+
+
+def config_from_settings(values: dict) -> SessionConfig:
+    """The page's settings as a session config; raises ValueError with a readable reason."""
+    keys = keys_from_environment().with_overrides(values.get("keys", {}))
+    choices = {}
+    for stage in STAGES:
+        picked = values.get(stage) or {}
+        provider = picked.get("provider")
+        if provider not in PROVIDERS or stage not in PROVIDERS[provider].stages:
+            raise ValueError(f"Unknown {STAGE_TITLES[stage]} provider: {provider!r}")
+        choices[stage] = choice_for(provider, stage, picked.get("model"), picked.get("voice"))
+    config = SessionConfig(keys=keys, **choices)
+    return replace(
+        config,
+        vad_stop_secs=float(values.get("vad_stop_secs", config.vad_stop_secs)),
+        smart_turn=bool(values.get("smart_turn", config.smart_turn)),
+        system_prompt=(values.get("system_prompt") or "").strip() or config.system_prompt,
+    )
+
+
+async def catalog(provider_id: str, stage: Stage, typed_keys: dict) -> Catalog:
+    """The provider's live model/voice list for this visitor's key, else its built-in list."""
+    provider = PROVIDERS[provider_id]
+    built_in = provider.catalogs[stage]
+    key = keys_from_environment().with_overrides(typed_keys).get(provider_id)
+    if provider.fetch_catalogs is None or not key:
+        return built_in
+    try:
+        live = await asyncio.wait_for(provider.fetch_catalogs(key), CATALOG_TIMEOUT_SECS)
+    except Exception as e:  # any failure means "use the built-in list"
+        log.info(
+            "%s model list unavailable (%s): using the built-in list",
+            provider.label,
+            type(e).__name__,
+        )
+        return built_in
+    return live.get(stage) or built_in
+
+
+def _key_status(provider_id: str, typed: dict) -> str:
+    provider = PROVIDERS[provider_id]
+    if typed.get(provider_id):
+        return f"{provider.label}: your key (this session only)"
+    if keys_from_environment().get(provider_id):
+        return f"{provider.label}: the server's key"
+    return f"{provider.label}: no key"
+
+
+def build_settings_panel() -> gr.State:
+    """Lay out the panel inside the current Blocks context; returns the settings state."""
+    start = initial_settings()
+    settings = gr.State(start)
+    cloud = [p for p in PROVIDERS.values() if p.needs_key]
+
+    with gr.Accordion("Providers and settings", open=True, elem_id="settings"):
+        gr.Markdown(
+            "Changes apply from your next turn, without reconnecting; the conversation "
+            "carries on. Each turn on the dashboard is labelled with what it ran on.",
+            elem_classes=["settings-hint"],
+        )
+        pickers: dict[Stage, tuple[gr.Dropdown, gr.Dropdown, gr.Dropdown | None]] = {}
+        for stage in STAGES:
+            current = start[stage]
+            catalog_ = PROVIDERS[current["provider"]].catalogs[stage]
+            with gr.Row():
+                provider = gr.Dropdown(
+                    [(p.label, p.id) for p in providers_for(stage)],
+                    value=current["provider"],
+                    label=f"{STAGE_TITLES[stage]} provider",
+                    elem_id=f"{stage}-provider",
+                )
+                model = gr.Dropdown(
+                    list(catalog_.models),
+                    value=current["model"],
+                    label="Model",
+                    allow_custom_value=True,
+                    elem_id=f"{stage}-model",
+                )
+                voice = None
+                if stage == "tts":
+                    voice = gr.Dropdown(
+                        [tuple(v) for v in catalog_.voices],
+                        value=current["voice"],
+                        label="Voice",
+                        allow_custom_value=True,
+                        elem_id="tts-voice",
+                    )
+            pickers[stage] = (provider, model, voice)
+
+        with gr.Row():
+            key_boxes = {
+                p.id: gr.Textbox(
+                    label=f"{p.label} API key",
+                    type="password",
+                    placeholder=f"{p.key_env} (optional)",
+                    elem_id=f"{p.id}-key",
+                )
+                for p in cloud
+            }
+        key_status = gr.Markdown(
+            " · ".join(_key_status(p.id, {}) for p in cloud), elem_classes=["settings-hint"]
+        )
+        with gr.Row():
+            vad_stop = gr.Slider(
+                0.1,
+                1.0,
+                value=start["vad_stop_secs"],
+                step=0.05,
+                label="VAD stop (s): silence before the turn is judged",
+            )
+            smart_turn = gr.Checkbox(
+                value=start["smart_turn"],
+                label="Smart Turn (judge whether you finished; off: end on silence alone)",
+            )
+        system_prompt = gr.Textbox(
+            value=start["system_prompt"], label="System prompt", lines=2, max_lines=6
+        )
+
+    for stage, (provider, model, voice) in pickers.items():
+        _wire_stage(stage, provider, model, voice, settings)
+
+    def set_knob(name):
+        def update(values: dict, value) -> dict:
+            return {**values, name: value}
+
+        return update
+
+    vad_stop.release(set_knob("vad_stop_secs"), [settings, vad_stop], settings, queue=False)
+    smart_turn.change(set_knob("smart_turn"), [settings, smart_turn], settings, queue=False)
+    system_prompt.blur(set_knob("system_prompt"), [settings, system_prompt], settings, queue=False)
+    system_prompt.submit(
+        set_knob("system_prompt"), [settings, system_prompt], settings, queue=False
+    )
+
+    for provider_id, box in key_boxes.items():
+
+        async def set_key(values: dict, key: str, provider_id=provider_id):
+            keys = {**values.get("keys", {}), provider_id: key.strip()}
+            values = {**values, "keys": keys}
+            updates = [values, " · ".join(_key_status(p.id, keys) for p in cloud)]
+            # A new key may unlock the provider's own model and voice lists.
+            for stage in STAGES:
+                if values[stage]["provider"] == provider_id:
+                    found = await catalog(provider_id, stage, keys)
+                    updates.append(gr.update(choices=list(found.models)))
+                else:
+                    updates.append(gr.update())
+            return updates
+
+        outputs = [settings, key_status, *(pickers[stage][1] for stage in STAGES)]
+        box.blur(set_key, [settings, box], outputs)
+        box.submit(set_key, [settings, box], outputs)
+    return settings
+
+
+def _wire_stage(
+    stage: Stage,
+    provider: gr.Dropdown,
+    model: gr.Dropdown,
+    voice: gr.Dropdown | None,
+    settings: gr.State,
+) -> None:
+    async def on_provider(values: dict, provider_id: str):
+        found = await catalog(provider_id, stage, values.get("keys", {}))
+        picked = {"provider": provider_id, "model": found.default_model, "voice": None}
+        updates = [gr.update(choices=list(found.models), value=found.default_model)]
+        if voice is not None:
+            picked["voice"] = found.default_voice
+            updates.append(
+                gr.update(choices=[tuple(v) for v in found.voices], value=picked["voice"])
+            )
+        return [{**values, stage: picked}, *updates]
+
+    def on_pick(field: str):
+        def update(values: dict, value: str) -> dict:
+            if not value:
+                return values
+            return {**values, stage: {**values[stage], field: value}}
+
+        return update
+
+    outputs = [settings, model, *([voice] if voice is not None else [])]
+    provider.input(on_provider, [settings, provider], outputs)
+    model.input(on_pick("model"), [settings, model], settings, queue=False)
+    if voice is not None:
+        voice.input(on_pick("voice"), [settings, voice], settings, queue=False)
