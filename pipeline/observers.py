@@ -101,12 +101,15 @@ class UIEventObserver(BaseObserver):
             self._sink(event)
 
     def _error_event(self, frame: ErrorFrame, source: FrameProcessor) -> ev.Event | None:
-        if not frame.fatal and frame.error.endswith(_NOT_FOR_USERS):
-            return None
         origin = frame.processor or source
         provider = self._providers.get(getattr(origin, "name", "")) or self._providers.get(
             source.name
         )
+        # A cloud TTS that sends no audio for a sentence has failed (dropped
+        # or stalled connection); the local one only does so for text with
+        # nothing to say.
+        if not frame.fatal and frame.error.endswith(_NOT_FOR_USERS) and provider in (None, "Local"):
+            return None
         message = frame.error
         if provider is not None:
             message = describe_failure(provider, frame.exception, frame.error)
@@ -197,8 +200,6 @@ class TurnActivity(BaseObserver):
 
     async def on_push_frame(self, data: FramePushed):
         frame = data.frame
-        if not data.first_push:
-            return
         match frame:
             case UserStartedSpeakingFrame():
                 self.user_speaking = True
@@ -209,8 +210,9 @@ class TurnActivity(BaseObserver):
                 self._expect_reply()
             case BotStartedSpeakingFrame():
                 self.bot_speaking = True
-            case BotStoppedSpeakingFrame():
-                self.bot_speaking = False
+            case BotStoppedSpeakingFrame() | ErrorFrame():
+                # The reply is over, or failed and will not come.
+                self.bot_speaking = self.bot_speaking and isinstance(frame, ErrorFrame)
                 self._reply_due_until = 0.0
 
     def _expect_reply(self) -> None:

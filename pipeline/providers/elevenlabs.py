@@ -7,16 +7,20 @@ STT takes the bare ``host[:port]`` and always speaks ``wss://``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from urllib.parse import urlsplit
 
 import httpx
+from pipecat.frames.frames import VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame
 from pipecat.services.elevenlabs.stt import CommitStrategy, ElevenLabsRealtimeSTTService
 from pipecat.services.elevenlabs.tts import ElevenLabsTTSService
 
 from pipeline.providers import Catalog, Provider, Stage
 
 DEFAULT_BASE_URL = "https://api.elevenlabs.io"
+# No committed transcript this long after the user stopped: the service is stuck.
+TRANSCRIPT_TIMEOUT_SECS = 10.0
 
 TTS_MODELS = ("eleven_flash_v2_5", "eleven_turbo_v2_5", "eleven_multilingual_v2")
 STT_MODELS = ("scribe_v2_realtime",)
@@ -43,22 +47,97 @@ def websocket_host() -> str:
     return urlsplit(base_url()).netloc
 
 
+class ReportsDroppedConnection:
+    """Say so when the websocket drops mid-turn; pipecat reconnects silently, losing the turn."""
+
+    def _mid_turn(self) -> bool:
+        return True
+
+    async def _on_dropped_mid_turn(self) -> None:
+        """What else to do about the lost turn, besides saying so."""
+
+    async def _maybe_try_reconnect(self, error_message, report_error, error=None):
+        if not self._disconnecting and self._mid_turn():
+            await self.push_error(f"connection dropped: {error_message}", exception=error)
+            await self._on_dropped_mid_turn()
+        return await super()._maybe_try_reconnect(error_message, report_error, error)
+
+
+class VoiceLabElevenLabsTTSService(ReportsDroppedConnection, ElevenLabsTTSService):
+    """ElevenLabs TTS that abandons a reply whose connection dropped.
+
+    The rest of the reply was sent on the lost socket and will never be
+    voiced, so the turn is ended like a barge-in: what is queued stops playing
+    and the context keeps only what was heard.
+    """
+
+    def _mid_turn(self) -> bool:
+        return self.has_active_audio_context()
+
+    async def _on_dropped_mid_turn(self) -> None:
+        await self.broadcast_interruption()
+
+
+class VoiceLabElevenLabsSTTService(ReportsDroppedConnection, ElevenLabsRealtimeSTTService):
+    """Scribe realtime, reporting a commit that is never answered.
+
+    pipecat waits for the committed transcript forever; a stalled service
+    would leave the user's turn hanging with no word on screen.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._awaiting_transcript: asyncio.Task | None = None
+        self._hearing = False
+
+    def _mid_turn(self) -> bool:
+        return self._hearing or self._awaiting_transcript is not None
+
+    async def process_frame(self, frame, direction):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, VADUserStartedSpeakingFrame):
+            self._hearing = True
+        elif isinstance(frame, VADUserStoppedSpeakingFrame):
+            self._hearing = False
+            if self._awaiting_transcript is None:
+                self._awaiting_transcript = self.create_task(self._transcript_overdue())
+
+    async def _transcript_overdue(self) -> None:
+        await asyncio.sleep(TRANSCRIPT_TIMEOUT_SECS)
+        self._awaiting_transcript = None
+        await self.push_error("no transcript: the request timed out")
+
+    async def _process_response(self, data: dict):
+        if data.get("message_type") != "partial_transcript":
+            await self._stop_waiting()
+        await super()._process_response(data)
+
+    async def _stop_waiting(self) -> None:
+        if self._awaiting_transcript is not None:
+            task, self._awaiting_transcript = self._awaiting_transcript, None
+            await self.cancel_task(task)
+
+    async def cleanup(self):
+        await self._stop_waiting()
+        await super().cleanup()
+
+
 def _stt(choice, key, config, models):
-    return ElevenLabsRealtimeSTTService(
+    return VoiceLabElevenLabsSTTService(
         api_key=key,
         base_url=websocket_host(),
         # Our Silero VAD and Smart Turn decide when the user is done; Scribe
         # commits the transcript when told.
         commit_strategy=CommitStrategy.MANUAL,
-        settings=ElevenLabsRealtimeSTTService.Settings(model=choice.model),
+        settings=VoiceLabElevenLabsSTTService.Settings(model=choice.model),
     )
 
 
 def _tts(choice, key, config, models):
-    return ElevenLabsTTSService(
+    return VoiceLabElevenLabsTTSService(
         api_key=key,
         url=websocket_url(),
-        settings=ElevenLabsTTSService.Settings(model=choice.model, voice=choice.voice),
+        settings=VoiceLabElevenLabsTTSService.Settings(model=choice.model, voice=choice.voice),
     )
 
 

@@ -57,6 +57,11 @@ def describe_failure(provider: str, exception: BaseException | None, message: st
             f"{provider} had a server error ({status}); this turn was dropped. "
             "Speak again, or switch provider if it keeps failing."
         )
+    if "completed with no audio" in text:
+        return (
+            f"{provider} sent no audio for the reply (its connection dropped or it did not "
+            "answer in time). Speak again, or switch provider."
+        )
     if any(word in text for word in _TIMEOUT_WORDS):
         return (
             f"{provider} did not answer in time; this turn was dropped. "

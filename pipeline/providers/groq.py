@@ -59,6 +59,10 @@ class VoiceLabGroqLLMService(GroqLLMService):
             http_client=DefaultAsyncHttpxClient(timeout=_timeout()),
         )
 
+    async def cleanup(self):
+        await super().cleanup()
+        await self._client.close()  # pipecat leaves its keep-alive sockets to the GC
+
 
 class VoiceLabGroqSTTService(GroqSTTService):
     """Groq Whisper, failing fast instead of retrying."""
@@ -68,6 +72,10 @@ class VoiceLabGroqSTTService(GroqSTTService):
         self._client = AsyncOpenAI(
             api_key=api_key, base_url=openai_base_url(), timeout=_timeout(), max_retries=0
         )
+
+    async def cleanup(self):
+        await super().cleanup()
+        await self._client.close()
 
 
 class VoiceLabGroqTTSService(GroqTTSService):
@@ -85,6 +93,10 @@ class VoiceLabGroqTTSService(GroqTTSService):
         self._client = AsyncGroq(
             api_key=api_key, base_url=base_url(), timeout=_timeout(), max_retries=0
         )
+
+    async def cleanup(self):
+        await super().cleanup()
+        await self._client.close()
 
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
         try:
