@@ -80,11 +80,12 @@ class AppServer:
 
 
 @contextmanager
-def run_app(log_path: Path) -> Iterator[AppServer]:
+def run_app(log_path: Path, extra_env: dict[str, str] | None = None) -> Iterator[AppServer]:
     """``python app.py`` from the repository root, as a user starts it; killed afterwards."""
     port = free_port()
     env = {
         **os.environ,
+        **(extra_env or {}),
         "GRADIO_SERVER_NAME": "127.0.0.1",
         "GRADIO_SERVER_PORT": str(port),
         "VOICE_LAB_LOOPBACK_ICE": "1",
@@ -93,6 +94,9 @@ def run_app(log_path: Path) -> Iterator[AppServer]:
         "ORT_DISABLE_TELEMETRY": "1",
         "VOICE_LAB_LOG_LEVEL": "INFO",
     }
+    # The server's own keys would change every stage's default away from local.
+    for name in ("GROQ_API_KEY", "ELEVENLABS_API_KEY"):
+        env.pop(name, None)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "app.py"],

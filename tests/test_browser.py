@@ -29,6 +29,8 @@ from tests.browser_support import (
     press_record,
     run_app,
 )
+from tests.fakes.common import serving_in_thread
+from tests.fakes.groq import FakeGroq
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -51,10 +53,21 @@ STOPS_WITHIN_SECS = 2.5
 STOPPED_FOR_SECS = 1.0
 
 
+GROQ_KEY = "gsk_browser_test_key_0123456789"
+
+
 @pytest.fixture(scope="module")
-def app_server(tmp_path_factory) -> Iterator[AppServer]:
+def groq() -> Iterator[FakeGroq]:
+    """A Groq stand-in the app can be switched to (it has no key of its own: stays local)."""
+    with serving_in_thread(FakeGroq(api_key=GROQ_KEY)) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory, groq) -> Iterator[AppServer]:
     chromium_executable()  # fail before spending a minute on the app
-    with run_app(tmp_path_factory.mktemp("app") / "app.log") as server:
+    log = tmp_path_factory.mktemp("app") / "app.log"
+    with run_app(log, extra_env={"GROQ_BASE_URL": groq.base_url}) as server:
         yield server
 
 
@@ -353,3 +366,37 @@ def test_closing_the_tab_mid_reply_ends_the_session_within_two_seconds(pw, app, 
     logged_at = datetime.strptime(finished.group(1), "%Y-%m-%d %H:%M:%S").timestamp()
     gone_after = logged_at + int(finished.group(2)) / 1000 - closed_at
     assert gone_after < 2.0, f"the session outlived its tab by {gone_after:.2f}s"
+
+
+def test_switching_the_llm_between_turns_labels_the_next_turn(pw, app, groq, tmp_path):
+    """Type a key, pick Groq in the LLM dropdown: the next turn runs on it, same call."""
+    silent_mic = quiet_mic(tmp_path)
+    with open_app(pw, app, tmp_path, fake_mic=silent_mic) as page:
+        press_record(page)
+        wait_until_listening(page)
+        question = np.concatenate([speech_pcm("What is the capital of France?"), silence(0.5)])
+        speak(page, tmp_path / "first.wav", question)
+        conversation = page.locator("#conversation")
+        expect(conversation.locator("[data-role=bot]").first).to_contain_text(
+            re.compile(r"\w{2,}"), timeout=REPLY_TIMEOUT_MS
+        )
+        expect(conversation.locator("[data-role=user]").first).to_contain_text("Local")
+
+        page.locator("#groq-key input").fill(GROQ_KEY)
+        page.locator("#groq-key input").press("Enter")
+        page.locator("#llm-provider input").click()
+        page.get_by_role("option", name="Groq").click()
+        expect(page.locator("#status")).to_contain_text(
+            "Groq llama-3.1-8b-instant", timeout=REPLY_TIMEOUT_MS
+        )
+
+        speak(page, tmp_path / "second.wav", question)
+        second = conversation.locator("[data-role=user]").nth(1)
+        expect(second).to_contain_text("Groq llama-3.1-8b-instant", timeout=REPLY_TIMEOUT_MS)
+        # The Groq fake's answer quotes the question it was sent.
+        expect(conversation.locator("[data-role=bot]").nth(1)).to_contain_text(
+            re.compile("you asked.*capital", re.I), timeout=REPLY_TIMEOUT_MS
+        )
+        assert groq.requests_to("chat"), "the switched turn never reached the Groq fake"
+        # The same call all along: the switch did not reconnect.
+        assert page.evaluate("__voiceProbe.connections.length") == 1

@@ -8,6 +8,10 @@ figure): rendering runs on the event loop that paces every session's audio.
 
 from __future__ import annotations
 
+# plotly imports pandas lazily when it first serialises a figure; two Gradio
+# worker threads doing that at once can meet a half-imported module
+# ("partially initialized module 'pandas'"), so import it up front.
+import pandas  # noqa: F401
 import plotly.graph_objects as go
 
 from ui.state import CHART_TURNS, SessionState

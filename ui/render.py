@@ -30,10 +30,15 @@ def render_status(state: SessionState) -> str:
     error = ""
     if state.error:
         error = f'<span class="status-error">{escape(state.error)}</span>'
+    providers = ""
+    if state.providers is not None and state.status not in ("idle", "ended"):
+        providers = (
+            f'<span class="status-providers">Running on {escape(state.providers.label)}</span>'
+        )
     return (
         f'<div class="status-line" data-status="{state.status}">'
         f'<span class="status-dot"></span><span class="status-text">{escape(text)}</span>'
-        f"{error}</div>"
+        f"{error}{providers}</div>"
     )
 
 
