@@ -128,6 +128,7 @@ def build_voice_pipeline(
             service.name: PROVIDERS[config.choices()[stage].provider].label
             for stage, service in services.items()
         },
+        word_timing=PROVIDERS[config.tts.provider].word_timing,
         redact=config.keys.redact,
     )
     activity = TurnActivity()

@@ -91,6 +91,13 @@ class BotSpoken(Event):
 
 
 @dataclass(frozen=True)
+class BotWordStarted(Event):
+    """A word of the reply started playing (TTS services with word timestamps)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class BotStartedSpeaking(Event):
     """The first reply audio left for the browser."""
 

@@ -61,6 +61,7 @@ class UIEventObserver(BaseObserver):
         output: FrameProcessor | None = None,
         stages: dict[str, str] | None = None,
         providers: dict[str, str] | None = None,
+        word_timing: bool = False,
         redact: Callable[[str], str] = str,
         clock: Callable[[], float] = time.time,
     ):
@@ -71,16 +72,21 @@ class UIEventObserver(BaseObserver):
         # Service name -> provider label, to say who failed.
         self._providers = providers or {}
         self._redact = redact
+        # With word timing the TTS hands over every word at the moment it plays,
+        # and its sentence frames carry no timing at all.
+        self._word_timing = word_timing
         self._now = clock
 
     async def on_push_frame(self, data: FramePushed):
         frame = data.frame
         if data.source is self._output and data.direction == FrameDirection.DOWNSTREAM:
             if isinstance(frame, TTSTextFrame):
-                self._sink(ev.BotSpoken(self._now(), frame.text))
+                word = ev.BotWordStarted if self._word_timing else ev.BotSpoken
+                self._sink(word(self._now(), frame.text))
                 return
             if isinstance(frame, AggregatedTextFrame):
-                self._sink(ev.BotSentenceStarted(self._now(), frame.text))
+                if not self._word_timing:
+                    self._sink(ev.BotSentenceStarted(self._now(), frame.text))
                 return
         if not data.first_push:
             return

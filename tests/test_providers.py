@@ -116,8 +116,16 @@ async def test_groq_stt_and_llm_with_elevenlabs_tts_answer_a_spoken_question(
         # The reply was heard: audio after the question, and the highlight
         # moved word by word (ElevenLabs sends character timings).
         assert len(d.received.audible_after(spoken_until)) * 0.04 > 1.0
-        spoken_words = [e.text for e in d.events("BotSpoken")]
-        assert len(spoken_words) >= 5 and all(len(w.split()) == 1 for w in spoken_words)
+        words = d.events("BotWordStarted")
+        assert len(words) >= 5 and all(len(w.text.split()) == 1 for w in words)
+        assert not d.events("BotSentenceStarted"), "sentence frames carry no timing here"
+        # On screen, the word now playing is the one highlighted.
+        shown = state.initial_state()
+        for event in d.session.events:
+            shown = state.reduce(shown, event)
+            if event is words[3]:
+                assert shown.bot.speaking == words[3].text
+                assert shown.bot.spoken.endswith(words[2].text)
         stages = {e.stage for e in d.events("ServiceTTFB")}
         assert stages == {"stt", "llm", "tts"}
         assert d.events("LatencyMeasured")
@@ -149,7 +157,7 @@ async def test_local_whisper_feeds_a_cloud_llm(models, groq, elevenlabs):
         heard = groq.requests_to("chat")[0]
         assert "paris" in heard.messages[-1]["content"].lower()
         assert heard.json["model"] == "openai/gpt-oss-20b"
-        assert d.events("BotSpoken")
+        assert d.events("BotWordStarted")
 
 
 async def test_a_switch_applies_at_the_next_turn_without_reconnecting(models, groq):
@@ -260,7 +268,7 @@ async def test_a_tts_websocket_dropped_mid_reply_stops_audio_and_recovers(models
         assert not still_playing, "audio kept playing after the provider dropped"
 
         await ask(d, timeout=30)
-        assert d.events("BotSpoken")
+        assert d.events("BotWordStarted")
 
 
 async def test_ten_barge_ins_in_a_row_stay_within_elevenlabs_context_limit(

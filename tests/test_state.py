@@ -195,3 +195,36 @@ def test_exported_session_replays_into_the_same_dashboard(tmp_path):
     assert replayed == live
     assert render.render_stats(replayed) == render.render_stats(live)
     assert charts.breakdown_figure(replayed) == charts.breakdown_figure(live)
+
+
+def test_turns_are_labelled_with_their_providers_and_compared_by_setup():
+    local = ev.ProvidersChanged(0, "Local whisper-tiny.en", "Local SmolLM2", "Local piper")
+    cloud = ev.ProvidersChanged(9, "Groq whisper-large-v3-turbo", "Groq llama", "ElevenLabs flash")
+    final = run(ev.SessionStarted(0), local, *one_turn(v2v=1.2), cloud, *one_turn(t0=10, v2v=0.5))
+    users = [t for t in final.turns if t.role == "user"]
+    assert users[0].providers.stt == "Local whisper-tiny.en"
+    assert users[1].providers.llm == "Groq llama"
+    assert [entry.providers.short for entry in final.latency] == [
+        "Local·Local·Local",
+        "Groq·Groq·ElevenLabs",
+    ]
+    html = render.render_stats(final)
+    assert "by-setup" in html and "Groq whisper-large-v3-turbo" in html and "500 ms" in html
+    ticks = charts.breakdown_figure(final).to_plotly_json()["data"][0]["x"]
+    assert "Groq·Groq·ElevenLabs" in ticks[1]
+    assert "Groq llama" in render.render_conversation(final)
+
+
+def test_word_timestamps_move_the_highlight_word_by_word():
+    words = ["Paris", "is", "mild", "today."]
+    events = [ev.SessionStarted(0), ev.BotThinking(1), ev.BotToken(1, "Paris is mild today.")]
+    events += [ev.BotWordStarted(2 + i / 4, w) for i, w in enumerate(words)]
+    seen = []
+    current = state.initial_state()
+    for event in events:
+        current = state.reduce(current, event)
+        if isinstance(event, ev.BotWordStarted):
+            seen.append((current.bot.spoken, current.bot.speaking))
+    assert seen[0] == ("", "Paris")
+    assert seen[2] == ("Paris is", "mild")
+    assert "<mark" in render.render_conversation(current)

@@ -153,6 +153,10 @@ def reduce(state: SessionState, event: ev.Event) -> SessionState:
             return replace(state, bot=replace(bot, generated=bot.generated + text))
         case ev.BotSentenceStarted(text=text) if state.bot is not None:
             return replace(state, bot=replace(state.bot, speaking=text.strip()))
+        case ev.BotWordStarted(text=text) if state.bot is not None:
+            # The word now playing is highlighted; the one before it was heard.
+            spoken = _join(state.bot.spoken, state.bot.speaking)
+            return replace(state, bot=replace(state.bot, spoken=spoken, speaking=text.strip()))
         case ev.BotSpoken(text=text) if state.bot is not None:
             spoken = _join(state.bot.spoken, text)
             return replace(state, bot=replace(state.bot, spoken=spoken, speaking=""))

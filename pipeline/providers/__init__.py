@@ -115,6 +115,8 @@ class Provider:
     fetch_catalogs: CatalogFetcher | None = None
     # Short tag used in chart labels.
     tag: str = ""
+    # Its TTS reports when each word starts playing (else only whole sentences).
+    word_timing: bool = False
     stages: tuple[Stage, ...] = field(init=False)
 
     def __post_init__(self):

@@ -170,4 +170,5 @@ PROVIDER = Provider(
     catalogs={"stt": Catalog(STT_MODELS), "tts": Catalog(TTS_MODELS, voices=TTS_VOICES)},
     factories={"stt": _stt, "tts": _tts},
     fetch_catalogs=fetch_catalogs,
+    word_timing=True,
 )

@@ -1,0 +1,114 @@
+"""The settings panel's logic: defaults from keys, typed keys, live model lists, error wording."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline import events as ev
+from pipeline.config import SessionConfig
+from pipeline.providers import ProviderKeys
+from pipeline.providers.errors import describe_failure
+from tests.fakes.elevenlabs import FakeElevenLabs
+from tests.fakes.groq import FakeGroq
+from ui import render, state
+from ui.settings import catalog, config_from_settings, initial_settings
+
+
+def test_every_stage_is_local_without_keys():
+    config = SessionConfig()
+    assert {c.provider for c in config.choices().values()} == {"local"}
+
+
+def test_a_server_key_makes_its_provider_the_default(monkeypatch):
+    monkeypatch.setenv("GROQ_API_KEY", "gsk_server")
+    monkeypatch.setenv("ELEVENLABS_API_KEY", "el_server")
+    choices = SessionConfig().choices()
+    assert (choices["stt"].provider, choices["llm"].provider) == ("groq", "groq")
+    assert choices["tts"].provider == "elevenlabs"
+    assert choices["tts"].model == "eleven_flash_v2_5"
+
+
+def test_a_typed_key_overrides_the_servers_for_that_session_only(monkeypatch):
+    monkeypatch.setenv("GROQ_API_KEY", "gsk_server")
+    mine = config_from_settings({**initial_settings(), "keys": {"groq": " gsk_mine "}})
+    theirs = config_from_settings(initial_settings())
+    assert mine.keys.get("groq") == "gsk_mine"
+    assert theirs.keys.get("groq") == "gsk_server"
+
+
+def test_knobs_and_models_come_from_the_page():
+    values = initial_settings()
+    values.update(vad_stop_secs=0.35, smart_turn=False, system_prompt="Be a pirate.")
+    values["llm"] = {"provider": "groq", "model": "openai/gpt-oss-20b", "voice": None}
+    config = config_from_settings(values)
+    assert (config.vad_stop_secs, config.smart_turn) == (0.35, False)
+    assert config.system_prompt == "Be a pirate."
+    assert config.llm.label == "Groq openai/gpt-oss-20b"
+
+
+def test_an_unknown_provider_is_refused_in_words():
+    values = {**initial_settings(), "tts": {"provider": "acme", "model": "x"}}
+    with pytest.raises(ValueError, match="Text-to-speech provider"):
+        config_from_settings(values)
+
+
+def test_keys_never_print():
+    keys = ProviderKeys({"groq": "gsk_secret_value"})
+    config = SessionConfig(keys=keys)
+    for text in (repr(keys), str(keys), repr(config)):
+        assert "gsk_secret_value" not in text
+    assert keys.redact("bad key gsk_secret_value") == "bad key ***"
+
+
+async def test_model_lists_come_from_the_provider_with_a_key(monkeypatch):
+    async with FakeGroq(
+        api_key="gsk_ok", chat_models=["llama-3.1-8b-instant", "qwen/qwen3-32b"]
+    ) as groq:
+        monkeypatch.setenv("GROQ_BASE_URL", groq.base_url)
+        live = await catalog("groq", "llm", {"groq": "gsk_ok"})
+        assert "qwen/qwen3-32b" in live.models and live.default_model == "llama-3.1-8b-instant"
+        stt = await catalog("groq", "stt", {"groq": "gsk_ok"})
+        assert stt.default_model == "whisper-large-v3-turbo"
+        # A refused key, or no key: the built-in list, not an error.
+        fallback = await catalog("groq", "llm", {"groq": "gsk_wrong"})
+        assert "qwen/qwen3-32b" not in fallback.models and fallback.models
+        assert (await catalog("groq", "llm", {})).models == fallback.models
+
+
+async def test_voices_come_from_elevenlabs_with_a_key(monkeypatch):
+    async with FakeElevenLabs(api_key="el_ok") as fake:
+        monkeypatch.setenv("ELEVENLABS_BASE_URL", fake.base_url)
+        monkeypatch.setenv("SSL_CERT_FILE", fake.cert_path)
+        live = await catalog("elevenlabs", "tts", {"elevenlabs": "el_ok"})
+        assert {v["voice_id"] for v in fake.voices} == {voice_id for _, voice_id in live.voices}
+        assert live.default_model == "eleven_flash_v2_5"
+
+
+async def test_an_unreachable_provider_still_lists_its_built_in_models(monkeypatch):
+    monkeypatch.setenv("ELEVENLABS_BASE_URL", "https://127.0.0.1:9")
+    found = await catalog("elevenlabs", "tts", {"elevenlabs": "el_any"})
+    assert found.default_model == "eleven_flash_v2_5" and found.voices
+
+
+@pytest.mark.parametrize(
+    ("message", "words"),
+    [
+        ("Error during completion: Error code: 401 - Invalid API Key", "refused the API key"),
+        ("Error: Invalid API key", "refused the API key"),
+        ("Unknown error occurred: Error code: 429 - rate limit", "rate-limiting"),
+        ("Error during completion: Error code: 503 - over capacity", "server error (503)"),
+        ("Error during completion: Request timed out.", "did not answer in time"),
+        ("Error during completion: Connection error.", "Could not reach Groq"),
+        ("TTS context abc completed with no audio", "sent no audio"),
+    ],
+)
+def test_failures_are_told_in_plain_words(message, words):
+    assert words in describe_failure("Groq", None, message)
+
+
+def test_the_status_line_names_the_providers_in_use():
+    shown = state.reduce(
+        state.reduce(state.initial_state(), ev.SessionStarted(0)),
+        ev.ProvidersChanged(0, "Groq whisper", "Groq llama", "ElevenLabs flash"),
+    )
+    assert "Groq whisper · Groq llama · ElevenLabs flash" in render.render_status(shown)
