@@ -24,6 +24,8 @@ from pipeline.providers import Catalog, Provider, Stage
 DEFAULT_BASE_URL = "https://api.groq.com"
 FIRST_BYTE_TIMEOUT_SECS = 10.0
 CONNECT_TIMEOUT_SECS = 3.0
+# Orpheus on Groq refuses longer input in one request.
+TTS_MAX_INPUT_CHARS = 200
 # A cloud model writes far faster than it is spoken; the limit only stops runaways.
 LLM_MAX_TOKENS = 400
 
@@ -101,20 +103,34 @@ class VoiceLabGroqTTSService(GroqTTSService):
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
         try:
             await self.start_tts_usage_metrics(text)
-            async with self._client.audio.speech.with_streaming_response.create(
-                model=self._settings.model,
-                voice=self._settings.voice,
-                response_format="wav",
-                sample_rate=self.sample_rate,
-                input=text,
-            ) as response:
-                async for frame in self._stream_audio_frames_from_iterator(
-                    response.iter_bytes(), strip_wav_header=True, context_id=context_id
-                ):
-                    await self.stop_ttfb_metrics()
-                    yield frame
+            for piece in split_for_speech(text, TTS_MAX_INPUT_CHARS):
+                async with self._client.audio.speech.with_streaming_response.create(
+                    model=self._settings.model,
+                    voice=self._settings.voice,
+                    response_format="wav",
+                    sample_rate=self.sample_rate,
+                    input=piece,
+                ) as response:
+                    async for frame in self._stream_audio_frames_from_iterator(
+                        response.iter_bytes(), strip_wav_header=True, context_id=context_id
+                    ):
+                        await self.stop_ttfb_metrics()
+                        yield frame
         except Exception as e:
             yield ErrorFrame(error=f"Groq TTS failed: {e}", exception=e)
+
+
+def split_for_speech(text: str, limit: int) -> list[str]:
+    """``text`` in pieces of at most ``limit`` characters, cut between words."""
+    pieces: list[str] = []
+    current = ""
+    for word in text.split():
+        if current and len(current) + 1 + len(word) > limit:
+            pieces.append(current)
+            current = word
+        else:
+            current = f"{current} {word}".strip()
+    return [*pieces, current] if current else pieces
 
 
 def _stt(choice, key, config, models):
