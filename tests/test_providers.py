@@ -214,6 +214,31 @@ async def test_a_refused_key_is_named_within_3_s_and_another_provider_works_next
 
 
 @pytest.mark.parametrize(
+    ("stage", "provider", "label"),
+    [
+        ("stt", "groq", "Groq"),
+        ("tts", "groq", "Groq"),
+        ("stt", "elevenlabs", "ElevenLabs"),
+        ("tts", "elevenlabs", "ElevenLabs"),
+    ],
+)
+async def test_every_provider_names_a_refused_key(models, groq, elevenlabs, stage, provider, label):
+    keys = {"groq": GROQ_KEY, "elevenlabs": ELEVEN_KEY, provider: "wrong_key_0000"}
+    cfg = config(**{stage: (provider,)}, keys=keys)
+    async with SessionDriver(session_with(models, cfg)) as d:
+        await d.play(speech_pcm(QUESTION))
+        await d.play_silence_until(lambda: d.events("ErrorReported"), 20)
+        error = d.events("ErrorReported")[0]
+        assert f"{label} refused the API key" in error.message, error.message
+        # Within 3 s of the first moment it could know: the session start for a
+        # websocket provider, the end of the question for a request-per-turn one.
+        started = d.events("SessionStarted")[0].t
+        asked = d.events("UserStoppedSpeaking")[0].t if d.events("UserStoppedSpeaking") else None
+        assert error.t - started < 3.0 or (asked is not None and error.t - asked < 3.0)
+        assert not d.session.finished.is_set()
+
+
+@pytest.mark.parametrize(
     ("mode", "words"), [("429", "rate-limiting"), ("500", "server error"), ("503", "server error")]
 )
 async def test_rate_limits_and_server_errors_end_the_turn_and_the_next_one_works(

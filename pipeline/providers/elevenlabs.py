@@ -48,7 +48,14 @@ def websocket_host() -> str:
 
 
 class ReportsDroppedConnection:
-    """Say so when the websocket drops mid-turn; pipecat reconnects silently, losing the turn."""
+    """Say so when the websocket drops mid-turn; pipecat reconnects silently, losing the turn.
+
+    Also keeps the reason the server gave when it closed the socket ("1008
+    Invalid API key"): pipecat's later reconnection errors say only that
+    verification failed, and the reason is what tells a visitor what to fix.
+    """
+
+    _server_close_reason = ""
 
     def _mid_turn(self) -> bool:
         return True
@@ -56,11 +63,28 @@ class ReportsDroppedConnection:
     async def _on_dropped_mid_turn(self) -> None:
         """What else to do about the lost turn, besides saying so."""
 
+    def _note_close(self, closed) -> None:
+        if closed is not None and closed.code != 1000:
+            self._server_close_reason = f"{closed.code} {closed.reason}".strip()
+
+    async def _verify_connection(self) -> bool:
+        verified = await super()._verify_connection()
+        if not verified:
+            self._note_close(getattr(self._websocket, "close_rcvd", None))
+        return verified
+
     async def _maybe_try_reconnect(self, error_message, report_error, error=None):
+        self._note_close(getattr(error, "rcvd", None))
         if not self._disconnecting and self._mid_turn():
             await self.push_error(f"connection dropped: {error_message}", exception=error)
             await self._on_dropped_mid_turn()
         return await super()._maybe_try_reconnect(error_message, report_error, error)
+
+    async def push_error_frame(self, error, *args, **kwargs):
+        reason = self._server_close_reason
+        if reason and reason not in error.error:
+            error.error = f"{error.error} (the server closed the connection: {reason})"
+        await super().push_error_frame(error, *args, **kwargs)
 
 
 class VoiceLabElevenLabsTTSService(ReportsDroppedConnection, ElevenLabsTTSService):
