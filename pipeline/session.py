@@ -294,7 +294,8 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         idle_since: float | None = None
         while True:
             voice = self.voice
-            if voice is not None and voice.activity.idle:
+            handing_over = self._next_voice is not None or self._handover is not None
+            if voice is not None and voice.activity.idle and not handing_over:
                 idle_since = idle_since or time.monotonic()
                 if time.monotonic() - idle_since >= SWITCH_IDLE_SECS:
                     return

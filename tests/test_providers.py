@@ -196,6 +196,25 @@ async def test_a_switch_applies_at_the_next_turn_without_reconnecting(models, gr
         assert latency[-1].providers.llm == "Groq llama-3.3-70b-versatile"
 
 
+async def test_a_switch_asked_for_mid_reply_waits_for_the_reply_to_end(models, groq):
+    groq.reply = lambda _messages: LONG_REPLY
+    async with SessionDriver(session_with(models, config(llm=("groq",)))) as d:
+        await d.play(speech_pcm(QUESTION))
+        await d.play_silence_until(lambda: d.events("BotStartedSpeaking"), 20)
+        # Two changes in quick succession while the bot talks: the last one wins.
+        d.session.request_config(config(llm=("groq", "openai/gpt-oss-20b")))
+        d.session.request_config(config(llm=("groq", "llama-3.3-70b-versatile")))
+        await d.play_silence_until(lambda: len(d.events("ProvidersChanged")) == 2, 60)
+
+        reply = d.events("BotTurnText")[0]
+        assert not reply.interrupted and "umbrella" in reply.text, "the switch cut the reply"
+        assert d.events("ProvidersChanged")[1].t > d.events("BotStoppedSpeaking")[0].t
+        assert d.events("ProvidersChanged")[1].llm == "Groq llama-3.3-70b-versatile"
+        await ask(d)
+        assert groq.requests_to("chat")[-1].json["model"] == "llama-3.3-70b-versatile"
+        assert len(d.events("ProvidersChanged")) == 2
+
+
 async def test_a_refused_key_is_named_within_3_s_and_another_provider_works_next(models, groq):
     cfg = config(llm=("groq",), keys={"groq": "gsk_wrong_key"})
     async with SessionDriver(session_with(models, cfg)) as d:
