@@ -1,15 +1,26 @@
-"""``python -m bench --profile local --turns 5 --json PATH``: measure the voice loop.
+"""``python -m bench``: measure the voice loop, alone or with concurrent sessions.
 
-Prints a summary and, with ``--json``, writes every figure (per turn and
-aggregated) with the machine load it was measured under.
+    python -m bench --profile local --turns 6
+    python -m bench --profile cloud-sim --sessions 20 --turns 3 --json r.json --html r.html
+    python -m bench --profile local --sweep 1,2,3,4
+
+``local`` runs the embedded models; ``cloud-sim`` runs the real Groq and
+ElevenLabs pipecat services against in-process fakes with the providers'
+published latencies. Prints a summary with the targets next to the
+measurements; ``--json`` writes every figure (per turn, per session, pooled)
+with the machine load it was measured under; ``--html`` a self-contained
+report with charts.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import json
 import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -22,85 +33,197 @@ for name, value in {
 }.items():
     os.environ.setdefault(name, value)
 
+QUICK_TURNS = 2  # one question and the barge-in turn
+
+
+def _levels(text: str) -> list[int]:
+    levels = [int(part) for part in text.split(",") if part.strip()]
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError("--sweep takes session counts such as 1,2,3,4")
+    return levels
+
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--profile", choices=["local"], default="local")
-    parser.add_argument("--turns", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="one turn: a smoke run for CI")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--profile", choices=["local", "cloud-sim"], default="local")
+    parser.add_argument("--sessions", type=int, default=1, help="concurrent sessions")
+    parser.add_argument(
+        "--turns", type=int, default=5, help="turns per session (the last one is a barge-in)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help=f"{QUICK_TURNS} turns: the smallest meaningful run"
+    )
+    parser.add_argument(
+        "--sweep",
+        type=_levels,
+        help="run at each of these concurrencies (e.g. 1,2,3,4) instead of --sessions",
+    )
+    parser.add_argument(
+        "--baseline", type=Path, help="a 1-session result JSON to compare v2v p95 with"
+    )
     parser.add_argument(
         "--no-interim", action="store_true", help="no interim transcripts (comparison)"
     )
     parser.add_argument(
         "--no-dashboard", action="store_true", help="observers and UI updates off (comparison)"
     )
-    parser.add_argument("--json", type=Path, help="write the full result here")
-    return parser.parse_args(argv)
-
-
-def format_summary(result: dict) -> str:
-    def ms(value: float | None) -> str:
-        return "-" if value is None else f"{value * 1000:.0f} ms"
-
-    v2v, first = result["voice_to_voice"], result["first_audio"]
-    delay, cost = result["ui_event_delay"], result["observer_cost_us"]
-    dashboard = "on" if result["dashboard"] else "off"
-    lines = [
-        f"profile {result['profile']}: {len(result['turns'])} turns, dashboard {dashboard}, "
-        f"start-up {result['startup_seconds']:.1f} s",
-        f"voice-to-voice  median {ms(v2v['median'])}  p95 {ms(v2v['p95'])}  max {ms(v2v['max'])}",
-        f"first audio out median {ms(first['median'])}  p95 {ms(first['p95'])}",
-    ]
-    if result["dashboard"]:
-        lines.append(
-            f"UI event delay  median {ms(delay['median'])}  p95 {ms(delay['p95'])}; observer "
-            f"{cost['median']:.1f} us/frame median, p95 {cost['p95']:.1f} us "
-            f"over {cost['n']} pushes"
-        )
-    for label, figures in result["contributions"].items():
-        lines.append(f"  {label:<22} median {ms(figures['median'])}  p95 {ms(figures['p95'])}")
-    machine = result["machine"]
-    lines.append(
-        f"peak RSS {result['peak_rss_mb']:.0f} MB, CPU {result['cpu_seconds']:.1f} s "
-        f"over {result['wall_seconds']:.1f} s, load avg before "
-        f"{machine['loadavg_before'][0]:.2f} after {machine['loadavg_after'][0]:.2f}"
+    parser.add_argument(
+        "--webrtc-sessions", type=int, default=0, help="also run N sessions over real WebRTC"
     )
-    return "\n".join(lines)
+    parser.add_argument(
+        "--startup", action="store_true", help="also measure the app's start-up to ready"
+    )
+    parser.add_argument("--json", type=Path, help="write the full result here")
+    parser.add_argument("--html", type=Path, help="write a self-contained HTML report here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.turns = QUICK_TURNS
+    if args.sessions < 1 or args.turns < 1:
+        parser.error("--sessions and --turns must be at least 1")
+    return args
 
 
-async def main(argv: list[str]) -> int:
-    args = parse_args(argv)
-    from bench.voice_loop import run_local
+@contextlib.asynccontextmanager
+async def profile_for(args: argparse.Namespace, models):
+    """The sessions' factory and audio for the chosen profile (cloud-sim: with its fakes)."""
+    from bench.scenarios import Profile
+    from bench.speech import speech_pcm
     from pipeline.config import SessionConfig
-    from pipeline.models import shared_models
-    from pipeline.runtime import prepare_runtime
     from pipeline.session import VoiceSession
     from ui import state
 
-    startup = prepare_runtime()
-    models = shared_models()
-    turns = 1 if args.quick else args.turns
+    knobs = {
+        "dashboard": not args.no_dashboard,
+        "interim_every_secs": 0 if args.no_interim else SessionConfig.interim_every_secs,
+    }
 
-    def session_factory() -> VoiceSession:
+    def session(config_factory) -> VoiceSession:
         return VoiceSession(
             reduce=state.reduce,
             initial_state=state.initial_state,
             models=models,
-            config_factory=lambda: SessionConfig(
-                dashboard=not args.no_dashboard,
-                interim_every_secs=0 if args.no_interim else SessionConfig.interim_every_secs,
-            ),
+            config_factory=config_factory,
         )
 
-    result = await run_local(
-        turns, models=models, session_factory=session_factory, dashboard=not args.no_dashboard
-    )
-    result["startup_seconds"] = startup
-    result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if args.profile == "local":
+        yield Profile(
+            name="local",
+            new_session=lambda _i: session(lambda: SessionConfig(**knobs)),
+            say=lambda text, _key: speech_pcm(text),
+        )
+        return
+
+    from bench.cloudsim import CloudFakes, InjectedLatencies, Utterances
+
+    utterances = Utterances()
+    async with CloudFakes(utterances) as fakes:
+        yield Profile(
+            name="cloud-sim",
+            new_session=lambda i: session(lambda: fakes.session_config(i, **knobs)),
+            say=lambda text, key: utterances.say(text, key, speech_pcm(text)),
+            connections_opened=fakes.tts_connections_between,
+            attribution=lambda: InjectedLatencies(fakes),
+        )
+
+
+def _sweep_entry(run: dict) -> dict:
+    return {
+        "sessions": run["sessions"],
+        "v2v_median": run["voice_to_voice"]["median"],
+        "v2v_p95": run["voice_to_voice"]["p95"],
+        "v2v_n": run["voice_to_voice"]["n"],
+        "pipeline_overhead_p95": run["pipeline_overhead"]["p95"],
+        "underruns": run["underruns"]["count"],
+        "underrun_seconds": run["underruns"]["gap_seconds"],
+        "cpu_seconds_per_session": run["cpu_seconds_per_session"],
+        "peak_rss_mb": run["peak_rss_mb"],
+        "loadavg_before": run["loadavg_before"],
+        "loadavg_after": run["loadavg_after"],
+        "errors": len(run["errors"]),
+    }
+
+
+async def _optional_webrtc(args: argparse.Namespace) -> dict:
+    """The WebRTC scenario and app start-up, from bench.webrtc (written separately)."""
+    extra = {}
+    try:
+        if args.webrtc_sessions > 0:
+            from bench.webrtc import run_webrtc_scenario
+
+            extra["webrtc"] = await run_webrtc_scenario(
+                profile=args.profile,
+                sessions=args.webrtc_sessions,
+                turns=args.turns,
+                dashboard=not args.no_dashboard,
+            )
+        if args.startup:
+            from bench.webrtc import measure_app_startup
+
+            extra["app_startup"] = await measure_app_startup()
+    except ImportError as e:
+        raise SystemExit(
+            f"--webrtc-sessions and --startup need bench/webrtc.py, which is missing or "
+            f"incomplete: {e}"
+        ) from e
+    return extra
+
+
+def _baseline_p95(args: argparse.Namespace, sweep: list[dict]) -> float | None:
+    if args.baseline:
+        return json.loads(args.baseline.read_text())["voice_to_voice"]["p95"]
+    single = [level for level in sweep if level["sessions"] == 1] if args.sweep else []
+    return single[0]["v2v_p95"] if single else None
+
+
+async def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    from bench.cloudsim import published_latencies
+    from bench.report import format_summary, targets, write_html
+    from bench.scenarios import run_sessions
+    from pipeline.models import shared_models
+    from pipeline.runtime import prepare_runtime
+
+    load_before = os.getloadavg()
+    startup = prepare_runtime()
+    models = shared_models()
+    levels = args.sweep or [args.sessions]
+    sweep: list[dict] = []
+    async with profile_for(args, models) as profile:
+        for level in levels:
+            run = await run_sessions(profile, level, args.turns)
+            sweep.append(_sweep_entry(run))
+
+    result = {
+        "profile": args.profile,
+        "dashboard": not args.no_dashboard,
+        "interim": not args.no_interim,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "startup_seconds": startup,
+        "model_load_seconds": dataclasses.asdict(models.load_times),
+        "provider_latencies": published_latencies() if args.profile == "cloud-sim" else None,
+        **run,  # the last (or only) level's figures
+        "machine": {
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+    }
+    if args.sweep:
+        result["sweep"] = sweep
+    result.update(await _optional_webrtc(args))
+    result["targets"] = targets(result, _baseline_p95(args, sweep))
+
     print(format_summary(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
+    if args.html:
+        write_html(result, args.html)
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,16 +20,33 @@ from pipeline.session import VoiceSession
 FRAME_SECS = 0.02
 
 
+AUDIBLE = 300  # peak below this is the padding silence
+
+
 @dataclass
 class Received:
     audio: list[tuple[float, int, np.ndarray]] = field(default_factory=list)
     closed: bool = False
     cleared: int = 0
+    # When the latest chunk carrying sound arrived: a cheap check for polling loops.
+    last_audible_at: float = 0.0
+
+    def add(self, at: float, rate: int, samples: np.ndarray) -> None:
+        self.audio.append((at, rate, samples))
+        if np.abs(samples).max(initial=0) > AUDIBLE:
+            self.last_audible_at = at
 
     def audio_after(self, t: float) -> list[tuple[float, int, np.ndarray]]:
         return [a for a in self.audio if a[0] >= t]
 
-    def audible_after(self, t: float, threshold: int = 300) -> list[float]:
+    def played_until(self) -> float:
+        """When the audio received so far ends (time.monotonic()), if played as it arrived."""
+        end = 0.0
+        for arrived, rate, samples in self.audio[-50:]:
+            end = max(end, arrived) + len(samples) / rate
+        return end
+
+    def audible_after(self, t: float, threshold: int = AUDIBLE) -> list[float]:
         """Times of chunks after ``t`` that carry sound (not the padding silence)."""
         return [ts for ts, _, s in self.audio_after(t) if np.abs(s).max(initial=0) > threshold]
 
@@ -38,10 +56,21 @@ class SessionDriver:
         self.session = session
         self.received = Received()
         self._tasks: list[asyncio.Task] = []
+        # Events by kind, kept as they are reported: polling loops (every
+        # 20 ms, per session) must not scan the whole event log.
+        self.by_kind: dict[str, list] = defaultdict(list)
 
     async def __aenter__(self) -> SessionDriver:
         # What fastrtc's AudioCallback installs: its clear-queue hook.
         self.session._clear_queue = self._on_clear
+        report = self.session.report
+
+        def indexed_report(event) -> None:
+            self.by_kind[event.kind].append(event)
+            report(event)
+
+        # Before start_up: the pipeline's observers are handed this bound name.
+        self.session.report = indexed_report
         self._tasks.append(asyncio.create_task(self.session.start_up(), name="driver-startup"))
         self._tasks.append(asyncio.create_task(self._pull(), name="driver-pull"))
         await self.wait_for(lambda: self.session.voice is not None and self._started(), 30)
@@ -70,7 +99,7 @@ class SessionDriver:
                 continue
             now = time.monotonic()
             if isinstance(item, tuple):
-                self.received.audio.append((now, item[0], item[1]))
+                self.received.add(now, item[0], item[1])
             elif isinstance(item, CloseStream):
                 self.received.closed = True
                 return

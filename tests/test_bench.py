@@ -1,40 +1,186 @@
-"""The benchmark runs end to end and reports every figure (values are read, never timed here)."""
+"""The benchmark runs end to end and reports every figure (values are read, never timed here).
+
+The end-to-end runs are subprocesses, as CI runs them; the rules the figures
+rest on (what an underrun is, when the bot stopped, which utterance a
+transcription request carried) are checked directly on made-up input.
+"""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow
+from bench import figures
+from bench.cloudsim import Utterances
+from bench.scenarios import LONG_QUESTION, QUESTIONS
+
 ROOT = Path(__file__).resolve().parent.parent
+FIGURES = (
+    "voice_to_voice",
+    "first_audio",
+    "pipeline_overhead",
+    "pipeline_overhead_without_fallback",
+    "barge_in_stop",
+    "ui_event_delay",
+    "session_startup",
+)
 
 
-def test_quick_benchmark_writes_a_complete_plausible_result(tmp_path):
-    out = tmp_path / "bench.json"
+def run_bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     run = subprocess.run(
-        [sys.executable, "-m", "bench", "--profile", "local", "--quick", "--json", str(out)],
+        [sys.executable, "-m", "bench", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=timeout,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "voice-to-voice" in run.stdout
+    return run
+
+
+def assert_summary(summary: dict, n: int | None = None, upper: float = 10) -> None:
+    if n is not None:
+        assert summary["n"] == n, summary
+    assert 0 <= summary["median"] <= summary["p95"] <= summary["max"] < upper, summary
+
+
+def assert_common_schema(result: dict, sessions: int, turns: int) -> None:
+    """Every figure is present and plausible; counts match the sessions and turns run."""
+    assert result["sessions"] == sessions and result["turns_per_session"] == turns
+    assert len(result["turns"]) == sessions * turns
+    assert not result["errors"], result["errors"]
+    assert result["turns_completed"] == sessions * turns
+    for figure in FIGURES:
+        assert {"median", "p95", "max", "n"} <= set(result[figure]), figure
+    assert_summary(result["voice_to_voice"], sessions * turns)
+    assert result["voice_to_voice"]["median"] > 0.05
+    assert_summary(result["first_audio"], sessions * turns)
+    assert_summary(result["barge_in_stop"], sessions, upper=3)  # one barge-in per session
+    assert_summary(result["ui_event_delay"], upper=5)
+    assert {"transcription", "speech synthesis", "endpointing wait"} <= set(result["contributions"])
+    assert set(result["ttfb"]) == {"stt", "llm", "tts"}
+    for stage in result["ttfb"].values():
+        assert_summary(stage)
+        assert stage["services"]
+    assert result["underruns"]["count"] >= 0 and result["underruns"]["gap_seconds"] >= 0
+    assert len(result["per_session"]) == sessions
+    for session in result["per_session"]:
+        assert_summary(session["voice_to_voice"], turns)
+        assert session["startup_seconds"] > 0
+    assert result["observer_cost_us"]["n"] > 100 and result["observer_cost_us"]["median"] > 0
+    assert result["cpu_seconds"] > 0 and result["cpu_seconds_per_session"] > 0
+    assert 100 < result["rss_baseline_mb"] <= result["peak_rss_mb"] < 8000
+    assert result["startup_seconds"] > 0
+    for load in ("loadavg_before", "loadavg_after"):
+        assert len(result[load]) == 3 and len(result["machine"][load]) == 3
+    assert result["machine"]["cpus"] >= 1
+    assert result["targets"] and {t["status"] for t in result["targets"]} <= {
+        "met",
+        "missed",
+        "n/a",
+        "not measured",
+    }
+    barge_ins = [t for t in result["turns"] if t["kind"] == "barge-in"]
+    assert len(barge_ins) == sessions
+    assert all(t["question"] == LONG_QUESTION and t["barge_in_stop"] >= 0 for t in barge_ins)
+
+
+@pytest.mark.slow
+def test_quick_local_benchmark_writes_a_complete_plausible_result(tmp_path):
+    out = tmp_path / "bench.json"
+    run = run_bench("--profile", "local", "--quick", "--json", str(out))
+    assert "voice-to-voice" in run.stdout and "targets" in run.stdout
     result = json.loads(out.read_text())
 
-    assert result["profile"] == "local"
-    (turn,) = result["turns"]
-    assert "capital" in turn["transcript"].lower() and turn["reply"]
-    for figure in ("voice_to_voice", "first_audio"):
-        summary = result[figure]
-        assert summary["n"] == 1
-        assert 0.05 < summary["median"] <= summary["p95"] <= summary["max"] < 10
-    assert {"transcription", "speech synthesis"} <= set(result["contributions"])
-    assert result["dashboard"] is True
-    assert 0 <= result["ui_event_delay"]["median"] <= result["ui_event_delay"]["p95"] < 5
-    assert result["observer_cost_us"]["n"] > 100 and result["observer_cost_us"]["median"] > 0
-    assert 100 < result["peak_rss_mb"] < 8000
-    assert result["cpu_seconds"] > 0 and result["startup_seconds"] > 0
-    assert len(result["machine"]["loadavg_before"]) == 3
+    assert result["profile"] == "local" and result["dashboard"] is True
+    assert_common_schema(result, sessions=1, turns=2)
+    first = result["turns"][0]
+    assert "capital" in first["transcript"].lower() and first["reply"]
+    assert result["pipeline_overhead"]["n"] == 0  # only defined where latencies are injected
+    assert {t["name"] for t in result["targets"]} == {"v2v median", "v2v p95"}
+
+
+@pytest.mark.slow
+def test_quick_cloud_sim_with_two_sessions_attributes_every_turn_and_writes_html(tmp_path):
+    out, page = tmp_path / "bench.json", tmp_path / "report.html"
+    run = run_bench(
+        "--quick",
+        "--profile",
+        "cloud-sim",
+        "--sessions",
+        "2",
+        "--json",
+        str(out),
+        "--html",
+        str(page),
+    )
+    assert "pipeline overhead" in run.stdout
+    result = json.loads(out.read_text())
+
+    assert result["profile"] == "cloud-sim"
+    assert_common_schema(result, sessions=2, turns=2)
+    # The fakes answered with each session's own question, and every turn's
+    # injected latencies were found, so its overhead is known.
+    for turn in result["turns"]:
+        assert turn["transcript"].rstrip(".?") in f"{QUESTIONS[turn['session']]} {LONG_QUESTION}"
+        assert turn["reply"]
+        assert all(0.05 < turn["injected"][stage] < 2 for stage in ("stt", "llm", "tts"))
+        assert -0.2 < turn["pipeline_overhead"] < turn["voice_to_voice"]
+    assert_summary(result["pipeline_overhead"], 4)
+    ttfb_models = " ".join(s for stage in result["ttfb"].values() for s in stage["services"])
+    for model in ("whisper-large-v3-turbo", "llama-3.1-8b-instant", "eleven_flash_v2_5"):
+        assert model in ttfb_models
+    assert result["provider_latencies"]["llm_ttft"] == {"median": 0.29, "p95": 0.36}
+    assert [s["session"] for s in result["per_session"]] == [0, 1]
+
+    text = page.read_text()
+    assert "Plotly.newPlot" in text and len(text) > 1_000_000, "plotly.js is not inlined"
+    assert not re.search(r"<script[^>]*\ssrc=", text), "the report loads a script from elsewhere"
+    assert "Voice-to-voice per turn" in text and "Time to first byte" in text
+
+
+# -- the rules behind the figures, on made-up input ----------------------------------------
+
+
+def chunk(at: float, seconds: float = 0.04, loud: bool = True, rate: int = 24000):
+    samples = np.full(int(rate * seconds), 5000 if loud else 0, dtype=np.int16)
+    return (at, rate, samples)
+
+
+def test_an_underrun_is_a_chunk_arriving_after_the_audio_so_far_has_played():
+    steady = [chunk(0.04 * i) for i in range(10)]
+    assert figures.underruns(steady).count == 0
+    jittery = [chunk(0.0), chunk(0.04 + 0.02), chunk(0.10)]  # 20 ms late: within tolerance
+    assert figures.underruns(jittery).count == 0
+    late = [chunk(0.0), chunk(0.04), chunk(0.08 + 0.1), chunk(0.22)]
+    found = figures.underruns(late)
+    assert found.count == 1 and found.gap_seconds == pytest.approx(0.1)
+
+
+def test_the_stop_time_is_the_end_of_the_last_chunk_before_a_pause():
+    reply = [chunk(0.04 * i) for i in range(20)]  # 0.0 .. 0.8 s
+    answer_later = [chunk(2.0 + 0.04 * i) for i in range(5)]
+    assert figures.audio_stop_time(reply + answer_later, since=0.3) == pytest.approx(0.8)
+    assert figures.audio_stop_time(answer_later, since=3.0) is None
+
+
+def test_a_transcription_upload_is_recognised_as_its_session_turn_and_words():
+    utterances = Utterances()
+    rng = np.random.default_rng(0)
+    speech = (rng.normal(0, 3000, 16000 * 2)).astype(np.int16)  # 2 s "voice"
+    a = utterances.say("what is the capital of france", "s0t0", speech)
+    b = utterances.say("what is the capital of france", "s1t0", speech)
+    assert np.abs(a.astype(int) - speech).max() <= 1, "the watermark must be inaudible"
+
+    header = b"RIFF" + bytes(40)  # a canonical 44-byte WAV header, then the frames
+    assert utterances.key_of(header + b.tobytes()) == "s1t0"
+    assert utterances.transcript(header + a.tobytes()) == "what is the capital of france"
+    first_half = a[: len(a) // 2 // 320 * 320]
+    assert utterances.transcript(first_half.tobytes()).split()[0] == "what"
+    tail = a[len(a) // 320 * 320 - 16 * 320 : len(a) // 320 * 320]  # the last 16 frames
+    assert utterances.transcript(tail.tobytes()) == "france"
+    assert utterances.transcript(bytes(3200)) == ""

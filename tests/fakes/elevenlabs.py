@@ -366,6 +366,10 @@ class FakeElevenLabs:
 
         self.requests: list[dict[str, Any]] = []
         self.messages: list[dict[str, Any]] = []
+        # Latency drawn per TTS generation and per STT commit (the benchmark subtracts it):
+        # {"connection", "at" (time.monotonic()), "injected_delay"[, "context_id", "text"]}.
+        self.tts_generations: list[dict[str, Any]] = []
+        self.stt_commits: list[dict[str, Any]] = []
         self.closed_1008 = 0
         self.max_open_contexts_seen = 0
         self.open_connections = 0
@@ -747,7 +751,18 @@ class FakeElevenLabs:
         ctx.buffer = ""
         if not text.strip():
             return
-        deadline = time.monotonic() + self.tts_first_audio.sample(self._rng)
+        delay = self.tts_first_audio.sample(self._rng)
+        deadline = time.monotonic() + delay
+        conn = next((c for c, s in self._open_contexts.items() if s is state), None)
+        self.tts_generations.append(
+            {
+                "connection": conn,
+                "context_id": ctx.context_id,
+                "text": text,
+                "at": time.monotonic(),
+                "injected_delay": delay,
+            }
+        )
         previous = ctx.last_generation
         task = self._spawn(self._generate(state, ctx, text, deadline, previous))
         ctx.last_generation = task
@@ -1127,6 +1142,9 @@ class _STTSession:
         self.in_speech = self.had_speech = False
         self.last_partial = ""
         delay = self.fake.stt_final.sample(self.fake._rng)
+        self.fake.stt_commits.append(
+            {"connection": self.conn, "at": time.monotonic(), "injected_delay": delay}
+        )
         previous = self.last_commit
         task = asyncio.get_running_loop().create_task(
             self._committed(pcm, had_speech, delay, previous)

@@ -223,6 +223,7 @@ class RecordedRequest:
     status: int | None = None  # HTTP status sent (None: no response was started)
     outcome: str = "pending"  # "ok" | "failed" | "cancelled" (client went away)
     injected: str | None = None  # the failure mode applied, if any
+    injected_delay: float | None = None  # seconds of latency drawn for it (benchmark)
 
     @property
     def messages(self) -> list[dict]:
@@ -622,7 +623,7 @@ class FakeGroq:
         if limit is not None and len(tokens) > limit:
             tokens, finish_reason = tokens[:limit], "length"
         prompt_tokens = max(1, sum(len(_text_of(m.get("content"))) for m in messages) // 4)
-        ttft = self.llm_ttft.sample(self._rng)
+        ttft = rec.injected_delay = self.llm_ttft.sample(self._rng)
         chat_id = f"chatcmpl-{uuid.uuid4()}"
         created = int(time.time())
         model = body["model"]
@@ -826,7 +827,8 @@ class FakeGroq:
             duration = max(0.01, len(upload.data) / 16000)
 
         text = self.transcript(upload.data)
-        await self._sleep_until(t0, self.stt_latency.sample(self._rng))
+        rec.injected_delay = self.stt_latency.sample(self._rng)
+        await self._sleep_until(t0, rec.injected_delay)
         if response_format == "text":
             payload_bytes = (" " + text + "\n").encode()
             if drop:
@@ -916,7 +918,8 @@ class FakeGroq:
             return bad("'speed' : number must be between 0.5 and 5")
 
         audio = wav_bytes(speech_like_pcm(text, sample_rate).tobytes(), sample_rate)
-        await self._sleep_until(t0, self.tts_latency.sample(self._rng))
+        rec.injected_delay = self.tts_latency.sample(self._rng)
+        await self._sleep_until(t0, rec.injected_delay)
         headers = self._headers(request_id)
         headers["Content-Type"] = "audio/wav"
         response = web.StreamResponse(status=200, headers=headers)

@@ -1,0 +1,147 @@
+"""The arithmetic of the benchmark: summaries, audio gaps, barge-in stop time, process resources.
+
+Kept apart from the scenarios so each rule (what counts as an underrun, when
+the bot "stopped") is written down once and can be read on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+import statistics
+from dataclasses import dataclass
+
+import numpy as np
+
+from ui.state import percentile
+
+# A chunk later than this past the audio already delivered counts as an underrun.
+UNDERRUN_TOLERANCE_SECS = 0.03
+# A reply chunk followed by this much quiet ended the reply (as in the barge-in test).
+STOP_GAP_SECS = 0.3
+# Peak-to-peak below this is the padding silence, not speech.
+AUDIBLE_THRESHOLD = 300
+
+
+def summarize(values: list[float]) -> dict[str, float | int | None]:
+    """median, p95, max and count of a list of seconds (None when empty)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"median": None, "p95": None, "max": None, "n": 0}
+    return {
+        "median": statistics.median(values),
+        "p95": percentile(values, 95),
+        "max": max(values),
+        "n": len(values),
+    }
+
+
+def microseconds(values: list[float]) -> dict:
+    figures = summarize(values)
+    return {k: (v * 1e6 if isinstance(v, float) else v) for k, v in figures.items()}
+
+
+Chunk = tuple[float, int, np.ndarray]  # (time.monotonic() on arrival, sample rate, samples)
+
+
+@dataclass
+class Underruns:
+    count: int = 0
+    gap_seconds: float = 0.0
+
+    def add(self, other: Underruns) -> None:
+        self.count += other.count
+        self.gap_seconds += other.gap_seconds
+
+
+def underruns(chunks: list[Chunk], tolerance: float = UNDERRUN_TOLERANCE_SECS) -> Underruns:
+    """Gaps in one reply's paced audio, as a client playing it back with no buffer would hear.
+
+    The first chunk starts playback; each later chunk should arrive before the
+    audio delivered so far has played out. One arriving more than
+    ``tolerance`` after that point left the listener in silence mid-reply.
+    """
+    found = Underruns()
+    covered_until: float | None = None
+    for arrived, rate, samples in chunks:
+        duration = len(samples) / rate
+        if covered_until is not None and arrived > covered_until + tolerance:
+            found.count += 1
+            found.gap_seconds += arrived - covered_until
+        covered_until = max(covered_until or arrived, arrived) + duration
+    return found
+
+
+def is_audible(samples: np.ndarray) -> bool:
+    return bool(np.abs(samples).max(initial=0) > AUDIBLE_THRESHOLD)
+
+
+def audio_stop_time(chunks: list[Chunk], since: float, gap: float = STOP_GAP_SECS) -> float | None:
+    """When the reply audio playing at ``since`` ended: the end of its last audible chunk.
+
+    Walks the audible chunks after ``since`` until one is followed by more
+    than ``gap`` of quiet (the answer to the interruption may come later).
+    None if no audible chunk arrived after ``since`` (it had already stopped).
+    """
+    stopped: float | None = None
+    for arrived, rate, samples in chunks:
+        if arrived < since or not is_audible(samples):
+            continue
+        if stopped is not None and arrived - stopped > gap:
+            break
+        stopped = arrived + len(samples) / rate
+    return stopped
+
+
+def speech_onset(samples: np.ndarray, sample_rate: int) -> float:
+    """Seconds into ``samples`` where the voice starts (Piper leaves a little silence first)."""
+    loud = np.flatnonzero(np.abs(samples) > AUDIBLE_THRESHOLD)
+    return float(loud[0]) / sample_rate if len(loud) else 0.0
+
+
+# -- process resources -------------------------------------------------------------------
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def rss_mb() -> float:
+    """Resident set size now (Linux ``/proc``; the lifetime peak elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def lifetime_peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextlib.asynccontextmanager
+async def rss_sampler(every: float = 0.1):
+    """Sample RSS while the block runs; yields a dict whose ``peak_mb`` is filled in.
+
+    ``ru_maxrss`` is the peak of the whole process life, so it cannot tell
+    one sweep level from the next: sampling can.
+    """
+    found = {"baseline_mb": rss_mb(), "peak_mb": rss_mb()}
+
+    async def sample():
+        while True:
+            found["peak_mb"] = max(found["peak_mb"], rss_mb())
+            await asyncio.sleep(every)
+
+    task = asyncio.create_task(sample(), name="bench-rss-sampler")
+    try:
+        yield found
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        found["peak_mb"] = max(found["peak_mb"], rss_mb())

@@ -1,0 +1,458 @@
+"""Figures pooled over sessions, the targets next to the measurements, the text and HTML reports.
+
+Targets are never asserted: a benchmark on a shared 2-core machine reports,
+it does not fail. The summary says which were met on this run.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from bench.figures import Underruns, summarize
+
+# -- pooling -------------------------------------------------------------------------------
+
+
+def _ttfb(entries: list[tuple[str, str, str | None, float]]) -> dict:
+    """Per stage: the summary, and which service/model produced it."""
+    by_stage: dict[str, list[float]] = defaultdict(list)
+    labels: dict[str, set[str]] = defaultdict(set)
+    for stage, service, model, seconds in entries:
+        by_stage[stage].append(seconds)
+        name = service.split("#")[0]  # one instance per session: "GroqLLMService#3"
+        labels[stage].add(f"{name} {model}" if model else name)
+    return {
+        stage: {**summarize(values), "services": sorted(labels[stage])}
+        for stage, values in sorted(by_stage.items())
+    }
+
+
+# pipecat's contribution labels in the order they happen in a turn.
+CONTRIBUTION_ORDER = (
+    "endpointing wait",
+    "transcription",
+    "turn detection",
+    "first request",
+    "LLM inference",
+    "turn completion",
+    "awaiting speakable text",
+    "sentence aggregation",
+    "speech synthesis",
+    "output transport",
+    "pipeline",
+)
+
+
+def _chronological(label: str) -> tuple[int, str]:
+    order = CONTRIBUTION_ORDER.index(label) if label in CONTRIBUTION_ORDER else 99
+    return (order, label)
+
+
+def _ttfb_samples(entries: list[tuple[str, str, str | None, float]]) -> dict[str, list[float]]:
+    samples: dict[str, list[float]] = defaultdict(list)
+    for stage, _service, _model, seconds in entries:
+        samples[stage].append(seconds)
+    return dict(sorted(samples.items()))
+
+
+def _turn_figures(turns) -> dict:
+    done = [t for t in turns if t.voice_to_voice is not None]
+    labels = sorted({label for t in done for label in t.contributions}, key=_chronological)
+    gaps = Underruns()
+    for t in turns:
+        gaps.add(Underruns(t.underruns, t.underrun_seconds))
+    injected = [t.injected for t in turns if t.injected]
+    return {
+        "voice_to_voice": summarize([t.voice_to_voice for t in turns]),
+        "first_audio": summarize([t.first_audio for t in turns]),
+        "contributions": {
+            label: summarize([t.contributions[label] for t in done if label in t.contributions])
+            for label in labels
+        },
+        "pipeline_overhead": summarize([t.pipeline_overhead for t in turns]),
+        "pipeline_overhead_without_fallback": summarize(
+            [t.pipeline_overhead for t in turns if not t.smart_turn_fallback]
+        ),
+        "smart_turn_fallbacks": sum(1 for t in turns if t.smart_turn_fallback),
+        "injected": {
+            stage: summarize([i[stage] for i in injected]) for stage in ("stt", "llm", "tts")
+        },
+        "barge_in_stop": summarize([t.barge_in_stop for t in turns]),
+        "underruns": {"count": gaps.count, "gap_seconds": gaps.gap_seconds},
+    }
+
+
+def pooled_figures(results) -> dict:
+    """Every figure over all sessions' turns together."""
+    turns = [t for r in results for t in r.turns]
+    return {
+        **_turn_figures(turns),
+        "ttfb": _ttfb([e for r in results for e in r.ttfb]),
+        "ttfb_samples": _ttfb_samples([e for r in results for e in r.ttfb]),
+        "ui_event_delay": summarize([d for r in results for d in r.ui_delays]),
+        "session_startup": summarize([r.startup_seconds for r in results]),
+        "turns_completed": sum(1 for t in turns if t.voice_to_voice is not None),
+        "errors": [e for r in results for e in r.errors],
+    }
+
+
+def session_figures(result) -> dict:
+    """One session's own figures (the same names as the pooled ones)."""
+    return {
+        "session": result.index,
+        "startup_seconds": result.startup_seconds,
+        **_turn_figures(result.turns),
+        "ttfb": _ttfb(result.ttfb),
+        "ui_event_delay": summarize(result.ui_delays),
+        "errors": result.errors,
+    }
+
+
+# -- targets -------------------------------------------------------------------------------
+
+
+def _target(name, profile, sessions, measured, limit, unit="s", *, applies, note=""):
+    if not applies:
+        status = "n/a"
+    elif measured is None:
+        status = "not measured"
+    else:
+        status = "met" if measured <= limit else "missed"
+    return {
+        "name": name,
+        "for": f"{profile}, {sessions} session{'s' if sessions > 1 else ''}",
+        "target": limit,
+        "unit": unit,
+        "measured": measured,
+        "status": status,
+        "note": note,
+    }
+
+
+def targets(result: dict, baseline_p95: float | None = None) -> list[dict]:
+    """The issue's targets for this profile, each with this run's measurement and met/missed."""
+    profile, n = result["profile"], result["sessions"]
+    if profile == "local":
+        v2v = result["voice_to_voice"]
+        return [
+            _target("v2v median", "local", 1, v2v["median"], 1.0, applies=n == 1),
+            _target("v2v p95", "local", 1, v2v["p95"], 1.3, applies=n == 1),
+        ]
+    p95 = result["voice_to_voice"]["p95"]
+    ratio = None if p95 is None or not baseline_p95 else p95 / baseline_p95 - 1
+    return [
+        _target(
+            "pipeline overhead p95",
+            "cloud-sim",
+            1,
+            result["pipeline_overhead"]["p95"],
+            0.050,
+            applies=n == 1,
+            note=f"{ms(result['pipeline_overhead_without_fallback']['p95'])} without "
+            f"{result['smart_turn_fallbacks']} Smart Turn fallback(s)"
+            if result["smart_turn_fallbacks"]
+            else "",
+        ),
+        _target(
+            "barge-in stop p95", "cloud-sim", 1, result["barge_in_stop"]["p95"], 0.4, applies=n == 1
+        ),
+        _target("underruns", "cloud-sim", 20, result["underruns"]["count"], 0, "", applies=n >= 20),
+        _target(
+            "v2v p95 over 1-session p95",
+            "cloud-sim",
+            20,
+            ratio,
+            0.15,
+            "",
+            applies=n >= 20,
+            note="" if baseline_p95 else "needs --baseline or --sweep 1,...,20",
+        ),
+        _target(
+            "peak RSS", "cloud-sim", 20, result["peak_rss_mb"] / 1024, 3.0, "GB", applies=n >= 20
+        ),
+    ]
+
+
+# -- text summary --------------------------------------------------------------------------
+
+
+def ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.0f} ms"
+
+
+def _line(label: str, figures: dict) -> str:
+    return (
+        f"{label:<24} median {ms(figures['median']):>8}  p95 {ms(figures['p95']):>8}  "
+        f"max {ms(figures['max']):>8}  n {figures['n']}"
+    )
+
+
+def _measured(t: dict) -> str:
+    value = t["measured"]
+    if value is None:
+        return "-"
+    if t["unit"] == "s":
+        return ms(value)
+    if t["name"].startswith("v2v p95 over"):
+        return f"{value * 100:+.0f} %"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.2f} {t['unit']}".strip()
+
+
+def _limit(t: dict) -> str:
+    if t["unit"] == "s":
+        return f"<= {ms(t['target'])}"
+    if t["name"].startswith("v2v p95 over"):
+        return f"<= +{t['target'] * 100:.0f} %"
+    return f"{'<' if t['unit'] else '='} {t['target']:g} {t['unit']}".strip()
+
+
+def format_summary(result: dict) -> str:
+    dashboard = "on" if result["dashboard"] else "off"
+    lines = [
+        f"profile {result['profile']}: {result['sessions']} session(s) x "
+        f"{result['turns_per_session']} turns, dashboard {dashboard}, "
+        f"start-up {result['startup_seconds']:.1f} s, wall {result['wall_seconds']:.1f} s",
+        _line("voice-to-voice", result["voice_to_voice"]),
+        _line("first audio out", result["first_audio"]),
+    ]
+    for label, figures in result["contributions"].items():
+        lines.append(_line(f"  {label}", figures))
+    if result["profile"] == "cloud-sim":
+        lines.append(_line("pipeline overhead", result["pipeline_overhead"]))
+        lines.append(_line("  w/o turn fallbacks", result["pipeline_overhead_without_fallback"]))
+        for stage, figures in result["injected"].items():
+            lines.append(_line(f"  injected {stage}", figures))
+    for stage, figures in result["ttfb"].items():
+        lines.append(_line(f"TTFB {stage}", figures) + f"  ({', '.join(figures['services'])})")
+    lines.append(_line("barge-in stop", result["barge_in_stop"]))
+    lines.append(
+        f"Smart Turn fallbacks     {result['smart_turn_fallbacks']} of "
+        f"{len(result['turns'])} turns (the turn waited out the fallback timeout)"
+    )
+    if result["dashboard"]:
+        lines.append(_line("UI event delay", result["ui_event_delay"]))
+        cost = result["observer_cost_us"]
+        if cost["n"]:
+            lines.append(
+                f"observer cost            median {cost['median']:.1f} us  p95 "
+                f"{cost['p95']:.1f} us per frame over {cost['n']} pushes"
+            )
+    under = result["underruns"]
+    lines.append(
+        f"underruns                {under['count']} ({under['gap_seconds']:.2f} s of gaps)"
+    )
+    if result["sessions"] > 1:
+        per = ", ".join(str(s["underruns"]["count"]) for s in result["per_session"])
+        lines.append(f"  per session            {per}")
+    lines.append(
+        f"CPU {result['cpu_seconds']:.1f} s ({result['cpu_seconds_per_session']:.1f} s/session), "
+        f"peak RSS {result['peak_rss_mb']:.0f} MB (baseline {result['rss_baseline_mb']:.0f} MB, "
+        f"+{result['rss_increment_per_session_mb']:.0f} MB/session)"
+    )
+    machine = result["machine"]
+    lines.append(
+        f"load avg before {fmt_load(result['loadavg_before'])}, after "
+        f"{fmt_load(result['loadavg_after'])} ({machine['cpus']} CPUs)"
+    )
+    for level in result.get("sweep", []):
+        lines.append(
+            f"sweep {level['sessions']:>2} sessions: v2v median {ms(level['v2v_median'])}, "
+            f"p95 {ms(level['v2v_p95'])}, underruns {level['underruns']}, "
+            f"load {level['loadavg_before'][0]:.2f} -> {level['loadavg_after'][0]:.2f}"
+        )
+    if "app_startup" in result:
+        startup = result["app_startup"]
+        ready = {k: v for k, v in startup.items() if k.endswith("_seconds")}
+        lines.append("app start-up " + ", ".join(f"{k} {v:.1f} s" for k, v in ready.items()))
+    if "webrtc" in result:
+        client = result["webrtc"].get("voice_to_voice_client")
+        if client:
+            lines.append(_line("WebRTC v2v (client)", client))
+    if result["errors"]:
+        lines.append(f"errors ({len(result['errors'])}): " + "; ".join(result["errors"][:5]))
+    lines.append("targets (reported, not asserted):")
+    for t in result["targets"]:
+        note = f" ({t['note']})" if t["note"] else ""
+        lines.append(
+            f"  {t['name']:<28} [{t['for']}] {_limit(t):<12} measured {_measured(t):<10} "
+            f"{t['status']}{note}"
+        )
+    return "\n".join(lines)
+
+
+def fmt_load(load) -> str:
+    return "/".join(f"{x:.2f}" for x in load)
+
+
+# -- HTML ----------------------------------------------------------------------------------
+
+
+def _stacked_v2v(result: dict):
+    import plotly.graph_objects as go
+
+    turns = [t for t in result["turns"] if t["voice_to_voice"] is not None]
+    x = [f"s{t['session']} t{t['index']}" for t in turns]
+    labels = list(result["contributions"])
+    fig = go.Figure(
+        [
+            go.Bar(name=label, x=x, y=[t["contributions"].get(label, 0) for t in turns])
+            for label in labels
+        ]
+    )
+    fig.add_trace(
+        go.Scatter(
+            name="voice-to-voice",
+            x=x,
+            y=[t["voice_to_voice"] for t in turns],
+            mode="markers",
+            marker={"color": "black", "symbol": "line-ew-open", "size": 14},
+        )
+    )
+    fig.update_layout(
+        barmode="stack",
+        title="Voice-to-voice per turn, stacked by contribution (s)",
+        xaxis_title="session, turn",
+        yaxis_title="seconds",
+    )
+    return fig
+
+
+def _distributions(result: dict):
+    import plotly.graph_objects as go
+
+    series = {
+        "voice-to-voice": [t["voice_to_voice"] for t in result["turns"]],
+        "first audio out": [t["first_audio"] for t in result["turns"]],
+        "pipeline overhead": [t["pipeline_overhead"] for t in result["turns"]],
+        "barge-in stop": [t["barge_in_stop"] for t in result["turns"]],
+    }
+    fig = go.Figure()
+    for name, values in series.items():
+        values = [v for v in values if v is not None]
+        if values:
+            fig.add_trace(go.Box(name=name, y=values, boxpoints="all", jitter=0.4))
+    fig.update_layout(title="Distributions per figure (s)", yaxis_title="seconds")
+    return fig
+
+
+def _ttfb_chart(result: dict):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for stage, values in result["ttfb_samples"].items():
+        services = ", ".join(result["ttfb"][stage]["services"])
+        fig.add_trace(go.Box(name=f"{stage}: {services}", x=[stage] * len(values), y=values))
+    if result["profile"] == "cloud-sim":
+        injected = {k: v for k, v in result["injected"].items() if v["n"]}
+        fig.add_trace(
+            go.Scatter(
+                name="median latency injected by the fake",
+                x=list(injected),
+                y=[v["median"] for v in injected.values()],
+                mode="markers",
+                marker={"symbol": "diamond", "size": 12, "color": "black"},
+            )
+        )
+    fig.update_layout(
+        title="Time to first byte per service (s)",
+        yaxis_title="seconds",
+        legend={"orientation": "h", "y": -0.15},
+    )
+    return fig
+
+
+def _concurrency_chart(result: dict):
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    if result.get("sweep"):
+        levels = result["sweep"]
+        fig = make_subplots(specs=[[{"secondary_y": True}]])
+        x = [level["sessions"] for level in levels]
+        fig.add_trace(go.Scatter(name="v2v median", x=x, y=[lv["v2v_median"] for lv in levels]))
+        fig.add_trace(go.Scatter(name="v2v p95", x=x, y=[lv["v2v_p95"] for lv in levels]))
+        fig.add_trace(
+            go.Bar(name="underruns", x=x, y=[lv["underruns"] for lv in levels], opacity=0.4),
+            secondary_y=True,
+        )
+        fig.update_layout(title="Concurrency sweep", xaxis_title="concurrent sessions")
+        fig.update_yaxes(title_text="seconds", secondary_y=False)
+        fig.update_yaxes(title_text="underruns", secondary_y=True, rangemode="tozero")
+        fig.update_xaxes(dtick=1)
+        return fig
+    fig = go.Figure()
+    for session in result["per_session"]:
+        values = [
+            t["voice_to_voice"]
+            for t in result["turns"]
+            if t["session"] == session["session"] and t["voice_to_voice"] is not None
+        ]
+        fig.add_trace(
+            go.Box(
+                name=f"s{session['session']} ({session['underruns']['count']} underruns)",
+                y=values,
+                boxpoints="all",
+            )
+        )
+    fig.update_layout(
+        title=f"Voice-to-voice per session, {result['sessions']} concurrent (s)",
+        yaxis_title="seconds",
+        showlegend=False,
+    )
+    return fig
+
+
+def _targets_table(result: dict) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(t['name'])}</td><td>{html.escape(t['for'])}</td>"
+        f"<td>{html.escape(_limit(t))}</td><td>{html.escape(_measured(t))}</td>"
+        f"<td class='{t['status'].replace(' ', '-')}'>{html.escape(t['status'])}</td></tr>"
+        for t in result["targets"]
+    )
+    return (
+        "<table><tr><th>target</th><th>for</th><th>limit</th><th>measured</th><th>status</th></tr>"
+        f"{rows}</table>"
+    )
+
+
+def write_html(result: dict, path: Path) -> None:
+    """A self-contained report: plotly.js inlined once, so the file works offline."""
+    from plotly.offline import get_plotlyjs
+
+    charts = [
+        _stacked_v2v(result),
+        _distributions(result),
+        _ttfb_chart(result),
+        _concurrency_chart(result),
+    ]
+    body = "".join(
+        fig.to_html(full_html=False, include_plotlyjs=False, default_height=460) for fig in charts
+    )
+    summary = html.escape(format_summary(result))
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Voice Lab benchmark: {html.escape(result["profile"])}, {result["sessions"]} sessions</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 1200px; }}
+pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
+table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; }}
+.met {{ color: #070; }} .missed {{ color: #b00; }} .n\\/a, .not-measured {{ color: #777; }}
+</style>
+<script>{get_plotlyjs()}</script>
+</head><body>
+<h1>Voice Lab benchmark</h1>
+<p>Measured {html.escape(result["measured_at"])}; targets are reported, never asserted.</p>
+{_targets_table(result)}
+<pre>{summary}</pre>
+{body}
+<details><summary>Full result (JSON)</summary><pre>{html.escape(json.dumps(result, indent=1))}</pre>
+</details>
+</body></html>
+"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")

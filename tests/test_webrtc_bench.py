@@ -1,0 +1,45 @@
+"""The WebRTC benchmark against ``python app.py``: aiortc clients talk to it as the page does.
+
+Timings are not asserted tightly (the machine is shared): a reply must be heard
+and a refusal must come at once, not after a hang.
+"""
+
+import pytest
+
+from bench.webrtc import check_refusal, run_webrtc_scenario
+
+pytestmark = pytest.mark.slow
+
+
+async def test_a_spoken_question_is_answered_over_webrtc():
+    result = await run_webrtc_scenario("local", sessions=1, turns=1)
+
+    (session,) = result["per_session"]
+    assert "error" not in session, session
+    assert session["settings_sent"], "the session never asked for (or got) the page's settings"
+    heard = result["voice_to_voice_client"]
+    assert heard["n"] == 1 and result["unanswered_turns"] == 0
+    # Question end to reply start, heard through Opus and two jitter buffers.
+    assert 0.2 < heard["median"] < 10
+    (turn,) = session["turns"]
+    assert turn["reply_seconds"] > 0.3  # a spoken sentence, not a click
+    assert result["underruns"]["count"] >= 0 and result["underruns"]["reply_seconds"] > 0.3
+    assert len(result["machine"]["loadavg_before"]) == 3
+
+
+async def test_a_visitor_over_the_limit_is_refused_at_once_and_the_others_carry_on():
+    result = await check_refusal(1)
+
+    extra = result["extra_visitor"]
+    assert extra["refused"], extra
+    assert extra["answer"]["status"] == "failed" and extra["answer"]["http_status"] == 200
+    assert extra["answer"]["meta"] == {"error": "concurrency_limit_reached", "limit": 1}
+    assert extra["page_message"].startswith("Too many concurrent connections")
+    assert extra["seconds"] < 2 and extra["wall_seconds"] < 5  # an answer, not a hang
+
+    (first,) = result["admitted"]
+    assert first["voice_to_voice"] is not None, "the admitted visitor got no reply"
+    assert 0.2 < first["voice_to_voice"] < 10
+    assert first["reply_seconds"] > 0.3
+    # Once the first visitor leaves, the refused one gets in.
+    assert result["after_release"]["admitted"], result["after_release"]
