@@ -19,6 +19,7 @@ from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
+from pipecat.frames.frames import Frame, InputAudioRawFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.aggregators.llm_context import LLMContext
@@ -26,6 +27,7 @@ from pipecat.processors.aggregators.llm_response_universal import (
     LLMContextAggregatorPair,
     LLMUserAggregatorParams,
 )
+from pipecat.processors.filters.function_filter import FunctionFilter
 from pipecat.transports.base_transport import TransportParams
 from pipecat.turns.user_stop import (
     SpeechTimeoutUserTurnStopStrategy,
@@ -37,7 +39,13 @@ from pipeline import events as ev
 from pipeline.chunking import first_clause_chunker
 from pipeline.config import SessionConfig
 from pipeline.models import LocalModels
-from pipeline.observers import EventSink, TurnActivity, UIEventObserver, latency_observer
+from pipeline.observers import (
+    EventSink,
+    SessionObservers,
+    TurnActivity,
+    UIEventObserver,
+    latency_observer,
+)
 from pipeline.providers import PROVIDERS
 from pipeline.transport import AudioOutbox, FastRTCTransport
 
@@ -62,6 +70,23 @@ def _turn_strategies(config: SessionConfig) -> UserTurnStrategies:
     else:
         stop = SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=config.vad_stop_secs)
     return UserTurnStrategies(stop=[stop])
+
+
+async def _not_microphone_audio(frame: Frame) -> bool:
+    return not isinstance(frame, InputAudioRawFrame)
+
+
+def _microphone_stops_here() -> FunctionFilter:
+    """Drop the microphone's frames once the user turn has heard them.
+
+    pipecat forwards every frame to the end of the pipeline; nothing after the
+    user aggregator reads input audio, and passing 50 frames a second through
+    five more processors (and their observers) was most of an idle session's CPU.
+    Direct mode: the check is too cheap to deserve a task and queue of its own.
+    """
+    return FunctionFilter(
+        filter=_not_microphone_audio, filter_system_frames=True, enable_direct_mode=True
+    )
 
 
 @dataclass
@@ -113,6 +138,7 @@ def build_voice_pipeline(
             transport.input(),
             stt,
             user,
+            _microphone_stops_here(),
             llm,
             first_clause_chunker(),
             tts,
@@ -141,9 +167,9 @@ def build_voice_pipeline(
             enable_usage_metrics=True,
         ),
         observers=[
-            *([ui_observer] if config.dashboard else []),
-            latency_observer(sink),
-            activity,
+            SessionObservers(
+                [*([ui_observer] if config.dashboard else []), latency_observer(sink), activity]
+            )
         ],
         enable_rtvi=False,
         idle_timeout_secs=config.idle_timeout_secs,
