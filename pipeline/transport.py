@@ -99,11 +99,20 @@ class PlaybackClock:
 
 
 class FastRTCInputTransport(BaseInputTransport):
-    """Browser audio into the pipeline; frames arriving before start are dropped."""
+    """Browser audio into the pipeline; frames arriving before start are dropped.
 
-    def __init__(self, params: TransportParams, **kwargs):
+    The browser sends 20 ms frames; they enter the pipeline ``frames_per_push``
+    at a time. Every pipecat frame costs a queue hop and a task switch per
+    processor, per session, whatever its length: two at a time halves that
+    cost (an idle session's CPU is mostly this) for 10 ms more latency on
+    average, well inside Silero's own 32 ms analysis window.
+    """
+
+    def __init__(self, params: TransportParams, frames_per_push: int = 2, **kwargs):
         super().__init__(params, **kwargs)
         self._ready = False
+        self._frames_per_push = frames_per_push
+        self._pending: list[bytes] = []
 
     async def start(self, frame: StartFrame):
         await super().start(frame)
@@ -119,10 +128,15 @@ class FastRTCInputTransport(BaseInputTransport):
         await super().cancel(frame)
 
     async def push_pcm(self, pcm: bytes, sample_rate: int) -> None:
-        if self._ready:
-            await self.push_audio_frame(
-                InputAudioRawFrame(audio=pcm, sample_rate=sample_rate, num_channels=1)
-            )
+        if not self._ready:
+            return
+        self._pending.append(pcm)
+        if len(self._pending) < self._frames_per_push:
+            return
+        audio, self._pending = b"".join(self._pending), []
+        await self.push_audio_frame(
+            InputAudioRawFrame(audio=audio, sample_rate=sample_rate, num_channels=1)
+        )
 
 
 class FastRTCOutputTransport(BaseOutputTransport):
