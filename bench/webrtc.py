@@ -80,7 +80,6 @@ import random
 import resource
 import signal
 import socket
-import statistics
 import string
 import sys
 import tempfile
@@ -91,6 +90,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bench.figures import summarize
+from bench.scenarios import QUESTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,39 +114,7 @@ TURN_TIMEOUT = 40.0
 CONNECT_TIMEOUT = 30.0
 READY_LOG_LINE = "Voice Lab ready in"
 
-# Published latencies the cloud-sim profile injects into the fakes.
-# (median, p95) seconds; the same figures as the headless cloud-sim (bench/cloudsim.py).
-GROQ_STT = (0.30, 0.36)
-GROQ_LLM_TTFT = (0.29, 0.36)
-GROQ_LLM_TOKEN_INTERVAL = 0.004  # ~250 tokens/s
-ELEVENLABS_TTS_FIRST_AUDIO = (0.17, 0.19)
-
-QUESTIONS = [
-    "What is the capital of France?",
-    "How many legs does a spider have?",
-    "Can you suggest a name for a black cat?",
-    "What colour is the sky on a clear day?",
-    "Why do leaves fall in autumn?",
-    "What is two plus three?",
-    "Tell me a fun fact about the ocean.",
-    "What should I cook for dinner tonight?",
-]
-
 PROFILES = ("local", "cloud-sim")
-
-
-def _summarize(values: list[float]) -> dict[str, Any]:
-    """median, p95 (nearest rank, as the dashboard), max and count; None when empty."""
-    from ui.state import percentile
-
-    if not values:
-        return {"median": None, "p95": None, "max": None, "n": 0}
-    return {
-        "median": statistics.median(values),
-        "p95": percentile(values, 95),
-        "max": max(values),
-        "n": len(values),
-    }
 
 
 def _loopback_only() -> None:
@@ -713,16 +683,14 @@ async def _profile_env(profile: str):
     if profile == "local":
         yield {}, {}
         return
-    from tests.fakes.common import Latency
+    from bench.cloudsim import LLM_TOKEN_INTERVAL, LLM_TTFT, STT_LATENCY, TTS_FIRST_AUDIO
     from tests.fakes.elevenlabs import FakeElevenLabs
     from tests.fakes.groq import FakeGroq
 
     groq = FakeGroq(
-        stt_latency=Latency(*GROQ_STT),
-        llm_ttft=Latency(*GROQ_LLM_TTFT),
-        llm_token_interval=GROQ_LLM_TOKEN_INTERVAL,
+        stt_latency=STT_LATENCY, llm_ttft=LLM_TTFT, llm_token_interval=LLM_TOKEN_INTERVAL
     )
-    eleven = FakeElevenLabs(tts_first_audio=Latency(*ELEVENLABS_TTS_FIRST_AUDIO))
+    eleven = FakeElevenLabs(tts_first_audio=TTS_FIRST_AUDIO)
     fakes = _ThreadLoop()
     try:
         await fakes.run(groq.start())
@@ -843,13 +811,13 @@ async def run_webrtc_scenario(
     v2v = [t["voice_to_voice"] for t in all_turns if t.get("voice_to_voice") is not None]
     for s in per_session:
         figures = [t["voice_to_voice"] for t in s.get("turns", []) if t.get("voice_to_voice")]
-        s["voice_to_voice_client"] = _summarize(figures)
+        s["voice_to_voice_client"] = summarize(figures)
     return {
         "profile": profile,
         "sessions": sessions,
         "turns": turns,
         "dashboard": dashboard,
-        "voice_to_voice_client": _summarize(v2v),
+        "voice_to_voice_client": summarize(v2v),
         "unanswered_turns": sum(1 for t in all_turns if t.get("voice_to_voice") is None),
         "per_session": per_session,
         "underruns": {
