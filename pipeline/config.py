@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from pipeline.providers import ProviderKeys, StageChoice, default_choice, keys_from_environment
+from pipeline.providers import (
+    PROVIDERS,
+    ProviderKeys,
+    StageChoice,
+    choice_for,
+    default_choice,
+    keys_from_environment,
+)
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are Voice Lab, a friendly voice assistant. Your words are spoken aloud, "
@@ -74,6 +81,20 @@ class SessionConfig:
 
     def choices(self) -> dict[str, StageChoice]:
         return {"stt": self.stt, "llm": self.llm, "tts": self.tts}
+
+    def keyless_stages(self) -> list[str]:
+        """Stages set to a cloud provider this session has no key for."""
+        return [
+            stage
+            for stage, choice in self.choices().items()
+            if PROVIDERS[choice.provider].needs_key and not self.keys.get(choice.provider)
+        ]
+
+    def with_local_fallback(self) -> SessionConfig:
+        """This config with every keyless cloud stage on the local model instead."""
+        return replace(
+            self, **{stage: choice_for("local", stage) for stage in self.keyless_stages()}
+        )
 
 
 def max_sessions() -> int:

@@ -38,6 +38,7 @@ from pipeline import events as ev
 from pipeline.builder import VoicePipeline, build_voice_pipeline
 from pipeline.config import SessionConfig
 from pipeline.models import LocalModels, shared_models
+from pipeline.providers import PROVIDERS
 from pipeline.transport import AudioOutbox
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,14 @@ SWITCH_IDLE_SECS = 0.3
 HANDOVER_FRAMES = 150
 EVENT_LOG_LIMIT = 5000
 DELAY_SAMPLES = 2000
+
+
+def _no_key_message(config: SessionConfig, stages: list[str]) -> str:
+    names = sorted({PROVIDERS[config.choices()[stage].provider].label for stage in stages})
+    return (
+        f"No API key for {' and '.join(names)}: using the local models for "
+        f"{', '.join(s.upper() for s in stages)} until you type one in."
+    )
 
 
 class SessionRecords:
@@ -197,6 +206,11 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
             # Built off the event loop: the per-session Silero and Smart Turn
             # ONNX sessions take ~70 ms to create, longer than the output's
             # jitter cushion, and every other session's audio runs on this loop.
+            if missing := self.config.keyless_stages():
+                # Picked before pressing Record, without a key: start on the
+                # local models for those stages rather than not at all.
+                self.report(ev.ErrorReported(time.time(), _no_key_message(self.config, missing)))
+                self.config = self.config.with_local_fallback()
             voice = await asyncio.to_thread(self._build, self.config, None)
             if voice.config is not self.config:  # the page changed a setting meanwhile
                 self._requested = self.config

@@ -232,6 +232,15 @@ async def test_a_refused_key_is_named_within_3_s_and_another_provider_works_next
         assert d.session.snapshot().error is None
 
 
+async def test_a_cloud_provider_picked_without_a_key_starts_on_the_local_model(models):
+    cfg = config(llm=("groq",), keys={})
+    async with SessionDriver(session_with(models, cfg)) as d:
+        assert "No API key for Groq" in d.events("ErrorReported")[0].message
+        await ask(d)
+        assert d.events("ProvidersChanged")[0].llm.startswith("Local")
+        assert not d.session.finished.is_set()
+
+
 @pytest.mark.parametrize(
     ("stage", "provider", "label"),
     [

@@ -113,8 +113,6 @@ class Provider:
     factories: dict[Stage, ServiceFactory]
     # Fetches the live model and voice lists with a key (falls back to ``catalogs``).
     fetch_catalogs: CatalogFetcher | None = None
-    # Short tag used in chart labels.
-    tag: str = ""
     # Its TTS reports when each word starts playing (else only whole sentences).
     word_timing: bool = False
     stages: tuple[Stage, ...] = field(init=False)

@@ -189,7 +189,6 @@ async def fetch_catalogs(key: str) -> dict[Stage, Catalog]:
 PROVIDER = Provider(
     id="elevenlabs",
     label="ElevenLabs",
-    tag="11labs",
     key_env="ELEVENLABS_API_KEY",
     catalogs={"stt": Catalog(STT_MODELS), "tts": Catalog(TTS_MODELS, voices=TTS_VOICES)},
     factories={"stt": _stt, "tts": _tts},

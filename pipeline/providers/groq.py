@@ -192,7 +192,6 @@ async def fetch_catalogs(key: str) -> dict[Stage, Catalog]:
 PROVIDER = Provider(
     id="groq",
     label="Groq",
-    tag="groq",
     key_env="GROQ_API_KEY",
     catalogs={
         "stt": Catalog(STT_MODELS),

@@ -28,7 +28,6 @@ def _tts(choice, _key, config, models):
 PROVIDER = Provider(
     id="local",
     label="Local",
-    tag="local",
     key_env=None,
     catalogs={
         "stt": Catalog((WHISPER_LABEL,)),
