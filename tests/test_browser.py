@@ -384,6 +384,7 @@ def test_switching_the_llm_between_turns_labels_the_next_turn(pw, app, groq, tmp
 
         page.locator("#groq-key input").fill(GROQ_KEY)
         page.locator("#groq-key input").press("Enter")
+        expect(page.locator("#settings")).to_contain_text("Groq: your key (this session only)")
         page.locator("#llm-provider input").click()
         page.get_by_role("option", name="Groq").click()
         expect(page.locator("#status")).to_contain_text(

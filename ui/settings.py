@@ -186,16 +186,21 @@ def build_settings_panel() -> gr.State:
             keys = {**values.get("keys", {}), provider_id: key.strip()}
             values = {**values, "keys": keys}
             updates = [values, " · ".join(_key_status(p.id, keys) for p in cloud)]
-            # A new key may unlock the provider's own model and voice lists.
+            # A new key may unlock the provider's own model and voice lists
+            # (an ElevenLabs account has voices of its own).
             for stage in STAGES:
+                found = None
                 if values[stage]["provider"] == provider_id:
                     found = await catalog(provider_id, stage, keys)
-                    updates.append(gr.update(choices=list(found.models)))
-                else:
-                    updates.append(gr.update())
+                updates.append(gr.update(choices=list(found.models)) if found else gr.update())
+                if stage == "tts":
+                    voices = [tuple(v) for v in found.voices] if found else None
+                    updates.append(gr.update(choices=voices) if voices else gr.update())
             return updates
 
-        outputs = [settings, key_status, *(pickers[stage][1] for stage in STAGES)]
+        # In the order ``set_key`` answers: each stage's model, then the TTS voice.
+        lists = [pickers["stt"][1], pickers["llm"][1], pickers["tts"][1], pickers["tts"][2]]
+        outputs = [settings, key_status, *lists]
         box.blur(set_key, [settings, box], outputs)
         box.submit(set_key, [settings, box], outputs)
     return settings
