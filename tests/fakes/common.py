@@ -73,6 +73,56 @@ class Failure:
         return True
 
 
+class ProviderFake:
+    """What every fake offers its tests: ``async with``, ``fail`` and ``recover``.
+
+    Subclasses name their ``endpoints``, fill ``_failures = {}`` and ask
+    :meth:`_take_failure` when a request (or a websocket connection) arrives.
+    """
+
+    endpoints: tuple[str, ...] = ()
+    _failures: dict[str, Failure]
+
+    async def start(self):
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self):
+        return await self.start()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    def fail(self, endpoint: str, mode: str, times: int | None = 1) -> None:
+        """Make the next ``times`` requests (None: all, until :meth:`recover`) to ``endpoint`` fail.
+
+        ``endpoint`` is one of :attr:`endpoints` or "*" (any); ``mode`` one of
+        :data:`FAILURE_MODES`. An endpoint's own failure wins over "*".
+        """
+        if endpoint not in (*self.endpoints, "*"):
+            raise ValueError(f"unknown endpoint {endpoint!r}; one of {(*self.endpoints, '*')}")
+        self._failures[endpoint] = Failure(mode, times)
+
+    def recover(self) -> None:
+        """Stop injecting failures."""
+        self._failures.clear()
+
+    def _take_failure(self, endpoint: str) -> str | None:
+        """The failure mode for this request, if one is pending (consuming one use)."""
+        for key in (endpoint, "*"):
+            failure = self._failures.get(key)
+            if failure is None:
+                continue
+            if failure.take():
+                if failure.times == 0:
+                    del self._failures[key]
+                return failure.mode
+            del self._failures[key]
+        return None
+
+
 def speech_like_pcm(text: str, sample_rate: int, chars_per_sec: float = 15.0) -> np.ndarray:
     """Int16 mono audio as long as ``text`` would take to say: voiced syllable-like bursts.
 

@@ -81,7 +81,7 @@ from typing import Any
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from tests.fakes.common import FAILURE_MODES, Failure, Latency, speech_like_pcm
+from tests.fakes.common import Latency, ProviderFake, speech_like_pcm
 from tests.fakes.tls import certificate_pair, server_ssl_context
 
 DEFAULT_TRANSCRIPT = "What is the weather like in Paris today?"
@@ -313,8 +313,17 @@ class _SocketClosed(Exception):
     """The fake closed (or dropped) the websocket; stop handling it."""
 
 
-class FakeElevenLabs:
-    """The ElevenLabs API on 127.0.0.1 over TLS; see the module docstring."""
+class FakeElevenLabs(ProviderFake):
+    """The ElevenLabs API on 127.0.0.1 over TLS; see the module docstring.
+
+    Failures (:meth:`fail`) on the websockets (``tts``, ``stt``) apply per
+    connection: "401" refuses the key as ElevenLabs does, "429"/"500"/"503"
+    answer with the documented error message and close, "hang" accepts and
+    never answers, "drop" starts answering (audio, partials) then cuts the
+    connection without a close frame.
+    """
+
+    endpoints = ENDPOINTS
 
     def __init__(
         self,
@@ -374,7 +383,7 @@ class FakeElevenLabs:
         self.max_open_contexts_seen = 0
         self.open_connections = 0
 
-        self._failures: dict[str, Failure] = {}
+        self._failures = {}
         self._runner: web.AppRunner | None = None
         self._sockets: set[web.WebSocketResponse] = set()
         self._tasks: set[asyncio.Task] = set()
@@ -412,42 +421,6 @@ class FakeElevenLabs:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-    async def __aenter__(self) -> FakeElevenLabs:
-        return await self.start()
-
-    async def __aexit__(self, *exc) -> None:
-        await self.stop()
-
-    # --- failure injection -------------------------------------------------------------------
-
-    def fail(self, endpoint: str, mode: str, times: int | None = 1) -> None:
-        """Make the next ``times`` requests (None: all) to ``endpoint`` fail with ``mode``.
-
-        For the websockets (``tts``, ``stt``) one request is one connection:
-        "401" refuses the key as ElevenLabs does, "429"/"500"/"503" answer with
-        the documented error message and close, "hang" accepts and never
-        answers, "drop" starts answering (audio, partials) then cuts the
-        connection without a close frame.
-        """
-        if endpoint not in (*ENDPOINTS, "*"):
-            raise ValueError(f"unknown endpoint {endpoint!r}; one of {(*ENDPOINTS, '*')}")
-        if mode not in FAILURE_MODES:
-            raise ValueError(f"unknown failure mode {mode!r}; one of {FAILURE_MODES}")
-        self._failures[endpoint] = Failure(mode, times)
-
-    def recover(self) -> None:
-        """Stop injecting failures."""
-        self._failures.clear()
-
-    def _take_failure(self, endpoint: str) -> str | None:
-        for key in (endpoint, "*"):
-            failure = self._failures.get(key)
-            if failure is not None:
-                if failure.take():
-                    return failure.mode
-                del self._failures[key]
-        return None
 
     # --- introspection -----------------------------------------------------------------------
 

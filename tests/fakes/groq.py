@@ -49,7 +49,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.common import FAILURE_MODES, Failure, Latency, speech_like_pcm
+from tests.fakes.common import Latency, ProviderFake, speech_like_pcm
 
 ENDPOINTS = ("chat", "transcriptions", "speech", "models")
 
@@ -234,10 +234,11 @@ class _Abort(Exception):
     """Raised inside a handler after the connection was cut on purpose."""
 
 
-class FakeGroq:
+class FakeGroq(ProviderFake):
     """The Groq API on 127.0.0.1. Use as ``async with FakeGroq(...) as groq:``."""
 
     TTS_MAX_INPUT_CHARS = 200
+    endpoints = ENDPOINTS
 
     def __init__(
         self,
@@ -275,7 +276,7 @@ class FakeGroq:
             name: {"ok": 0, "failed": 0, "cancelled": 0} for name in ENDPOINTS
         }
         self._rng = random.Random(seed)
-        self._failures: dict[str, Failure] = {}
+        self._failures = {}
         self._open = 0
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
@@ -314,28 +315,7 @@ class FakeGroq:
             await self._runner.cleanup()
             self._runner = None
 
-    async def __aenter__(self) -> FakeGroq:
-        return await self.start()
-
-    async def __aexit__(self, *exc) -> None:
-        await self.stop()
-
     # ------------------------------------------------------------------ control
-
-    def fail(self, endpoint: str, mode: str, times: int | None = 1) -> None:
-        """Make the next ``times`` requests (None: all, until :meth:`recover`) to ``endpoint`` fail.
-
-        ``endpoint`` is one of "chat", "transcriptions", "speech", "models" or "*";
-        ``mode`` one of ``FAILURE_MODES``.
-        """
-        if endpoint != "*" and endpoint not in ENDPOINTS:
-            raise ValueError(f"unknown endpoint {endpoint!r}; one of {(*ENDPOINTS, '*')}")
-        if mode not in FAILURE_MODES:
-            raise ValueError(f"unknown failure mode {mode!r}; one of {FAILURE_MODES}")
-        self._failures[endpoint] = Failure(mode, times)
-
-    def recover(self) -> None:
-        self._failures.clear()
 
     @property
     def open_responses(self) -> int:
@@ -353,18 +333,6 @@ class FakeGroq:
         return [r for r in self.requests if r.endpoint == endpoint]
 
     # ---------------------------------------------------------------- plumbing
-
-    def _take_failure(self, endpoint: str) -> str | None:
-        for key in (endpoint, "*"):
-            failure = self._failures.get(key)
-            if failure is None:
-                continue
-            if failure.take():
-                if failure.times == 0:
-                    del self._failures[key]
-                return failure.mode
-            del self._failures[key]
-        return None
 
     def _headers(self, request_id: str) -> dict[str, str]:
         self._remaining_requests = max(0, self._remaining_requests - 1)
