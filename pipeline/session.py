@@ -143,6 +143,7 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         self._next_voice: VoicePipeline | None = None
         self._handover: deque[tuple[int, np.ndarray]] | None = None
         self._handover_task: asyncio.Task | None = None
+        self._startup_notice: str | None = None
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -209,7 +210,7 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
             if missing := self.config.keyless_stages():
                 # Picked before pressing Record, without a key: start on the
                 # local models for those stages rather than not at all.
-                self.report(ev.ErrorReported(time.time(), _no_key_message(self.config, missing)))
+                self._startup_notice = _no_key_message(self.config, missing)
                 self.config = self.config.with_local_fallback()
             voice = await asyncio.to_thread(self._build, self.config, None)
             if voice.config is not self.config:  # the page changed a setting meanwhile
@@ -241,6 +242,10 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
             if first:
                 self.report(ev.SessionStarted(time.time()))
             self.report(ev.ProvidersChanged(time.time(), *self._labels(voice.config)))
+            if self._startup_notice:
+                # After SessionStarted, which clears the page's error line.
+                self.report(ev.ErrorReported(time.time(), self._startup_notice))
+                self._startup_notice = None
             self._replay_handover(voice)
 
         self._runner = WorkerRunner(handle_sigint=False)

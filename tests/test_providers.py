@@ -236,8 +236,10 @@ async def test_a_cloud_provider_picked_without_a_key_starts_on_the_local_model(m
     cfg = config(llm=("groq",), keys={})
     async with SessionDriver(session_with(models, cfg)) as d:
         assert "No API key for Groq" in d.events("ErrorReported")[0].message
-        await ask(d)
+        # Running, on the local LLM (local turns are covered by test_local_pipeline).
         assert d.events("ProvidersChanged")[0].llm.startswith("Local")
+        shown = d.session.snapshot()
+        assert shown.status == "listening" and "No API key for Groq" in shown.error
         assert not d.session.finished.is_set()
 
 
