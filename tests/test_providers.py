@@ -81,8 +81,12 @@ def session_with(models, cfg: SessionConfig) -> VoiceSession:
     )
 
 
-async def ask(d: SessionDriver, text: str = QUESTION, timeout: float = 20) -> float:
-    """Say ``text`` and listen until the bot's reply is over; returns when speech ended."""
+async def ask(d: SessionDriver, text: str = QUESTION, timeout: float = 45) -> float:
+    """Say ``text`` and listen until the bot's reply is over; returns when speech ended.
+
+    The reply is over when it has been spoken to the end: the local LLM may
+    talk for 20 s or more, hence the generous timeout.
+    """
     replies = len(d.events("BotTurnText"))
 
     def answered() -> bool:
