@@ -633,10 +633,7 @@ class FakeGroq(ProviderFake):
                 "x_groq": {"id": request_id},
                 "service_tier": "on_demand",
             }
-            if drop:
-                return await self._drop_json(request, rec, request_id, payload)
-            rec.status = 200
-            return web.json_response(payload, headers=self._headers(request_id))
+            return await self._answer_json(request, rec, request_id, payload, drop)
 
         def chunk(delta: dict, finish: str | None = None, **extra) -> bytes:
             data = {
@@ -687,6 +684,13 @@ class FakeGroq(ProviderFake):
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+    async def _answer_json(self, request, rec, request_id, payload, drop: bool):
+        """A JSON answer, or with ``drop`` one cut off half-way."""
+        if drop:
+            return await self._drop_json(request, rec, request_id, payload)
+        rec.status = 200
+        return web.json_response(payload, headers=self._headers(request_id))
 
     async def _drop_json(self, request, rec, request_id, payload) -> web.StreamResponse:
         """Start a JSON response (headers and half the body), then cut the connection."""
@@ -831,10 +835,7 @@ class FakeGroq(ProviderFake):
                 ],
                 "x_groq": {"id": request_id},
             }
-        if drop:
-            return await self._drop_json(request, rec, request_id, payload)
-        rec.status = 200
-        return web.json_response(payload, headers=self._headers(request_id))
+        return await self._answer_json(request, rec, request_id, payload, drop)
 
     # ------------------------------------------------------------------ speech
 
@@ -931,10 +932,7 @@ class FakeGroq(ProviderFake):
                 "object": "list",
                 "data": [self._model_object(m) for m in self._all_models()],
             }
-            if drop:
-                return await self._drop_json(request, rec, request_id, payload)
-            rec.status = 200
-            return web.json_response(payload, headers=self._headers(request_id))
+            return await self._answer_json(request, rec, request_id, payload, drop)
 
         return await self._serve(request, "models", inner)
 
@@ -951,10 +949,7 @@ class FakeGroq(ProviderFake):
                     code="model_not_found",
                 )
             payload = self._model_object(model_id)
-            if drop:
-                return await self._drop_json(request, rec, request_id, payload)
-            rec.status = 200
-            return web.json_response(payload, headers=self._headers(request_id))
+            return await self._answer_json(request, rec, request_id, payload, drop)
 
         return await self._serve(request, "models", inner)
 
