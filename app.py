@@ -10,9 +10,15 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
-from pipeline.runtime import prepare_runtime
-from ui.layout import build_ui
-
 if __name__ == "__main__":
-    prepare_runtime()
+    # First, so that it runs while Gradio and pipecat are imported: a child
+    # process tries each local model, and only those that survive are loaded here.
+    from pipeline.probe import RuntimeProbe
+
+    probe = RuntimeProbe.start()
+
+    from pipeline.runtime import prepare_runtime
+    from ui.layout import build_ui
+
+    prepare_runtime(probe)
     build_ui().queue().launch()

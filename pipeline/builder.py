@@ -108,6 +108,7 @@ def build_voice_pipeline(
     context: LLMContext | None = None,
 ) -> VoicePipeline:
     """One pipeline generation; ``context`` carries the conversation over from the previous one."""
+    models.require("turn")  # Silero VAD and Smart Turn: no session works without them
     services = {
         stage: PROVIDERS[choice.provider].build(stage, choice, config.keys, config, models)
         for stage, choice in config.choices().items()

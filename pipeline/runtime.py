@@ -9,6 +9,7 @@ import sys
 import time
 
 from pipeline.models import shared_models
+from pipeline.probe import RuntimeProbe
 
 log = logging.getLogger("voice_lab")
 
@@ -68,14 +69,24 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def prepare_runtime(warm: bool = True) -> float:
-    """Everything the server needs before accepting a visitor; returns seconds taken."""
+def prepare_runtime(probe: RuntimeProbe | None = None, warm: bool = True) -> float:
+    """Everything the server needs before accepting a visitor; returns seconds taken.
+
+    With a ``probe`` (started as early as possible, see :mod:`pipeline.probe`),
+    only the local models that passed it are loaded into this process; the
+    others are marked unavailable, with the reason, for the page to show.
+    """
     start = time.perf_counter()
     configure_logging()
     if os.environ.get("VOICE_LAB_LOOPBACK_ICE") == "1":
         restrict_ice_to_loopback()
+    models = shared_models()
+    if probe is not None:
+        verdicts = probe.wait()
+        models.unavailable = {stage: why for stage, why in verdicts.items() if why is not None}
+        log.info("local runtimes checked in %.1fs", time.perf_counter() - start)
     if warm:
-        shared_models().warm_up()
+        models.warm_up()
     elapsed = time.perf_counter() - start
     log.info("Voice Lab ready in %.1fs", elapsed)
     return elapsed

@@ -37,7 +37,7 @@ from pipecat.workers.runner import WorkerRunner
 from pipeline import events as ev
 from pipeline.builder import VoicePipeline, build_voice_pipeline
 from pipeline.config import SessionConfig
-from pipeline.models import LocalModels, shared_models
+from pipeline.models import LocalModels, LocalStageUnavailable, shared_models
 from pipeline.providers import PROVIDERS
 from pipeline.transport import AudioOutbox
 
@@ -219,6 +219,9 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
             while voice is not None and not self._shutdown_requested:
                 await self._run_generation(voice)
                 voice, self._next_voice = self._next_voice, None
+        except LocalStageUnavailable as e:
+            log.warning("session refused: %s", e)
+            self.report(ev.ErrorReported(time.time(), str(e), True))
         except Exception as e:
             log.exception("session failed")
             self.report(ev.ErrorReported(time.time(), f"The voice pipeline failed: {e}", True))

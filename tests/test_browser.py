@@ -31,6 +31,7 @@ from tests.browser_support import (
 )
 from tests.fakes.common import serving_in_thread
 from tests.fakes.groq import FakeGroq
+from tests.fakes.native_crash import crashing_llm_runtime
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -401,3 +402,31 @@ def test_switching_the_llm_between_turns_labels_the_next_turn(pw, app, groq, tmp
         assert groq.requests_to("chat"), "the switched turn never reached the Groq fake"
         # The same call all along: the switch did not reconnect.
         assert page.evaluate("__voiceProbe.connections.length") == 1
+
+
+def test_a_crashing_local_llm_leaves_the_page_up_and_a_cloud_llm_answering(pw, groq, tmp_path):
+    """The local LLM's native runtime segfaults on this "machine": the app starts anyway,
+    the page says which local stage is out and why, and Groq answers in its place."""
+    crashing = crashing_llm_runtime(tmp_path / "crashing-runtime")
+    env = {"PYTHONPATH": str(crashing), "GROQ_BASE_URL": groq.base_url}
+    with run_app(tmp_path / "app.log", extra_env=env) as crashed_app:
+        with open_app(pw, crashed_app, tmp_path, fake_mic=quiet_mic(tmp_path)) as page:
+            health = page.locator("#local-health")
+            expect(health).to_contain_text("Local LLM (SmolLM2 on llama.cpp) unavailable")
+            expect(health).to_contain_text("SIGSEGV")
+            expect(health).to_contain_text("cloud providers still work")
+            expect(page.locator("#llm-provider input")).to_have_value("Local (unavailable here)")
+
+            page.locator("#groq-key input").fill(GROQ_KEY)
+            page.locator("#groq-key input").press("Enter")
+            expect(page.locator("#settings")).to_contain_text("Groq: your key (this session only)")
+            page.locator("#llm-provider input").click()
+            page.get_by_role("option", name="Groq").click()
+            press_record(page)
+            wait_until_listening(page)
+            question = np.concatenate([speech_pcm("What is the capital of France?"), silence(0.5)])
+            speak(page, tmp_path / "question.wav", question)
+            expect(page.locator("#conversation [data-role=bot]").first).to_contain_text(
+                re.compile("you asked.*capital", re.I), timeout=REPLY_TIMEOUT_MS
+            )
+        assert "crashed (SIGSEGV)" in crashed_app.log_since()

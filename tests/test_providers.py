@@ -247,6 +247,24 @@ async def test_a_cloud_provider_picked_without_a_key_starts_on_the_local_model(m
         assert not d.session.finished.is_set()
 
 
+async def test_a_local_llm_that_failed_its_check_is_named_and_a_cloud_llm_still_answers(
+    models, groq, monkeypatch
+):
+    """The start-up probe found the local LLM's runtime crashing on this machine."""
+    monkeypatch.setattr(models, "unavailable", {"llm": "its native runtime crashed (SIGSEGV)"})
+    refused = session_with(models, config())
+    await asyncio.wait_for(refused.start_up(), 10)
+    errors = [e for e in refused.events if e.kind == "ErrorReported"]
+    assert errors and errors[-1].fatal, refused.events
+    assert "local LLM is unavailable" in errors[-1].message
+    assert "SIGSEGV" in errors[-1].message and "cloud provider" in errors[-1].message
+
+    async with SessionDriver(session_with(models, config(llm=("groq",)))) as d:
+        await ask(d)
+        assert "You asked" in d.events("BotTurnText")[-1].text
+        assert d.events("ProvidersChanged")[0].llm.startswith("Groq")
+
+
 @pytest.mark.parametrize(
     ("stage", "provider", "label"),
     [

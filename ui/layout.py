@@ -11,6 +11,7 @@ import gradio as gr
 from fastrtc import WebRTC
 
 from pipeline.config import max_sessions
+from pipeline.models import shared_models
 from pipeline.session import SessionRecords, VoiceSession
 from ui import charts, export, render, state
 from ui.settings import build_settings_panel, config_from_settings
@@ -81,6 +82,12 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
             "speak, the reply as the LLM writes it, the sentence being spoken, and where every "
             "millisecond of each turn went. Click the microphone box, press **Record**, allow "
             "the microphone and speak; talk over the bot to interrupt it."
+        )
+        unavailable = dict(shared_models().unavailable)
+        gr.HTML(
+            render.render_local_health(unavailable),
+            elem_id="local-health",
+            visible=bool(unavailable),
         )
         with gr.Row():
             with gr.Column(scale=2, min_width=320):

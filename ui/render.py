@@ -156,3 +156,29 @@ def _by_setup(latency: tuple[TurnLatency, ...]) -> str:
         '<table class="by-setup"><thead><tr><th>STT · LLM · TTS</th><th>turns</th>'
         f"<th>p50</th><th>p95</th></tr></thead><tbody>{rows}</tbody></table>"
     )
+
+
+def render_local_health(unavailable: dict[str, str]) -> str:
+    """Which local stages this server cannot run, and why (empty when all work)."""
+    if not unavailable:
+        return ""
+    items = "".join(
+        f"<li><strong>Local {escape(LOCAL_STAGE_NAMES.get(stage, stage))} unavailable:</strong> "
+        f"{escape(reason)}</li>"
+        for stage, reason in unavailable.items()
+    )
+    hint = (
+        "Voice activity detection is needed by every session, so no session can start here."
+        if "turn" in unavailable
+        else "The cloud providers still work: pick one for that stage in "
+        "<em>Providers and settings</em> and type its API key."
+    )
+    return f'<div class="local-health" role="alert"><ul>{items}</ul><p>{hint}</p></div>'
+
+
+LOCAL_STAGE_NAMES = {
+    "turn": "voice activity and turn detection (Silero, Smart Turn)",
+    "stt": "speech-to-text (Whisper)",
+    "llm": "LLM (SmolLM2 on llama.cpp)",
+    "tts": "text-to-speech (Piper)",
+}

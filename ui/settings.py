@@ -17,6 +17,7 @@ from dataclasses import replace
 import gradio as gr
 
 from pipeline.config import SessionConfig
+from pipeline.models import shared_models
 from pipeline.providers import (
     PROVIDERS,
     STAGES,
@@ -85,6 +86,12 @@ async def catalog(provider_id: str, stage: Stage, typed_keys: dict) -> Catalog:
     return live.get(stage) or built_in
 
 
+def _provider_label(provider, stage: Stage) -> str:
+    if not provider.needs_key and stage in shared_models().unavailable:
+        return f"{provider.label} (unavailable here)"
+    return provider.label
+
+
 def _key_status(provider_id: str, typed: dict) -> str:
     provider = PROVIDERS[provider_id]
     if typed.get(provider_id):
@@ -112,7 +119,7 @@ def build_settings_panel() -> gr.State:
             catalog_ = PROVIDERS[current["provider"]].catalogs[stage]
             with gr.Row():
                 provider = gr.Dropdown(
-                    [(p.label, p.id) for p in providers_for(stage)],
+                    [(_provider_label(p, stage), p.id) for p in providers_for(stage)],
                     value=current["provider"],
                     label=f"{STAGE_TITLES[stage]} provider",
                     elem_id=f"{stage}-provider",

@@ -1,4 +1,8 @@
-"""The embedded offline models: no key, no network, always available."""
+"""The embedded offline models: no key, no network.
+
+Available wherever their native runtimes pass the start-up probe
+(:mod:`pipeline.probe`); a stage that failed it refuses to build, with the reason.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +16,19 @@ from pipeline.providers import Catalog, Provider
 
 
 def _stt(choice, _key, config, models):
+    models.require("stt")
     return LocalWhisperSTTService(models=models, interim_every_secs=config.interim_every_secs)
 
 
 def _llm(choice, _key, config, models):
+    models.require("llm")
     return LocalLlamaLLMService(
         models=models, system_instruction=config.system_prompt, max_tokens=config.llm_max_tokens
     )
 
 
 def _tts(choice, _key, config, models):
+    models.require("tts")
     return LocalPiperTTSService(models=models)
 
 
