@@ -18,7 +18,7 @@ if __name__ == "__main__":
     probe = RuntimeProbe.start()
 
     from pipeline.runtime import prepare_runtime
-    from ui.layout import build_ui
+    from ui.layout import build_ui, launch
 
     prepare_runtime(probe)
-    build_ui().queue().launch()
+    launch(build_ui())

@@ -191,6 +191,8 @@ def app_environment(port: int, max_sessions: int, extra: dict[str, str] | None =
         "ORT_DISABLE_TELEMETRY": "1",
         "VOICE_LAB_LOOPBACK_ICE": "1",
         "VOICE_LAB_MAX_SESSIONS": str(max_sessions),
+        # Every simulated visitor comes from 127.0.0.1: one client, as the app counts.
+        "VOICE_LAB_MAX_SESSIONS_PER_CLIENT": str(max_sessions),
         "VOICE_LAB_LOG_LEVEL": "INFO",
         "NO_PROXY": "127.0.0.1,localhost",
         "no_proxy": "127.0.0.1,localhost",

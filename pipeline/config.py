@@ -100,3 +100,21 @@ class SessionConfig:
 def max_sessions() -> int:
     """How many browser connections the server accepts at once (beyond that: a clear refusal)."""
     return _env_int("VOICE_LAB_MAX_SESSIONS", 4)
+
+
+def max_sessions_per_client() -> int:
+    """Connections one visitor (one address) may hold at once: no client takes every slot."""
+    return _env_int("VOICE_LAB_MAX_SESSIONS_PER_CLIENT", 2)
+
+
+def admission_secs() -> float:
+    """A connection that sent no audio this long after its offer is closed, its slot freed."""
+    return _env_float("VOICE_LAB_ADMISSION_SECS", 10.0)
+
+
+def trust_forwarded_for() -> bool:
+    """Behind a proxy that appends the visitor's address (a Space), count clients by it."""
+    value = os.environ.get("VOICE_LAB_TRUST_FORWARDED_FOR", "").strip().lower()
+    if value:
+        return value in ("1", "true", "yes")
+    return bool(os.environ.get("SPACE_ID"))

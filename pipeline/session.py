@@ -134,6 +134,7 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         self._runner: WorkerRunner | None = None
         self._publisher: asyncio.Task | None = None
         self._last_audio_at: float | None = None
+        self._heard_audio = False
         self._shutdown_requested = False
         self._started = False
         # Set from the page's thread, applied on the event loop.
@@ -359,7 +360,13 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
 
     # -- audio in and out, teardown ------------------------------------------
 
+    @property
+    def heard_audio(self) -> bool:
+        """The browser has sent audio: a live connection, not one holding a slot idly."""
+        return self._heard_audio
+
     async def receive(self, frame: tuple[int, np.ndarray]) -> None:
+        self._heard_audio = True
         if self.voice is None or self._closed:
             return
         self._last_audio_at = time.monotonic()

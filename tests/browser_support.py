@@ -85,6 +85,8 @@ def run_app(log_path: Path, extra_env: dict[str, str] | None = None) -> Iterator
     port = free_port()
     env = {
         **os.environ,
+        # Every browser of a test comes from 127.0.0.1: one client, as the app counts.
+        "VOICE_LAB_MAX_SESSIONS_PER_CLIENT": "8",
         **(extra_env or {}),
         "GRADIO_SERVER_NAME": "127.0.0.1",
         "GRADIO_SERVER_PORT": str(port),

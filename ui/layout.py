@@ -2,40 +2,53 @@
 
 from __future__ import annotations
 
-import json
-import os
 import tempfile
 from pathlib import Path
 
 import gradio as gr
 from fastrtc import WebRTC
 
-from pipeline.config import max_sessions
+from pipeline.config import (
+    admission_secs,
+    max_sessions,
+    max_sessions_per_client,
+    trust_forwarded_for,
+)
 from pipeline.models import shared_models
 from pipeline.session import SessionRecords, VoiceSession
 from ui import charts, export, render, state
+from ui.relay import TurnRelay, relay_wanted
 from ui.settings import build_settings_panel, config_from_settings
+from ui.webrtc_guard import WebRTCGuard, webrtc_id_of
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 EXPORT_DIR = Path(tempfile.gettempdir()) / "voice-lab-exports"
+# Requests waiting in Gradio's queue beyond this are turned away ("queue full").
+QUEUE_MAX_SIZE = 64
+# What Gradio accepts as an upload at all (a session file is the only upload).
+MAX_UPLOAD_BYTES = 8 * 1024 * 1024
+# Gradio's upload cache: files older than an hour are deleted every 10 minutes.
+DELETE_CACHE = (600, 3600)
 
 
-def rtc_configurations() -> tuple[dict | None, dict]:
-    """(browser, server) ICE configuration.
+def _browser_rtc(relay: TurnRelay | None):
+    """The page's ICE configuration: none locally, the relay's credentials on a Space.
 
-    Locally no STUN/TURN server is contacted at all. On a Hugging Face Space
-    (or with ``VOICE_LAB_TURN=cloudflare``) both sides get TURN credentials
-    through fastrtc's Cloudflare helper, which needs ``HF_TOKEN`` (or the
-    ``CLOUDFLARE_TURN_KEY_*`` variables).
+    A plain function, not a bound method: fastrtc calls it per page load only if
+    ``inspect.isfunction`` says so.
     """
-    wants_turn = os.environ.get("VOICE_LAB_TURN", "").lower() == "cloudflare" or (
-        os.environ.get("SPACE_ID") and os.environ.get("HF_TOKEN")
-    )
-    if not wants_turn:
-        return None, {"iceServers": []}
-    from fastrtc import get_cloudflare_turn_credentials, get_cloudflare_turn_credentials_async
+    if relay is None:
+        return None
 
-    return get_cloudflare_turn_credentials_async, get_cloudflare_turn_credentials(ttl=360_000)
+    def current_relay() -> dict:
+        return relay.browser_configuration()
+
+    return current_relay
+
+
+def _relay_notice(relay: TurnRelay | None) -> str:
+    notice = relay.notice() if relay is not None else ""
+    return f'<div class="relay-health" role="status">{notice}</div>' if notice else ""
 
 
 def render_all(current: state.SessionState) -> tuple:
@@ -71,17 +84,26 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
         settings_from_inputs=config_from_settings,
         records=records,
     )
-    browser_rtc, server_rtc = rtc_configurations()
+    relay = TurnRelay().start() if relay_wanted() else None
     css = (ASSETS / "style.css").read_text()
     head = f"<script>{(ASSETS / 'mic_errors.js').read_text()}</script>"
     idle = state.SessionState(status="idle")
 
-    with gr.Blocks(title="Voice Lab", css=css, head=head, theme=gr.themes.Soft()) as demo:
+    with gr.Blocks(
+        title="Voice Lab",
+        css=css,
+        head=head,
+        theme=gr.themes.Soft(),
+        delete_cache=DELETE_CACHE,
+    ) as demo:
         gr.Markdown(
             "# Voice Lab\nTalk to a real-time voice agent and watch it think: your words as you "
             "speak, the reply as the LLM writes it, the sentence being spoken, and where every "
             "millisecond of each turn went. Click the microphone box, press **Record**, allow "
             "the microphone and speak; talk over the bot to interrupt it."
+        )
+        relay_health = gr.HTML(
+            _relay_notice(relay), elem_id="relay-health", visible=bool(relay and relay.notice())
         )
         unavailable = dict(shared_models().unavailable)
         gr.HTML(
@@ -95,8 +117,10 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
                     label="Microphone and speaker",
                     modality="audio",
                     mode="send-receive",
-                    rtc_configuration=browser_rtc,
-                    server_rtc_configuration=server_rtc,
+                    rtc_configuration=_browser_rtc(relay),
+                    # Locally no STUN/TURN server is contacted at all; on a Space
+                    # the relay's credentials replace this once fetched.
+                    server_rtc_configuration={"iceServers": []},
                     elem_id="voice",
                     button_labels={"start": "Record", "stop": "Stop"},
                     # The default full-screen mode pins the widget over the
@@ -114,13 +138,37 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
                 )
                 ttfb = gr.Plot(charts.ttfb_figure(idle), elem_id="ttfb-chart", show_label=False)
                 with gr.Row():
-                    export_button = gr.Button("Export session (JSON)", size="sm")
+                    export_button = gr.Button(
+                        "Export session (JSON)", size="sm", elem_id="export-button"
+                    )
                     replay_button = gr.UploadButton(
                         "Replay a session file", file_types=[".json"], size="sm"
                     )
                 export_file = gr.File(label="Session file", visible=False, elem_id="export-file")
 
         outputs = [conversation, user_live, status, stats, breakdown, ttfb]
+        guard = WebRTCGuard(
+            audio,
+            per_client=max_sessions_per_client(),
+            admission_secs=admission_secs(),
+            trust_forwarded_for=trust_forwarded_for(),
+        )
+        # Before ``stream()``: it wires the settings to the method it finds now.
+        guard.install()
+        if relay is not None:
+            relay.listeners.append(
+                lambda servers: setattr(
+                    audio, "server_rtc_configuration", WebRTC.convert_to_aiortc_format(servers)
+                )
+            )
+            if relay.servers is not None:
+                audio.server_rtc_configuration = WebRTC.convert_to_aiortc_format(relay.servers)
+            demo.load(
+                lambda: gr.update(value=_relay_notice(relay), visible=bool(relay.notice())),
+                outputs=[relay_health],
+                queue=False,
+                show_api=False,
+            )
         # The settings state is the stream's extra input: fastrtc hands every
         # change of it to this visitor's session (``VoiceSession.set_args``).
         audio.stream(
@@ -141,28 +189,52 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
             outputs=[status],
             queue=False,
         )
-        audio.on_additional_outputs(
-            render_update,
-            outputs=outputs,
-            concurrency_limit=None,
-            show_progress="hidden",
-            queue=True,
-        )
+        guard.on_additional_outputs(render_update, outputs)
 
-        def export_current(connection) -> dict:
-            connection_id = getattr(connection, "webrtc_id", connection)
-            events = records.get(connection_id) if connection_id else None
+        def export_current(connection, request: gr.Request) -> dict:
+            connection_id = webrtc_id_of(connection)
+            # Only the page that made the connection may export it.
+            owned = guard.owns(connection_id, request.session_hash)
+            events = records.get(connection_id) if owned else None
             if not events:
                 raise gr.Error("Nothing to export yet: press Record and talk first.")
             return gr.update(value=str(export.write_export(events, EXPORT_DIR)), visible=True)
 
         def replay_file(file) -> tuple:
+            # Anyone can upload anything: load_replay bounds the work and
+            # checks every field; its message is plain text and quotes nothing.
             try:
-                data = json.loads(Path(file.name if hasattr(file, "name") else file).read_text())
-                return render_all(export.replay(data))
-            except (ValueError, KeyError, TypeError) as e:
-                raise gr.Error(f"Could not replay that file: {e}") from e
+                return render_all(export.load_replay(getattr(file, "name", file)))
+            except export.ReplayError as e:
+                raise gr.Error(
+                    str(e), title="Could not replay that file", print_exception=False
+                ) from None
 
         export_button.click(export_current, inputs=[audio], outputs=[export_file])
-        replay_button.upload(replay_file, inputs=[replay_button], outputs=outputs)
-    return demo
+        # Bounded cost per file, so no visitor's replay waits behind another's.
+        replay_button.upload(
+            replay_file, inputs=[replay_button], outputs=outputs, concurrency_limit=None
+        )
+    for fn in demo.fns.values():
+        # Every endpoint here serves this page only; none is a public API.
+        fn.show_api = False
+    return demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=4)
+
+
+def launch(demo: gr.Blocks, **options) -> None:
+    """Serve the page as a public Space should: bounded uploads, no API page, no tracebacks.
+
+    Gradio 5.50 builds its FastAPI app with ``debug=True`` (``App.create_app``),
+    so any exception in a route (an unknown component id, say) answers the
+    client with a full traceback. Turning it off once the server runs makes
+    Starlette rebuild its error middleware without it.
+    """
+    demo.launch(
+        show_api=False,
+        max_file_size=MAX_UPLOAD_BYTES,
+        prevent_thread_lock=True,
+        **options,
+    )
+    demo.server_app.debug = False
+    demo.server_app.middleware_stack = None
+    demo.block_thread()

@@ -31,6 +31,11 @@ from pipeline.providers import (
 log = logging.getLogger(__name__)
 
 CATALOG_TIMEOUT_SECS = 4.0
+# The local LLM evaluates the system prompt under a lock every session shares:
+# an unbounded one would let a visitor stall everybody's local replies.
+MAX_SYSTEM_PROMPT_CHARS = 1000
+VAD_STOP_RANGE = (0.1, 1.0)
+MAX_KEY_CHARS = 256
 STAGE_TITLES = {"stt": "Speech-to-text", "llm": "LLM", "tts": "Text-to-speech"}
 
 
@@ -59,11 +64,24 @@ def config_from_settings(values: dict) -> SessionConfig:
             raise ValueError(f"Unknown {STAGE_TITLES[stage]} provider: {provider!r}")
         choices[stage] = choice_for(provider, stage, picked.get("model"), picked.get("voice"))
     config = SessionConfig(keys=keys, **choices)
+    prompt = values.get("system_prompt") or ""
+    if not isinstance(prompt, str):
+        raise ValueError("The system prompt must be text.")
+    if len(prompt) > MAX_SYSTEM_PROMPT_CHARS:
+        raise ValueError(
+            f"The system prompt is {len(prompt):,} characters long; "
+            f"at most {MAX_SYSTEM_PROMPT_CHARS:,} are allowed. Your previous prompt stays."
+        )
+    try:
+        vad_stop = float(values.get("vad_stop_secs", config.vad_stop_secs))
+    except (TypeError, ValueError):
+        raise ValueError("VAD stop must be a number of seconds.") from None
+    low, high = VAD_STOP_RANGE
     return replace(
         config,
-        vad_stop_secs=float(values.get("vad_stop_secs", config.vad_stop_secs)),
+        vad_stop_secs=min(max(vad_stop, low), high) if vad_stop == vad_stop else low,
         smart_turn=bool(values.get("smart_turn", config.smart_turn)),
-        system_prompt=(values.get("system_prompt") or "").strip() or config.system_prompt,
+        system_prompt=prompt.strip() or config.system_prompt,
     )
 
 
@@ -168,7 +186,11 @@ def build_settings_panel() -> gr.State:
                 label="Smart Turn (judge whether you finished; off: end on silence alone)",
             )
         system_prompt = gr.Textbox(
-            value=start["system_prompt"], label="System prompt", lines=2, max_lines=6
+            value=start["system_prompt"],
+            label="System prompt",
+            lines=2,
+            max_lines=6,
+            max_length=MAX_SYSTEM_PROMPT_CHARS,
         )
 
     for stage, (provider, model, voice) in pickers.items():
@@ -190,7 +212,8 @@ def build_settings_panel() -> gr.State:
     for provider_id, box in key_boxes.items():
 
         async def set_key(values: dict, key: str, provider_id=provider_id):
-            keys = {**values.get("keys", {}), provider_id: key.strip()}
+            key = key.strip()[:MAX_KEY_CHARS] if isinstance(key, str) else ""
+            keys = {**values.get("keys", {}), provider_id: key}
             values = {**values, "keys": keys}
             updates = [values, " · ".join(_key_status(p.id, keys) for p in cloud)]
             # A new key may unlock the provider's own model and voice lists
@@ -221,6 +244,8 @@ def _wire_stage(
     settings: gr.State,
 ) -> None:
     async def on_provider(values: dict, provider_id: str):
+        if provider_id not in PROVIDERS or stage not in PROVIDERS[provider_id].stages:
+            return [values, gr.update(), *([gr.update()] if voice is not None else [])]
         found = await catalog(provider_id, stage, values.get("keys", {}))
         picked = {"provider": provider_id, "model": found.default_model, "voice": None}
         updates = [gr.update(choices=list(found.models), value=found.default_model)]

@@ -1,0 +1,300 @@
+"""The running app attacked as on a public Space: over HTTP and aiortc, from 127.0.0.1 only.
+
+One ``python app.py`` with two session slots, one slot per client (clients
+told apart by the ``X-Forwarded-For`` a Space's proxy appends; here a header
+only, no traffic goes anywhere), and a 3 s admission window. Each attack is
+followed, and where it matters accompanied, by a real visitor who must still
+be answered: a spoken question, a reply heard over WebRTC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import string
+from collections.abc import AsyncIterator, Iterator
+
+import aiohttp
+import pytest
+
+from bench.webrtc import (
+    OfferRefused,
+    PageApi,
+    WebRTCClient,
+    page_api,
+    question_audio,
+    start_app,
+)
+from tests.fakes.common import serving_in_thread
+from tests.fakes.groq import FakeGroq
+
+pytestmark = pytest.mark.slow
+
+LIMIT = 2
+ADMISSION_SECS = 3.0
+ATTACKER_KEY = "gsk_attacker_key_0123456789abcdef"
+QUESTION = "What is the capital of France?"
+TRACEBACK_MARKERS = ("Traceback", 'File "', "site-packages")
+
+
+@pytest.fixture(scope="module")
+def groq() -> Iterator[FakeGroq]:
+    """What an attacker would switch a victim to, with the attacker's key."""
+    with serving_in_thread(FakeGroq(api_key=ATTACKER_KEY)) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+async def app(groq, tmp_path_factory):
+    log = tmp_path_factory.mktemp("abuse") / "app.log"
+    app = await start_app(
+        LIMIT,
+        extra_env={
+            "VOICE_LAB_MAX_SESSIONS_PER_CLIENT": "1",
+            "VOICE_LAB_TRUST_FORWARDED_FOR": "1",
+            "VOICE_LAB_ADMISSION_SECS": str(ADMISSION_SECS),
+            "GROQ_BASE_URL": groq.base_url,
+        },
+        log_path=log,
+    )
+    yield app
+    await app.stop()
+
+
+@contextlib.asynccontextmanager
+async def client_http(address: str) -> AsyncIterator[aiohttp.ClientSession]:
+    """HTTP as one visitor: the address a Space's proxy would have appended."""
+    async with aiohttp.ClientSession(
+        headers={"X-Forwarded-For": address},
+        timeout=aiohttp.ClientTimeout(total=30),
+        # uvicorn drops a kept-alive connection after a route raised (Gradio's own 500s).
+        connector=aiohttp.TCPConnector(force_close=True),
+    ) as http:
+        yield http
+
+
+def random_id(k: int = 11) -> str:
+    return "".join(random.choices(string.ascii_lowercase + string.digits, k=k))
+
+
+async def visitor_is_answered(app, address: str) -> None:
+    """A real visitor connects, asks a question and hears a reply."""
+    async with client_http(address) as http:
+        api = await page_api(http, app.url)
+        visitor = WebRTCClient(http, app.url, api, name=f"visitor-{address}")
+        try:
+            await visitor.connect()
+            await visitor.wait_until_live()
+            result = await visitor.turn(QUESTION, question_audio(QUESTION))
+        finally:
+            await visitor.close()
+    assert result["voice_to_voice"] is not None, f"the visitor was not answered: {result}"
+
+
+async def server_fn(http, app, api: PageApi, fn_name: str, data, session_hash: str):
+    body = {
+        "data": data,
+        "component_id": api.webrtc_id,
+        "fn_name": fn_name,
+        "session_hash": session_hash,
+    }
+    async with http.post(f"{app.url}/gradio_api/component_server", json=body) as r:
+        return r.status, await r.text()
+
+
+async def call_event(http, app, fn_index: int, data: list, session_hash: str) -> list[dict]:
+    """Join Gradio's queue as the page does; returns every message of that event."""
+    body = {"data": data, "event_data": None, "fn_index": fn_index, "session_hash": session_hash}
+    async with http.post(f"{app.url}/gradio_api/queue/join", json=body) as r:
+        r.raise_for_status()
+        event_id = (await r.json())["event_id"]
+    messages = []
+    url = f"{app.url}/gradio_api/queue/data?session_hash={session_hash}"
+    async with http.get(url, timeout=aiohttp.ClientTimeout(total=20)) as r:
+        async for line in r.content:
+            if not line.startswith(b"data:"):
+                continue
+            message = json.loads(line[5:])
+            if message.get("event_id") != event_id:
+                continue
+            messages.append(message)
+            if message.get("msg") == "process_completed":
+                return messages
+    return messages
+
+
+async def dependency_of(http, app, elem_id: str, event: str) -> int:
+    async with http.get(f"{app.url}/config") as r:
+        config = await r.json()
+    component = next(c["id"] for c in config["components"] if c["props"].get("elem_id") == elem_id)
+    return next(
+        dep["id"]
+        for dep in config["dependencies"]
+        if [component, event] in [list(t) for t in dep["targets"]]
+    )
+
+
+def no_traceback(text: str) -> None:
+    assert not any(marker in text for marker in TRACEBACK_MARKERS), text[:2000]
+
+
+async def test_garbage_offers_take_no_slot_and_get_no_traceback(app):
+    async with client_http("10.1.0.1") as http:
+        api = await page_api(http, app.url)
+        garbage = [
+            {"sdp": "v=0 garbage", "type": "offer", "webrtc_id": random_id()},
+            {"sdp": "v=0\r\nm=video 9 RTP/AVP 0\r\n", "type": "offer", "webrtc_id": random_id()},
+            {"sdp": 12, "type": "offer", "webrtc_id": random_id()},
+            {"sdp": "v=0", "type": "offer", "webrtc_id": "../../etc/passwd"},
+            {"sdp": "v=0", "type": "offer"},
+            {"type": "ice-candidate", "webrtc_id": random_id(), "candidate": {"candidate": "x"}},
+            "not an object",
+            None,
+        ]
+        for _ in range(LIMIT + 1):  # more than there are slots
+            for body in garbage:
+                status, text = await server_fn(http, app, api, "offer", body, random_id())
+                assert status == 200, text
+                no_traceback(text)
+                assert json.loads(text)["status"] == "failed"
+        # Our handling logged no traceback either (Gradio's own routes below may).
+        no_traceback(app.log_tail(100_000).split("Voice Lab ready")[-1])
+        # Routes of Gradio's own: an unknown component, a bad body, a missing function.
+        for payload in (
+            {"data": {}, "component_id": 99999, "fn_name": "offer", "session_hash": "x"},
+            {"data": {}, "component_id": api.webrtc_id, "fn_name": "nope", "session_hash": "x"},
+        ):
+            async with http.post(f"{app.url}/gradio_api/component_server", json=payload) as r:
+                no_traceback(await r.text())
+        async with http.post(f"{app.url}/gradio_api/component_server", data=b"{") as r:
+            no_traceback(await r.text())
+    await visitor_is_answered(app, "10.1.0.2")
+
+
+async def _hog(http, app, api: PageApi, *, data_channel: bool):
+    """A peer connection that connects but never sends a single audio packet."""
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    from aiortc.mediastreams import MediaStreamTrack
+
+    class Mute(MediaStreamTrack):
+        kind = "audio"
+
+        async def recv(self):
+            await asyncio.Event().wait()  # never a frame
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTrack(Mute())
+    if data_channel:
+        pc.createDataChannel("text")
+    connected = asyncio.Event()
+
+    @pc.on("connectionstatechange")
+    def _():
+        if pc.connectionState == "connected":
+            connected.set()
+
+    await pc.setLocalDescription(await pc.createOffer())
+    body = {"sdp": pc.localDescription.sdp, "type": "offer", "webrtc_id": random_id()}
+    _, text = await server_fn(http, app, api, "offer", body, random_id())
+    answer = json.loads(text)
+    if "sdp" not in answer:
+        await pc.close()
+        return None, answer
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+    await asyncio.wait_for(connected.wait(), 15)
+    return pc, answer
+
+
+async def test_silent_clients_lose_their_slots_and_one_client_cannot_take_them_all(app):
+    async with client_http("10.2.0.1") as http, client_http("10.2.0.2") as http2:
+        api = await page_api(http, app.url)
+        # One attacker address: its first connection is let in, the second is not.
+        first, _ = await _hog(http, app, api, data_channel=False)
+        assert first is not None
+        second, refusal = await _hog(http, app, api, data_channel=True)
+        assert second is None and refusal["meta"]["error"] == "concurrency_limit_reached"
+        # A second attacker address takes the other slot, with a data channel this time.
+        other, _ = await _hog(http2, app, api, data_channel=True)
+        assert other is not None
+        try:
+            # Both slots are held by mute connections; within the admission window
+            # plus a little they must be closed and the slots freed for a visitor.
+            await asyncio.sleep(ADMISSION_SECS + 2.0)  # the attack's duration, not a sync
+            for pc in (first, other):
+                assert pc.connectionState in ("closed", "failed"), pc.connectionState
+        finally:
+            for pc in (first, other):
+                await pc.close()
+    await visitor_is_answered(app, "10.2.0.3")
+
+
+async def test_another_session_cannot_read_steer_stop_or_export_a_connection(app, groq):
+    async with client_http("10.3.0.1") as victim_http, client_http("10.3.0.2") as attacker_http:
+        api = await page_api(victim_http, app.url)
+        victim = WebRTCClient(victim_http, app.url, api, name="victim")
+        try:
+            await victim.connect()
+            await victim.wait_until_live()
+            stolen = {"textbox": "", "webrtc_id": victim.webrtc_id}
+            attacker = random_id()
+            # The attacker's own settings: Groq for the LLM, with the attacker's key.
+            key_blur = await dependency_of(attacker_http, app, "groq-key", "blur")
+            await call_event(attacker_http, app, key_blur, [None, ATTACKER_KEY], attacker)
+            llm_input = await dependency_of(attacker_http, app, "llm-provider", "input")
+            await call_event(attacker_http, app, llm_input, [None, "groq"], attacker)
+
+            # ... pushed into the victim's session (fastrtc's tick / change event).
+            await call_event(attacker_http, app, api.tick_fn, [stolen, None], attacker)
+            # ... the victim's live dashboard, read from the attacker's page.
+            watched = await call_event(attacker_http, app, api.state_change_fn, [stolen], attacker)
+            assert not [m for m in watched if m.get("msg") == "process_generating"], watched
+            # ... the victim's dashboard stream, stopped.
+            await server_fn(attacker_http, app, api, "quit_output_stream", stolen, attacker)
+            # ... an ICE candidate injected into the victim's connection.
+            candidate = {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host", "sdpMid": "0"}
+            _, text = await server_fn(
+                attacker_http,
+                app,
+                api,
+                "offer",
+                {"type": "ice-candidate", "webrtc_id": victim.webrtc_id, "candidate": candidate},
+                attacker,
+            )
+            assert json.loads(text)["status"] == "failed"
+
+            updates_before = victim.queue_messages.get("process_generating", 0)
+            result = await victim.turn(QUESTION, question_audio(QUESTION))
+            assert result["voice_to_voice"] is not None, result
+            assert not groq.requests_to("chat"), "the victim's session ran on the attacker's LLM"
+            assert victim.queue_messages.get("process_generating", 0) > updates_before, (
+                "the victim's dashboard stopped updating"
+            )
+            # ... and the victim's session exported by the attacker.
+            export = await dependency_of(attacker_http, app, "export-button", "click")
+            exported = await call_event(attacker_http, app, export, [stolen], attacker)
+            completed = exported[-1]
+            assert completed["msg"] == "process_completed" and not completed["success"]
+            assert "Nothing to export" in json.dumps(completed)
+        finally:
+            await victim.close()
+
+
+async def test_a_connection_id_cannot_be_offered_twice(app):
+    """Re-offering a live id would have re-registered (hijacked) its handler."""
+    async with client_http("10.4.0.1") as http, client_http("10.4.0.2") as other_http:
+        api = await page_api(http, app.url)
+        victim = WebRTCClient(http, app.url, api, name="victim")
+        try:
+            await victim.connect()
+            await victim.wait_until_live()
+            thief = WebRTCClient(other_http, app.url, api, name="thief")
+            thief.webrtc_id = victim.webrtc_id
+            with pytest.raises(OfferRefused):
+                await thief.connect()
+            await thief.close()
+            result = await victim.turn(QUESTION, question_audio(QUESTION))
+            assert result["voice_to_voice"] is not None, result
+        finally:
+            await victim.close()

@@ -1,0 +1,300 @@
+"""What a public page needs around fastrtc's WebRTC component: every slot and session theirs alone.
+
+fastrtc 0.0.34 trusts whoever calls it. This module wraps the methods of the
+one ``WebRTC`` instance (a subclass would not do: Gradio finds a component's
+frontend by the module that defines its class) to fix, in our code:
+
+- **A garbage offer kept its slot for ever.** fastrtc registers the peer
+  connection before it parses the SDP, and arms its 30 s clean-up only after
+  parsing (``webrtc_connection_mixin.handle_offer``): a parse error left the
+  slot taken, and Gradio answered with a traceback. Offers are checked first,
+  and any failure frees the slot and answers a short error.
+- **A client could hold slots without talking.** One that connects without
+  opening the data channel never starts the handler, and connecting cancels
+  fastrtc's 30 s timeout; one that never sends audio is never closed. A
+  connection that has not become a live, audio-sending session within
+  ``admission_secs`` is closed. Each client (by address) may hold at most
+  ``per_client`` connections at once.
+- **Actions were authorised by a ``webrtc_id`` the caller supplies** (made with
+  ``Math.random()`` in the page). Each connection is bound to the Gradio
+  session that offered it; reading its dashboard, pushing settings (and keys)
+  into it, stopping it or exporting it from another session is refused.
+- **``additional_outputs`` kept an entry per connection for ever** (a
+  ``defaultdict`` that a late output re-creates after clean-up), each holding
+  that session's final dashboard. Outputs for a closed connection are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gradio as gr
+from fastapi.responses import JSONResponse
+from fastrtc import WebRTC
+from fastrtc.utils import AdditionalOutputs, WebRTCData
+
+log = logging.getLogger(__name__)
+
+# The page makes ids like "a1b2c3d4e5"; anything else is not from our page.
+WEBRTC_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_SDP_BYTES = 64 * 1024
+# Connections remembered for ownership checks after they end (exports).
+OWNERS_KEPT = 1024
+
+
+@dataclass(frozen=True)
+class Owner:
+    session_hash: str
+    client: str
+
+
+def refused(error: str, **meta) -> JSONResponse:
+    """fastrtc's own shape for a failed offer: the page shows ``meta.error``."""
+    return JSONResponse(
+        status_code=200, content={"status": "failed", "meta": {"error": error, **meta}}
+    )
+
+
+def webrtc_id_of(value) -> str | None:
+    if isinstance(value, WebRTCData):
+        value = value.webrtc_id
+    return value if isinstance(value, str) and WEBRTC_ID.match(value) else None
+
+
+class WebRTCGuard:
+    """Wraps one WebRTC component; call :meth:`install` before ``stream()`` wires it."""
+
+    def __init__(
+        self,
+        component: WebRTC,
+        *,
+        per_client: int,
+        admission_secs: float,
+        trust_forwarded_for: bool,
+    ):
+        self.component = component
+        self.per_client = per_client
+        self.admission_secs = admission_secs
+        self.trust_forwarded_for = trust_forwarded_for
+        self._owners: OrderedDict[str, Owner] = OrderedDict()
+        self._watchers: set[asyncio.Task] = set()
+
+    # -- ownership -----------------------------------------------------------
+
+    def owns(self, webrtc_id: str | None, session_hash: str | None) -> bool:
+        owner = self._owners.get(webrtc_id) if webrtc_id else None
+        return owner is not None and session_hash is not None and owner.session_hash == session_hash
+
+    def _remember(self, webrtc_id: str, owner: Owner) -> None:
+        self._owners[webrtc_id] = owner
+        while len(self._owners) > OWNERS_KEPT:
+            self._owners.popitem(last=False)
+
+    def _client_of(self, request) -> str:
+        """The visitor's address: behind a trusted proxy (a Space), the one it appended."""
+        if self.trust_forwarded_for:
+            forwarded = request.headers.get("x-forwarded-for", "")
+            if forwarded.strip():
+                return forwarded.split(",")[-1].strip()
+        return request.client.host if request.client else "unknown"
+
+    def _held_by(self, client: str) -> int:
+        return sum(
+            1
+            for webrtc_id in list(self.component.pcs)
+            if (owner := self._owners.get(webrtc_id)) and owner.client == client
+        )
+
+    # -- installation ----------------------------------------------------------
+
+    def install(self) -> None:
+        component = self.component
+        original_handle_offer = component.handle_offer
+        original_set_input = component.set_input
+        original_clean_up = component.clean_up
+
+        async def offer(body, request: gr.Request):
+            return await self._offer(body, request, original_handle_offer)
+
+        async def quit_output_stream(body, request: gr.Request):
+            webrtc_id = webrtc_id_of(body.get("webrtc_id")) if isinstance(body, dict) else None
+            session_hash = await _session_hash_of(request)
+            if webrtc_id and self.owns(webrtc_id, session_hash):
+                outputs = component.additional_outputs.get(webrtc_id)
+                if outputs is not None:
+                    outputs.quit.set()
+            return {"success": True}
+
+        def set_input_gradio(request: gr.Request, webrtc_data, *args):
+            webrtc_id = webrtc_id_of(webrtc_data)
+            if not self.owns(webrtc_id, request.session_hash):
+                if webrtc_id in component.connections:
+                    log.warning("settings for a connection of another session refused")
+                return
+            original_set_input(webrtc_id, webrtc_data, *args)
+
+        def set_additional_outputs(webrtc_id: str) -> Callable[[AdditionalOutputs], None]:
+            def set_outputs(outputs: AdditionalOutputs) -> None:
+                # A closed connection's stream has ended: nobody would read this,
+                # and the defaultdict would keep it (and the dashboard) for ever.
+                if webrtc_id in component.pcs or webrtc_id in component.additional_outputs:
+                    component.additional_outputs[webrtc_id].queue.put_nowait(outputs)
+
+            return set_outputs
+
+        def clean_up(webrtc_id: str):
+            connection = original_clean_up(webrtc_id)
+            component.additional_outputs.pop(webrtc_id, None)
+            return connection
+
+        offer._is_server_fn = True
+        quit_output_stream._is_server_fn = True
+        component.offer = offer
+        component.quit_output_stream = quit_output_stream
+        component.set_input_gradio = set_input_gradio
+        component.set_additional_outputs = set_additional_outputs
+        component.clean_up = clean_up
+
+    def on_additional_outputs(self, fn: Callable, outputs: list) -> None:
+        """fastrtc's ``on_additional_outputs``, answering only the session that owns the id."""
+        component = self.component
+
+        async def dashboard(request: gr.Request, webrtc_data):
+            webrtc_id = webrtc_id_of(webrtc_data)
+            if not self.owns(webrtc_id, request.session_hash):
+                return
+            async for next_outputs in component.output_stream(webrtc_id):
+                yield fn(*next_outputs.args)
+            component.additional_outputs.pop(webrtc_id, None)
+
+        component.state_change(
+            fn=dashboard,
+            inputs=[component],
+            outputs=outputs,
+            concurrency_limit=None,
+            show_progress="hidden",
+            queue=True,
+            trigger_mode="once",
+            show_api=False,
+        )
+
+    # -- offers ------------------------------------------------------------------
+
+    async def _offer(self, body, request, handle_offer):
+        component = self.component
+        if not isinstance(body, dict):
+            return refused("invalid_offer")
+        webrtc_id = webrtc_id_of(body.get("webrtc_id"))
+        if webrtc_id is None:
+            return refused("invalid_offer")
+        session_hash = await _session_hash_of(request)
+        if not session_hash:
+            return refused("invalid_offer")
+
+        if body.get("type") == "ice-candidate":
+            if not self.owns(webrtc_id, session_hash) or not isinstance(
+                body.get("candidate"), dict
+            ):
+                return refused("unknown_connection")
+            try:
+                return await handle_offer(body, component.set_additional_outputs(webrtc_id))
+            except Exception:
+                log.warning("an ICE candidate could not be added", exc_info=True)
+                return refused("invalid_candidate_format")
+
+        sdp = body.get("sdp")
+        if body.get("type") != "offer" or not _plausible_sdp(sdp):
+            log.info("refused a malformed WebRTC offer")
+            return refused("invalid_offer")
+        if webrtc_id in self._owners:
+            return refused("connection_already_exists")
+        limit = component.concurrency_limit
+        if limit is not None and len(component.pcs) >= limit:
+            return refused("concurrency_limit_reached", limit=limit)
+        client = self._client_of(request)
+        if self._held_by(client) >= self.per_client:
+            log.info("refused an offer: this client already holds %d connections", self.per_client)
+            # The page words this one as "Too many concurrent connections".
+            return refused("concurrency_limit_reached", limit=self.per_client, per_client=True)
+
+        self._remember(webrtc_id, Owner(session_hash, client))
+        offered_at = time.monotonic()
+        try:
+            answer = await handle_offer(
+                {"webrtc_id": webrtc_id, "type": "offer", "sdp": sdp},
+                component.set_additional_outputs(webrtc_id),
+            )
+        except Exception as e:
+            # fastrtc registered the connection before parsing: free its slot.
+            log.info("refused a WebRTC offer that failed to parse: %s", type(e).__name__)
+            await self._drop(webrtc_id)
+            return refused("invalid_offer")
+        if isinstance(answer, dict) and "sdp" in answer:
+            task = asyncio.create_task(self._admit_or_close(webrtc_id, offered_at))
+            self._watchers.add(task)  # held until done: the loop keeps only a weak reference
+            task.add_done_callback(self._watchers.discard)
+        return answer
+
+    async def _admit_or_close(self, webrtc_id: str, offered_at: float) -> None:
+        """Close a connection that is not a live, audio-sending session in time."""
+        component = self.component
+        while time.monotonic() - offered_at < self.admission_secs:
+            if webrtc_id not in component.pcs:
+                return  # already gone
+            handler = component.handlers.get(webrtc_id)
+            if getattr(handler, "heard_audio", False):
+                return
+            await asyncio.sleep(0.25)
+        if webrtc_id in component.pcs and not getattr(
+            component.handlers.get(webrtc_id), "heard_audio", False
+        ):
+            log.info(
+                "closing a connection that sent no audio within %.0fs of its offer",
+                self.admission_secs,
+            )
+            await self._drop(webrtc_id)
+
+    async def _drop(self, webrtc_id: str) -> None:
+        component = self.component
+        pc = component.pcs.pop(webrtc_id, None)
+        connections = component.clean_up(webrtc_id)
+        for connection in connections or ():
+            connection.stop()
+        if pc is not None:
+            await pc.close()
+
+
+def _plausible_sdp(sdp) -> bool:
+    """An SDP aiortc can parse, with an audio section: checked before fastrtc sees it."""
+    if not isinstance(sdp, str) or not sdp.startswith("v=0") or len(sdp) > MAX_SDP_BYTES:
+        return False
+    from aiortc.sdp import SessionDescription
+
+    try:
+        parsed = SessionDescription.parse(sdp)
+    except Exception:
+        return False
+    return any(media.kind == "audio" for media in parsed.media)
+
+
+async def _session_hash_of(request) -> str | None:
+    """The Gradio session a component-server call came from (its body carries it).
+
+    Gradio hands a server function the raw FastAPI request, whose body it has
+    already read (and Starlette cached).
+    """
+    session_hash = getattr(request, "session_hash", None)
+    if session_hash:
+        return session_hash
+    try:
+        payload = await request.json()
+    except Exception:
+        return None
+    value = payload.get("session_hash") if isinstance(payload, dict) else None
+    return value if isinstance(value, str) and value else None
