@@ -1,0 +1,110 @@
+"""TURN relay credentials: a failed fetch never stops the app; renewed before expiry."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import urllib.request
+
+import pytest
+
+from tests.browser_support import run_app
+from ui.relay import TurnRelay
+
+SERVERS = {"iceServers": [{"urls": "turn:127.0.0.1:3478", "username": "u", "credential": "c"}]}
+
+
+class ScriptedFetch:
+    """Fails ``failures`` times, then answers; signals after ``wanted`` successful fetches."""
+
+    def __init__(self, failures: int, wanted: int):
+        self.failures = failures
+        self.wanted = wanted
+        self.calls: list[int] = []
+        self.succeeded = 0
+        self.done = threading.Event()
+
+    def __call__(self, ttl: int) -> dict:
+        self.calls.append(ttl)
+        if len(self.calls) <= self.failures:
+            raise ConnectionError("the credentials endpoint is down")
+        self.succeeded += 1
+        if self.succeeded >= self.wanted:
+            self.done.set()
+        return SERVERS
+
+
+def test_a_failing_fetch_is_retried_until_the_relay_is_there():
+    fetch = ScriptedFetch(failures=3, wanted=1)
+    relay = TurnRelay(fetch, ttl=3600, retry_secs=(0.01,))
+    assert relay.browser_configuration() == {}
+    assert "unavailable" in relay.notice()
+    applied: list[dict] = []
+    relay.listeners.append(applied.append)
+    relay.start()
+    try:
+        assert fetch.done.wait(10), f"never fetched: {fetch.calls}"
+    finally:
+        relay.stop()
+    assert len(fetch.calls) == 4
+    assert relay.browser_configuration() == SERVERS
+    assert relay.notice() == "" and relay.error is None
+    assert applied == [SERVERS]  # the server side got them too
+
+
+def test_credentials_are_renewed_before_they_expire():
+    fetch = ScriptedFetch(failures=0, wanted=3)
+    relay = TurnRelay(fetch, ttl=1, retry_secs=(0.01,))
+    relay.start()
+    try:
+        # Renewed at 3/4 of a 1 s lifetime: three fetches well within 5 s.
+        assert fetch.done.wait(5), f"credentials were not renewed: {len(fetch.calls)} fetches"
+    finally:
+        relay.stop()
+
+
+def test_an_answer_without_ice_servers_counts_as_a_failure():
+    relay = TurnRelay(lambda ttl: {"error": "invalid token"}, retry_secs=(0.01,))
+    assert not relay.refresh()
+    assert relay.servers is None and "iceServers" in (relay.error or "")
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_the_app_starts_on_a_space_whose_turn_fetch_fails(tmp_path):
+    """``SPACE_ID`` and a bogus ``HF_TOKEN``: the fetch fails, yet the page is served and says so.
+
+    The fetch goes through a proxy on a closed local port, so it fails at once
+    and nothing leaves 127.0.0.1.
+    """
+    proxy = f"http://127.0.0.1:{_closed_port()}"
+    env = {
+        "SPACE_ID": "voice-lab/test",
+        "HF_TOKEN": "hf_bogus_token_for_tests",
+        "HTTPS_PROXY": proxy,
+        "HTTP_PROXY": proxy,
+        "https_proxy": proxy,
+        "http_proxy": proxy,
+        # Gradio calls its own local URL at launch: that one must not be proxied.
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+    }
+    with run_app(tmp_path / "app.log", extra_env=env) as app:
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with direct.open(app.url + "config", timeout=10) as response:
+            config = json.load(response)
+        notices = [
+            c["props"].get("value") or ""
+            for c in config["components"]
+            if c["props"].get("elem_id") == "relay-health"
+        ]
+        log = app.log_since()
+        assert app.process.poll() is None, "the app died after its failed TURN fetch"
+    assert notices and "relay (TURN) is unavailable" in notices[0], notices
+    assert "TURN relay credentials unavailable" in log, log
