@@ -14,7 +14,9 @@ if __name__ == "__main__":
     # First, so that it runs while Gradio and pipecat are imported: a child
     # process tries each local model, and only those that survive are loaded here.
     from pipeline.probe import RuntimeProbe
+    from pipeline.weights import install_missing_weights_on_a_space
 
+    install_missing_weights_on_a_space()
     probe = RuntimeProbe.start()
 
     from pipeline.runtime import prepare_runtime

