@@ -61,7 +61,10 @@ def transport_params(config: SessionConfig) -> TransportParams:
     )
 
 
-def _turn_strategies(config: SessionConfig) -> UserTurnStrategies:
+def _turn_strategies(
+    config: SessionConfig,
+) -> tuple[UserTurnStrategies, LocalSmartTurnAnalyzerV3 | None]:
+    analyzer = None
     if config.smart_turn:
         analyzer = LocalSmartTurnAnalyzerV3(
             params=SmartTurnParams(stop_secs=config.turn_fallback_secs)
@@ -69,7 +72,7 @@ def _turn_strategies(config: SessionConfig) -> UserTurnStrategies:
         stop = TurnAnalyzerUserTurnStopStrategy(turn_analyzer=analyzer)
     else:
         stop = SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=config.vad_stop_secs)
-    return UserTurnStrategies(stop=[stop])
+    return UserTurnStrategies(stop=[stop]), analyzer
 
 
 async def _not_microphone_audio(frame: Frame) -> bool:
@@ -98,6 +101,25 @@ class VoicePipeline:
     context: LLMContext
     activity: TurnActivity
     config: SessionConfig
+    vad: SileroVADAnalyzer | None = None
+    smart_turn: LocalSmartTurnAnalyzerV3 | None = None
+
+    def release(self) -> None:
+        """Free this generation's ONNX sessions now, once it has stopped running.
+
+        pipecat's processors reference each other in cycles, so a finished
+        pipeline is freed only by Python's cyclic garbage collector, whenever
+        that next runs; until then each connection's Silero and Smart Turn
+        ONNX sessions (with their thread pools and arenas) would stay alive.
+        Dropping them here frees them at once. The attributes are pipecat's
+        own (``SileroVADAnalyzer._model``, ``LocalSmartTurnAnalyzerV3._session``).
+        """
+        if self.vad is not None:
+            self.vad._model = None
+            self.vad = None
+        if self.smart_turn is not None:
+            self.smart_turn._session = None
+            self.smart_turn = None
 
 
 def build_voice_pipeline(
@@ -116,12 +138,11 @@ def build_voice_pipeline(
     stt, llm, tts = services["stt"], services["llm"], services["tts"]
     transport = FastRTCTransport(transport_params(config), outbox, config.output_lead_secs)
     context = context or LLMContext()
+    vad = SileroVADAnalyzer(params=VADParams(stop_secs=config.vad_stop_secs))
+    strategies, smart_turn = _turn_strategies(config)
     aggregators = LLMContextAggregatorPair(
         context,
-        user_params=LLMUserAggregatorParams(
-            vad_analyzer=SileroVADAnalyzer(params=VADParams(stop_secs=config.vad_stop_secs)),
-            user_turn_strategies=_turn_strategies(config),
-        ),
+        user_params=LLMUserAggregatorParams(vad_analyzer=vad, user_turn_strategies=strategies),
     )
     user, assistant = aggregators.user(), aggregators.assistant()
 
@@ -177,5 +198,11 @@ def build_voice_pipeline(
         cancel_runner_on_idle_timeout=False,
     )
     return VoicePipeline(
-        worker=worker, transport=transport, context=context, activity=activity, config=config
+        worker=worker,
+        transport=transport,
+        context=context,
+        activity=activity,
+        config=config,
+        vad=vad,
+        smart_turn=smart_turn,
     )

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -53,6 +54,19 @@ SWITCH_IDLE_SECS = 0.3
 HANDOVER_FRAMES = 150
 EVENT_LOG_LIMIT = 5000
 DELAY_SAMPLES = 2000
+
+
+def _weakly(owner, method: Callable) -> Callable:
+    """``method`` bound to ``owner`` through a weak reference (a no-op once it is gone)."""
+    ref = weakref.ref(owner)
+
+    def call(*args):
+        target = ref()
+        if target is not None:
+            return method(target, *args)
+        return None
+
+    return call
 
 
 def _no_key_message(config: SessionConfig, stages: list[str]) -> str:
@@ -123,7 +137,8 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         self._published: S | None = None
         self.events: deque[ev.Event] = deque(maxlen=EVENT_LOG_LIMIT)
         self.outbox = AudioOutbox()
-        self.outbox.clear_downstream = self._clear_fastrtc_queue
+        # Weak: the outbox and the pipeline must not keep a closed session alive.
+        self.outbox.clear_downstream = _weakly(self, VoiceSession._clear_fastrtc_queue)
         self.voice: VoicePipeline | None = None
         self.finished = asyncio.Event()
         # Seconds from each event's creation to its hand-off to fastrtc (benchmark).
@@ -218,7 +233,10 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
                 self._requested = self.config
                 self._switch_requested.set()
             while voice is not None and not self._shutdown_requested:
-                await self._run_generation(voice)
+                try:
+                    await self._run_generation(voice)
+                finally:
+                    voice.release()
                 voice, self._next_voice = self._next_voice, None
         except LocalStageUnavailable as e:
             log.warning("session refused: %s", e)
@@ -233,7 +251,10 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
 
     def _build(self, config: SessionConfig, voice: VoicePipeline | None) -> VoicePipeline:
         context = voice.context if voice is not None else None
-        return build_voice_pipeline(config, self._models, self.outbox, self.report, context)
+        # The pipeline reports through a weak reference: its processors form
+        # cycles that only the cyclic GC frees, and they must not hold the session.
+        sink = _weakly(self, lambda session, event: session.report(event))
+        return build_voice_pipeline(config, self._models, self.outbox, sink, context)
 
     async def _run_generation(self, voice: VoicePipeline) -> None:
         """Run one pipeline generation until it ends (switch, disconnect, idle timeout)."""
@@ -241,22 +262,28 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         self.voice = voice
         self.config = voice.config
 
+        session = weakref.ref(self)  # the pipeline must not hold the session (see _build)
+
         @voice.worker.event_handler("on_pipeline_started")
         async def _on_started(_worker, _frame):
-            if first:
-                self.report(ev.SessionStarted(time.time()))
-            self.report(ev.ProvidersChanged(time.time(), *self._labels(voice.config)))
-            if self._startup_notice:
-                # After SessionStarted, which clears the page's error line.
-                self.report(ev.ErrorReported(time.time(), self._startup_notice))
-                self._startup_notice = None
-            self._replay_handover(voice)
+            if (self_ := session()) is not None:
+                self_._generation_started(voice, first)
 
         self._runner = WorkerRunner(handle_sigint=False)
         await self._runner.add_workers(voice.worker)
         # ``run()`` clears a cancel issued before it starts: check ourselves.
         if not self._shutdown_requested:
             await self._runner.run()
+
+    def _generation_started(self, voice: VoicePipeline, first: bool) -> None:
+        if first:
+            self.report(ev.SessionStarted(time.time()))
+        self.report(ev.ProvidersChanged(time.time(), *self._labels(voice.config)))
+        if self._startup_notice:
+            # After SessionStarted, which clears the page's error line.
+            self.report(ev.ErrorReported(time.time(), self._startup_notice))
+            self._startup_notice = None
+        self._replay_handover(voice)
 
     @staticmethod
     def _labels(config: SessionConfig) -> tuple[str, str, str]:
@@ -398,6 +425,23 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         except TimeoutError:
             log.warning("session did not finish within %.1fs", SHUTDOWN_TIMEOUT_SECS)
         await self._stop_publisher()
+        if self.finished.is_set():
+            self._drop_references()
+
+    def _drop_references(self) -> None:
+        """Break the cycles that would keep this closed session alive until the cyclic GC.
+
+        Without this a closed connection's session, pipeline and peer connection
+        stay in memory until Python's cyclic garbage collector next runs, which on
+        a long-lived server can be many connections later.
+        """
+        self.voice = self._next_voice = None
+        self._runner = self._switcher = self._handover_task = None
+        self._clear_queue = None
+        # fastrtc wraps these bound methods in error handlers stored on the
+        # instance (``handler.emit = webrtc_error_handler(handler.emit)``): a cycle.
+        for name in ("emit", "receive", "start_up", "shutdown"):
+            self.__dict__.pop(name, None)
 
     # -- internals -----------------------------------------------------------
 

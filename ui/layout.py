@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import tempfile
 from pathlib import Path
 
@@ -229,6 +230,10 @@ def launch(demo: gr.Blocks, **options) -> None:
     client with a full traceback. Turning it off once the server runs makes
     Starlette rebuild its error middleware without it.
     """
+    # Everything allocated so far lives as long as the process: out of the cyclic
+    # GC's way, a collection then costs ~1-2 ms instead of ~300 ms (see webrtc_guard).
+    gc.collect()
+    gc.freeze()
     demo.launch(
         show_api=False,
         max_file_size=MAX_UPLOAD_BYTES,

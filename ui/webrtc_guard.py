@@ -22,11 +22,19 @@ frontend by the module that defines its class) to fix, in our code:
 - **``additional_outputs`` kept an entry per connection for ever** (a
   ``defaultdict`` that a late output re-creates after clean-up), each holding
   that session's final dashboard. Outputs for a closed connection are dropped.
+- **A closed connection's peer connection waited for the cyclic GC.** aiortc's
+  ``RTCPeerConnection`` and its transports reference each other (event
+  listeners), so only the cyclic garbage collector frees them; a full
+  collection of this process takes ~300 ms, so Python runs it rarely and then
+  stalls every session's audio. The server freezes what it allocated at
+  start-up (``gc.freeze()`` in ``ui.layout.launch``), which makes a collection
+  cost ~1-2 ms, and collects shortly after each connection closes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import re
 import time
@@ -46,6 +54,10 @@ WEBRTC_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_SDP_BYTES = 64 * 1024
 # Connections remembered for ownership checks after they end (exports).
 OWNERS_KEPT = 1024
+# A closed connection's objects are collected this long after its clean-up
+# (its session's shutdown and the peer connection's close finish meanwhile);
+# None leaves them to Python's own schedule.
+COLLECT_AFTER_CLOSE_SECS: float | None = 2.0
 
 
 @dataclass(frozen=True)
@@ -84,6 +96,7 @@ class WebRTCGuard:
         self.trust_forwarded_for = trust_forwarded_for
         self._owners: OrderedDict[str, Owner] = OrderedDict()
         self._watchers: set[asyncio.Task] = set()
+        self._collection: asyncio.TimerHandle | None = None
 
     # -- ownership -----------------------------------------------------------
 
@@ -151,6 +164,7 @@ class WebRTCGuard:
         def clean_up(webrtc_id: str):
             connection = original_clean_up(webrtc_id)
             component.additional_outputs.pop(webrtc_id, None)
+            self._collect_soon()
             return connection
 
         offer._is_server_fn = True
@@ -183,6 +197,21 @@ class WebRTCGuard:
             trigger_mode="once",
             show_api=False,
         )
+
+    def _collect_soon(self) -> None:
+        """One collection shortly after the latest close (several closes share one)."""
+        if COLLECT_AFTER_CLOSE_SECS is None:
+            return
+        if self._collection is not None:
+            self._collection.cancel()
+        loop = asyncio.get_running_loop()
+        self._collection = loop.call_later(COLLECT_AFTER_CLOSE_SECS, self._collect)
+
+    def _collect(self) -> None:
+        self._collection = None
+        started = time.perf_counter()
+        freed = gc.collect()
+        log.debug("collected %d objects in %.1f ms", freed, (time.perf_counter() - started) * 1000)
 
     # -- offers ------------------------------------------------------------------
 

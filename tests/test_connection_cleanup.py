@@ -1,0 +1,124 @@
+"""A closed connection is freed at once: its session, ONNX sessions, threads and outputs.
+
+The app runs in this process (so its objects can be counted) and real aiortc
+clients connect to it over loopback WebRTC, talk briefly and leave, several
+times. Python's automatic cyclic garbage collection is off throughout: what
+is counted is what plain reference counting frees, plus the one collection
+the server runs after each close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import time
+from collections.abc import Callable
+
+import aiortc
+import onnxruntime
+import pytest
+
+from bench.webrtc import WebRTCClient, page_api
+from pipeline.runtime import restrict_ice_to_loopback
+from pipeline.session import VoiceSession
+from tests.browser_support import free_port
+from ui import webrtc_guard
+from ui.layout import build_ui
+
+pytestmark = pytest.mark.slow
+
+CYCLES = 6
+
+
+@pytest.fixture(scope="module")
+def served(models):
+    restrict_ice_to_loopback()
+    demo = build_ui()
+    port = free_port()
+    gc.collect()
+    gc.freeze()  # as ui.layout.launch does
+    demo.launch(
+        prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True
+    )
+    component = next(b for b in demo.blocks.values() if type(b).__name__ == "WebRTC")
+    try:
+        yield f"http://127.0.0.1:{port}", component
+    finally:
+        demo.close()
+        gc.unfreeze()
+
+
+def census(component) -> dict[str, int]:
+    objects = gc.get_objects()
+    return {
+        "sessions": sum(isinstance(o, VoiceSession) and o._started for o in objects),
+        "onnx_sessions": sum(isinstance(o, onnxruntime.InferenceSession) for o in objects),
+        "server_peer_connections": sum(
+            isinstance(o, aiortc.RTCPeerConnection)
+            and o.localDescription is not None
+            and o.localDescription.type == "answer"
+            for o in objects
+        ),
+        "threads": len(os.listdir("/proc/self/task")),
+        "fastrtc_outputs": len(component.additional_outputs),
+        "fastrtc_handlers": len(component.handlers),
+    }
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
+
+
+async def connect_talk_leave(http, url: str, api, component) -> None:
+    client = WebRTCClient(http, url, api, name="cycler")
+    await client.connect()
+    await client.wait_until_live()
+    await client.pause(0.3)
+    await client.close()
+    assert await eventually(lambda: not component.pcs and not component.handlers, 10)
+
+
+async def test_closed_connections_leave_nothing_behind(served, monkeypatch):
+    import aiohttp
+
+    url, component = served
+    async with aiohttp.ClientSession() as http:
+        api = await page_api(http, url)
+        for _ in range(2):  # whatever is allocated once per process
+            await connect_talk_leave(http, url, api, component)
+        gc.collect()
+        baseline = census(component)
+
+        gc.disable()
+        try:
+            # First without the server's collection: reference counting alone.
+            monkeypatch.setattr(webrtc_guard, "COLLECT_AFTER_CLOSE_SECS", None)
+            for _ in range(CYCLES):
+                await connect_talk_leave(http, url, api, component)
+            freed_at_once = ("sessions", "onnx_sessions", "fastrtc_outputs", "fastrtc_handlers")
+
+            def at_baseline(keys) -> bool:
+                now = census(component)
+                return all(now[k] <= baseline[k] for k in keys) and (
+                    now["threads"] <= baseline["threads"] + 2
+                )
+
+            assert await eventually(lambda: at_baseline(freed_at_once), 5), (
+                f"after {CYCLES} connections: {census(component)}; before: {baseline}"
+            )
+            # Then as served: one collection shortly after each close frees the
+            # peer connections too (aiortc's own objects reference each other).
+            monkeypatch.setattr(webrtc_guard, "COLLECT_AFTER_CLOSE_SECS", 0.2)
+            await connect_talk_leave(http, url, api, component)
+            everything = (*freed_at_once, "server_peer_connections")
+            assert await eventually(lambda: at_baseline(everything), 5), (
+                f"after the collection: {census(component)}; before: {baseline}"
+            )
+        finally:
+            gc.enable()
