@@ -38,9 +38,7 @@ def served(models):
     port = free_port()
     gc.collect()
     gc.freeze()  # as ui.layout.launch does
-    demo.launch(
-        prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True
-    )
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
     component = next(b for b in demo.blocks.values() if type(b).__name__ == "WebRTC")
     try:
         yield f"http://127.0.0.1:{port}", component
