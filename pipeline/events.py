@@ -7,7 +7,12 @@ line up with pipecat's own metric timestamps) and a ``kind`` for JSON export.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from functools import cache, partial
+from types import UnionType
+from typing import Union, get_args, get_origin, get_type_hints
 
 
 @dataclass(frozen=True)
@@ -152,6 +157,22 @@ class ErrorReported(Event):
     fatal: bool = False
 
 
+class EventFormatError(ValueError):
+    """An event dict that :meth:`Event.to_dict` could not have written.
+
+    The message names the event kind and field (both ours, never the file's
+    text), so it is safe to show to whoever sent the file.
+    """
+
+
+# Bounds on what a replayed event may hold, generous for any real session: the
+# longest text pipecat reports is a whole reply or utterance, the longest tuple
+# a latency breakdown (up to 8 parts).
+MAX_TEXT_CHARS = 10_000
+MAX_ITEMS = 16
+MAX_NUMBER = 1e12
+
+
 def _subclasses(cls: type) -> list[type]:
     found = []
     for sub in cls.__subclasses__():
@@ -159,10 +180,161 @@ def _subclasses(cls: type) -> list[type]:
     return found
 
 
-def from_dict(data: dict) -> Event:
-    """Rebuild an event from :meth:`Event.to_dict` output (session replay)."""
-    kinds = {cls.__name__: cls for cls in _subclasses(Event)}
-    fields = {k: v for k, v in data.items() if k != "kind"}
-    if "contributions" in fields:
-        fields["contributions"] = tuple(tuple(pair) for pair in fields["contributions"])
-    return kinds[data["kind"]](**fields)
+_kinds: dict[str, type[Event]] = {}
+
+
+def _kind(name: str) -> type[Event] | None:
+    """The event class called ``name``; the table is rebuilt when a class is not in it yet."""
+    if name not in _kinds:
+        _kinds.update((cls.__name__, cls) for cls in _subclasses(Event))
+    return _kinds.get(name)
+
+
+class _Mismatch(Exception):
+    """A value that does not fit its type hint; ``path`` says where inside the field."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.path = ""
+
+
+Converter = Callable[[object], object]
+
+
+@cache
+def _schema(cls: type[Event]) -> tuple[dict[str, Converter], frozenset[str]]:
+    """A converter per field (from its type hint), and the fields without a default."""
+    hints = get_type_hints(cls)
+    init = [f for f in fields(cls) if f.init]
+    converters = {f.name: _converter(hints[f.name]) for f in init}
+    required = frozenset(
+        f.name for f in init if f.default is MISSING and f.default_factory is MISSING
+    )
+    return converters, required
+
+
+@cache
+def _converter(hint: object) -> Converter:
+    """A function that checks a JSON-decoded value against ``hint`` and converts it to it.
+
+    Built once per type hint, so checking an event costs a few calls per field.
+    """
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, UnionType):
+        return _union(type(None) in args, [_converter(a) for a in args if a is not type(None)])
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return _variadic_tuple(_converter(args[0]))
+    if origin is tuple:
+        return _fixed_tuple([_converter(arg) for arg in args])
+    if hint is str:
+        return _text
+    if hint is bool:
+        return _flag
+    if hint in (int, float):
+        return partial(_number, hint)
+    raise TypeError(f"events.from_dict cannot check a field of type {hint!r}")
+
+
+def _union(nullable: bool, options: list[Converter]) -> Converter:
+    def convert(value: object) -> object:
+        if value is None and nullable:
+            return None
+        for option in options[:-1]:
+            with suppress(_Mismatch):
+                return option(value)
+        return options[-1](value)
+
+    return convert
+
+
+def _items(converters: list[Converter], values: list | tuple) -> tuple:
+    converted = []
+    for index, (convert, value) in enumerate(zip(converters, values, strict=True)):
+        try:
+            converted.append(convert(value))
+        except _Mismatch as e:
+            e.path = f"[{index}]{e.path}"
+            raise
+    return tuple(converted)
+
+
+def _variadic_tuple(convert: Converter) -> Converter:
+    def convert_all(value: object) -> tuple:
+        if not isinstance(value, list | tuple):
+            raise _Mismatch("must be a list")
+        if len(value) > MAX_ITEMS:
+            raise _Mismatch(f"holds more than {MAX_ITEMS} items")
+        return _items([convert] * len(value), value)
+
+    return convert_all
+
+
+def _fixed_tuple(converters: list[Converter]) -> Converter:
+    def convert_all(value: object) -> tuple:
+        if not isinstance(value, list | tuple):
+            raise _Mismatch("must be a list")
+        if len(value) != len(converters):
+            raise _Mismatch(f"must hold {len(converters)} items")
+        return _items(converters, value)
+
+    return convert_all
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Mismatch("must be a string")
+    if len(value) > MAX_TEXT_CHARS:
+        raise _Mismatch(f"is longer than {MAX_TEXT_CHARS:,} characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate, which JSON allows
+            raise _Mismatch("is not valid Unicode text") from None
+    return value
+
+
+def _flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Mismatch("must be true or false")
+    return value
+
+
+def _number(kind: type, value: object) -> int | float:
+    # bool is an int to Python, but true is not a number of seconds.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Mismatch("must be a number")
+    if kind is int and not isinstance(value, int):
+        raise _Mismatch("must be a whole number")
+    if not abs(value) <= MAX_NUMBER:  # also NaN
+        raise _Mismatch(f"must be a finite number within ±{MAX_NUMBER:g}")
+    return kind(value)
+
+
+def from_dict(data: object) -> Event:
+    """Rebuild an event from :meth:`Event.to_dict` output (session replay), checking every field.
+
+    Each field is checked against its type hint and converted (JSON lists to
+    tuples, whole numbers to floats), so whatever a file holds, the reducer and
+    the renderers only ever see values of the types they were written for.
+    Raises :class:`EventFormatError` for anything else.
+    """
+    if not isinstance(data, dict):
+        raise EventFormatError("an event must be a JSON object")
+    kind = data.get("kind")
+    cls = _kind(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise EventFormatError("unknown event kind")
+    converters, required = _schema(cls)
+    given = data.keys() - {"kind"}
+    if given - converters.keys():
+        raise EventFormatError(f"{kind} has a field it does not define")
+    if required - given:
+        raise EventFormatError(f"{kind} lacks its {sorted(required - given)[0]!r} field")
+    values = {}
+    for name in given:
+        try:
+            values[name] = converters[name](data[name])
+        except _Mismatch as e:
+            raise EventFormatError(f"{kind}.{name}{e.path} {e.problem}") from None
+    return cls(**values)

@@ -4,9 +4,14 @@ Only the last ``CHART_TURNS`` turns are drawn, so a long session sends the
 browser the same amount of data per update as a short one. Figures are built
 from plain dicts without plotly's validation (0.4 ms instead of ~13 ms a
 figure): rendering runs on the event loop that paces every session's audio.
+
+Every string drawn comes from events, and a replayed file's events from anyone,
+so each passes through :func:`chart_text` first.
 """
 
 from __future__ import annotations
+
+from html import escape
 
 # plotly imports pandas lazily when it first serialises a figure; two Gradio
 # worker threads doing that at once can meet a half-imported module
@@ -28,6 +33,20 @@ CONTRIBUTION_COLOURS = {
     "pipeline": "#64748b",
 }
 STAGE_COLOURS = {"stt": "#3b82f6", "llm": "#f59e0b", "tts": "#8b5cf6"}
+SERVICES_NAMED = 3  # services named in a TTFB legend entry, the rest counted
+
+
+def chart_text(text: str, limit: int = 60) -> str:
+    """``text`` made safe for a Plotly label, legend entry or hover text.
+
+    Plotly draws a subset of HTML there, links included, so ``<``, ``>`` and
+    ``&`` become entities (which Plotly shows as the characters); and it fills
+    ``%{...}`` placeholders in a hover template, which has no escape of its own,
+    so the brace of ``%{`` becomes an entity too. Long text is cut.
+    """
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return escape(text, quote=False).replace("%{", "%&#123;")
 
 
 def _layout(title: str, y_title: str) -> dict:
@@ -55,23 +74,30 @@ def breakdown_figure(state: SessionState) -> go.Figure:
     # Each tick names the providers the turn ran on, so a switch shows on the axis.
     x = [
         f"{t.turn}{' ✂' if t.interrupted else ''}"
-        + (f"<br><sub>{t.providers.short}</sub>" if t.providers else "")
+        + (f"<br><sub>{chart_text(t.providers.short)}</sub>" if t.providers else "")
         for t in turns
     ]
-    setups = [t.providers.label if t.providers else "" for t in turns]
+    setups = [chart_text(t.providers.label, 160) if t.providers else "" for t in turns]
+    per_turn = []
+    for turn in turns:
+        seconds: dict[str, float] = {}
+        for name, s in turn.contributions:
+            seconds[name] = seconds.get(name, 0.0) + s
+        per_turn.append(seconds)
     bars = []
     for label in labels:
-        y = [sum(s for name, s in t.contributions if name == label) * 1000 for t in turns]
+        y = [seconds.get(label, 0.0) * 1000 for seconds in per_turn]
         if any(y):
+            name = chart_text(label)
             bars.append(
                 {
                     "type": "bar",
-                    "name": label,
+                    "name": name,
                     "x": x,
                     "y": y,
                     "marker": {"color": CONTRIBUTION_COLOURS.get(label, "#a3a3a3")},
                     "customdata": setups,
-                    "hovertemplate": f"{label}: %{{y:.0f}} ms<br>%{{customdata}}<extra></extra>",
+                    "hovertemplate": f"{name}: %{{y:.0f}} ms<br>%{{customdata}}<extra></extra>",
                 }
             )
     layout = _layout("Voice-to-voice latency per turn", "ms")
@@ -89,7 +115,9 @@ def ttfb_figure(state: SessionState) -> go.Figure:
         points = [p for p in state.ttfb if p.stage == stage and p.turn > first_turn]
         if not points:
             continue
-        services = sorted({p.service for p in points})
+        services = [chart_text(service) for service in sorted({p.service for p in points})]
+        if len(services) > SERVICES_NAMED:
+            services[SERVICES_NAMED:] = [f"+{len(services) - SERVICES_NAMED} more"]
         lines.append(
             {
                 "type": "scatter",
@@ -103,7 +131,7 @@ def ttfb_figure(state: SessionState) -> go.Figure:
                     "size": 8,
                 },
                 "text": [
-                    "interrupted: not in the figures" if p.interrupted else p.service
+                    "interrupted: not in the figures" if p.interrupted else chart_text(p.service)
                     for p in points
                 ],
             }

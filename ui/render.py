@@ -67,7 +67,7 @@ def _live_reply(bot: BotReply) -> str:
 
 def render_conversation(state: SessionState) -> str:
     turns = state.turns[-VISIBLE_TURNS:]
-    hidden = len(state.turns) - len(turns)
+    hidden = max(state.turn_count, len(state.turns)) - len(turns)
     parts = []
     if hidden:
         parts.append(f'<div class="turn-summary">{hidden} earlier turns</div>')

@@ -5,7 +5,10 @@ its arguments, so it is tested from scripted event lists and a recorded
 session replays into exactly the same state.
 
 Metrics live in bounded windows (the charts show the most recent turns); the
-headline figures are computed over a longer but still bounded window.
+headline figures are computed over a longer but still bounded window. Every
+tuple and text the reducer rebuilds is bounded too, so folding one event costs
+at most a constant and a session of any length (or a replayed file) folds in
+time linear in its events.
 """
 
 from __future__ import annotations
@@ -29,6 +32,12 @@ Role = Literal["user", "bot"]
 
 CHART_TURNS = 30  # turns drawn in the charts
 STATS_TURNS = 500  # turns the headline percentiles are computed over
+# Turns of the conversation kept in the state (the page shows the last 40; an
+# export collects every turn as it folds the events).
+KEPT_TURNS = 500
+# Longest text the reducer grows by appending (a reply token by token, the
+# words of a user turn): about ten minutes of speech.
+MAX_TEXT_CHARS = 10_000
 
 
 @dataclass(frozen=True)
@@ -96,7 +105,9 @@ class Usage:
 @dataclass(frozen=True)
 class SessionState:
     status: Status = "connecting"
+    # The most recent KEPT_TURNS turns; ``turn_count`` counts every turn.
     turns: tuple[Turn, ...] = ()
+    turn_count: int = 0
     # The user turn in progress: final transcript pieces, then the latest interim guess.
     user_live: str = ""
     user_interim: str = ""
@@ -138,8 +149,7 @@ def reduce(state: SessionState, event: ev.Event) -> SessionState:
             return replace(state, status="thinking")
         case ev.UserTurnText(text=text):
             return replace(
-                state,
-                turns=(*state.turns, Turn("user", text.strip(), providers=state.providers)),
+                _add_turn(state, Turn("user", text.strip(), providers=state.providers)),
                 user_live="",
                 user_interim="",
                 user_turns=state.user_turns + 1,
@@ -150,7 +160,7 @@ def reduce(state: SessionState, event: ev.Event) -> SessionState:
             return replace(state, bot=BotReply(), interrupting=False)
         case ev.BotToken(text=text):
             bot = state.bot or BotReply()
-            return replace(state, bot=replace(bot, generated=bot.generated + text))
+            return replace(state, bot=replace(bot, generated=_capped(bot.generated + text)))
         case ev.BotSentenceStarted(text=text) if state.bot is not None:
             return replace(state, bot=replace(state.bot, speaking=text.strip()))
         case ev.BotWordStarted(text=text) if state.bot is not None:
@@ -211,13 +221,18 @@ def _bot_turn_done(state: SessionState, event: ev.BotTurnText) -> SessionState:
     generated = state.bot.generated if state.bot else ""
     spoken = event.text.strip()
     unspoken = unspoken_remainder(generated, spoken) if event.interrupted else ""
-    turns = state.turns
     if spoken or unspoken:
-        turns = (*turns, Turn("bot", spoken, event.interrupted, unspoken))
+        state = _add_turn(state, Turn("bot", spoken, event.interrupted, unspoken))
     latency = state.latency
     if event.interrupted and latency and latency[-1].turn == state.user_turns:
         latency = (*latency[:-1], replace(latency[-1], interrupted=True))
-    return _charts_changed(replace(state, turns=turns, bot=None), latency=latency)
+    return _charts_changed(replace(state, bot=None), latency=latency)
+
+
+def _add_turn(state: SessionState, turn: Turn) -> SessionState:
+    return replace(
+        state, turns=(*state.turns[-(KEPT_TURNS - 1) :], turn), turn_count=state.turn_count + 1
+    )
 
 
 def _charts_changed(state: SessionState, **changes) -> SessionState:
@@ -244,4 +259,9 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def _join(left: str, right: str) -> str:
-    return f"{left} {right.strip()}".strip()
+    return _capped(f"{left} {right.strip()}".strip())
+
+
+def _capped(text: str) -> str:
+    """``text`` cut to MAX_TEXT_CHARS, so appending to it costs at most a constant."""
+    return text[:MAX_TEXT_CHARS]
