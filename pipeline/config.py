@@ -92,9 +92,32 @@ class SessionConfig:
 
     def with_local_fallback(self) -> SessionConfig:
         """This config with every keyless cloud stage on the local model instead."""
-        return replace(
-            self, **{stage: choice_for("local", stage) for stage in self.keyless_stages()}
-        )
+        return self.with_local_for(self.keyless_stages())
+
+    def with_local_for(self, stages: list[str]) -> SessionConfig:
+        return replace(self, **{stage: choice_for("local", stage) for stage in stages})
+
+    def server_key_stages(self) -> list[str]:
+        """Stages running on the server's own key (a Space's secret), not one the visitor typed."""
+        server = keys_from_environment()
+        return [
+            stage
+            for stage, choice in self.choices().items()
+            if PROVIDERS[choice.provider].needs_key
+            and (key := self.keys.get(choice.provider))
+            and key == server.get(choice.provider)
+        ]
+
+
+def server_key_budget_secs() -> float:
+    """How long one session may use the server's own API keys (0: no limit).
+
+    On a public Space the owner's keys serve every visitor who types none, so
+    each session gets this much time on them (fastrtc's demos use 90 s there),
+    then continues on the local models.
+    """
+    default = 90.0 if os.environ.get("SPACE_ID") else 0.0
+    return _env_float("VOICE_LAB_SERVER_KEY_SECS", default)
 
 
 def max_sessions() -> int:

@@ -157,6 +157,14 @@ class ErrorReported(Event):
     fatal: bool = False
 
 
+@dataclass(frozen=True)
+class ServerKeyTime(Event):
+    """Time left on the server's own API keys for this session (a public Space's budget)."""
+
+    remaining: float
+    limit: float
+
+
 class EventFormatError(ValueError):
     """An event dict that :meth:`Event.to_dict` could not have written.
 

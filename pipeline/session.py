@@ -37,7 +37,7 @@ from pipecat.workers.runner import WorkerRunner
 
 from pipeline import events as ev
 from pipeline.builder import VoicePipeline, build_voice_pipeline
-from pipeline.config import SessionConfig
+from pipeline.config import SessionConfig, server_key_budget_secs
 from pipeline.models import LocalModels, LocalStageUnavailable, shared_models
 from pipeline.providers import PROVIDERS
 from pipeline.transport import AudioOutbox
@@ -53,6 +53,8 @@ SWITCH_IDLE_SECS = 0.3
 # Audio held while one generation hands over to the next (at 20 ms a frame).
 HANDOVER_FRAMES = 150
 EVENT_LOG_LIMIT = 5000
+# How often the time on the server's keys is counted and shown.
+SERVER_KEY_TICK_SECS = 1.0
 DELAY_SAMPLES = 2000
 
 
@@ -160,6 +162,9 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         self._handover: deque[tuple[int, np.ndarray]] | None = None
         self._handover_task: asyncio.Task | None = None
         self._startup_notice: str | None = None
+        # Seconds this session may spend on the server's own API keys (0: unlimited).
+        self._server_key_budget = server_key_budget_secs()
+        self._server_key_used = 0.0
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -217,6 +222,7 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         if self.config.dashboard:
             self._publisher = asyncio.create_task(self._publish_loop(), name="voice-lab-publisher")
         watchdog = asyncio.create_task(self._watch_audio(), name="voice-lab-audio-watchdog")
+        meter = asyncio.create_task(self._meter_server_keys(), name="voice-lab-server-keys")
         self._switcher = asyncio.create_task(self._switch_loop(), name="voice-lab-switcher")
         try:
             await self._receive_page_settings()
@@ -246,6 +252,7 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
             self.report(ev.ErrorReported(time.time(), f"The voice pipeline failed: {e}", True))
         finally:
             watchdog.cancel()
+            meter.cancel()
             self._switcher.cancel()
             await self._finish("session ended")
 
@@ -315,11 +322,53 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
 
     def request_config(self, config: SessionConfig) -> None:
         """Use ``config`` from the next turn on (before the pipeline exists: from the start)."""
+        if self._server_keys_spent and (stages := config.server_key_stages()):
+            self.report(ev.ErrorReported(time.time(), self._server_keys_message(config, stages)))
+            config = config.with_local_for(stages)
         if self.voice is None and self._next_voice is None:
             self.config = config
             return
         self._requested = config
         self._switch_requested.set()
+
+    # -- the server's own keys -------------------------------------------------
+
+    @property
+    def _server_keys_spent(self) -> bool:
+        return 0 < self._server_key_budget <= self._server_key_used
+
+    def _server_keys_message(self, config: SessionConfig, stages: list[str]) -> str:
+        names = sorted({PROVIDERS[config.choices()[stage].provider].label for stage in stages})
+        return (
+            f"Your {self._server_key_budget:.0f} s on this server's {' and '.join(names)} "
+            f"key{'s' if len(names) > 1 else ''} are used up: "
+            f"{', '.join(s.upper() for s in stages)} now run on the local models. "
+            "Type your own API key to keep using them."
+        )
+
+    async def _meter_server_keys(self) -> None:
+        """Count the time spent on the server's keys; past the budget, go local for those stages.
+
+        On a public Space the owner's keys serve every visitor who types none:
+        without a limit one visitor could talk on the owner's account for ever.
+        """
+        if self._server_key_budget <= 0:
+            return
+        last = time.monotonic()
+        while not self._server_keys_spent:
+            await asyncio.sleep(SERVER_KEY_TICK_SECS)
+            now = time.monotonic()
+            elapsed, last = now - last, now
+            if self.voice is None or not (stages := self.config.server_key_stages()):
+                continue
+            self._server_key_used += elapsed
+            remaining = max(0.0, self._server_key_budget - self._server_key_used)
+            self.report(ev.ServerKeyTime(time.time(), remaining, self._server_key_budget))
+            if self._server_keys_spent:
+                self.report(
+                    ev.ErrorReported(time.time(), self._server_keys_message(self.config, stages))
+                )
+                self.request_config(self.config.with_local_for(stages))
 
     async def _receive_page_settings(self) -> None:
         """Ask the page for its current settings (fastrtc's data channel) before building."""

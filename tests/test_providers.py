@@ -413,3 +413,43 @@ async def test_keys_stay_in_their_own_session_and_out_of_logs_and_exports(
     assert visitor_key not in everything and other_key not in everything
     assert len(loguru_lines) > 20, "debug logging was not captured"
     assert config_from_settings(initial_settings()).keys.get("groq") is None
+
+
+async def test_the_servers_keys_run_out_after_the_budget_and_the_session_goes_local(
+    models, groq, monkeypatch
+):
+    """On a public Space the owner's key serves visitors who type none, for a limited time."""
+    monkeypatch.setenv("GROQ_API_KEY", GROQ_KEY)
+    monkeypatch.setenv("VOICE_LAB_SERVER_KEY_SECS", "2")
+    cfg = config(llm=("groq",), keys={"groq": GROQ_KEY})
+    async with SessionDriver(session_with(models, cfg)) as d:
+        await ask(d)  # on the server's Groq key while the budget lasts
+        assert groq.requests_to("chat")
+
+        def used_up() -> bool:
+            return any("used up" in e.message for e in d.events("ErrorReported"))
+
+        await d.play_silence_until(used_up, 10)
+        assert "Type your own API key" in d.events("ErrorReported")[-1].message
+        assert d.session.snapshot().server_key_remaining == 0
+        await d.play_silence_until(lambda: d.events("ProvidersChanged")[-1].llm[:5] == "Local", 10)
+        asked_groq = len(groq.requests_to("chat"))
+        await ask(d)
+        assert len(groq.requests_to("chat")) == asked_groq, "still on the server's key"
+        assert d.events("BotTurnText")[-1].text
+        # Picking Groq again without a key of one's own stays local, and says why.
+        settings = {**initial_settings(), "llm": {"provider": "groq", "model": None, "voice": None}}
+        errors = len(d.events("ErrorReported"))
+        await asyncio.to_thread(d.session.set_args, ["connection", settings])
+        await d.play_silence_until(lambda: len(d.events("ErrorReported")) > errors, 5)
+        assert "used up" in d.events("ErrorReported")[-1].message
+
+
+async def test_a_visitors_own_key_has_no_time_limit(models, groq, monkeypatch):
+    monkeypatch.setenv("GROQ_API_KEY", "gsk_the_servers_own_key_000000000")
+    monkeypatch.setenv("VOICE_LAB_SERVER_KEY_SECS", "1")
+    async with SessionDriver(session_with(models, config(llm=("groq",)))) as d:
+        await ask(d)
+        await d.play(silence(2.5))  # past the server keys' budget
+        assert not d.events("ServerKeyTime") and not d.events("ErrorReported")
+        assert d.events("ProvidersChanged")[-1].llm.startswith("Groq")

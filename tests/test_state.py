@@ -228,3 +228,12 @@ def test_word_timestamps_move_the_highlight_word_by_word():
     assert seen[0] == ("", "Paris")
     assert seen[2] == ("Paris is", "mild")
     assert "<mark" in render.render_conversation(current)
+
+
+def test_the_status_line_counts_down_the_servers_keys():
+    events = [ev.SessionStarted(0.0), ev.ServerKeyTime(1.0, 42.4, 90)]
+    running = fold(state.reduce, events, state.initial_state())
+    assert "42 s left on the server's API keys" in render.render_status(running)
+    spent = state.reduce(running, ev.ServerKeyTime(2.0, 0.0, 90))
+    assert "used up" in render.render_status(spent)
+    assert "server's API keys" not in render.render_status(state.initial_state())

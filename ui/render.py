@@ -35,10 +35,18 @@ def render_status(state: SessionState) -> str:
         providers = (
             f'<span class="status-providers">Running on {escape(state.providers.label)}</span>'
         )
+    budget = ""
+    if state.server_key_remaining is not None and state.status not in ("idle", "ended"):
+        left = state.server_key_remaining
+        budget = (
+            f'<span class="status-budget">{left:.0f} s left on the server\'s API keys</span>'
+            if left > 0
+            else '<span class="status-budget">Server\'s API keys used up: local models</span>'
+        )
     return (
         f'<div class="status-line" data-status="{state.status}">'
         f'<span class="status-dot"></span><span class="status-text">{escape(text)}</span>'
-        f"{error}{providers}</div>"
+        f"{error}{providers}{budget}</div>"
     )
 
 

@@ -126,6 +126,8 @@ class SessionState:
     user_turn_open: bool = False
     # What the next turn runs on (changes between turns when the visitor switches).
     providers: Providers | None = None
+    # Seconds left on the server's own API keys (None: not on them, or no limit).
+    server_key_remaining: float | None = None
 
 
 def initial_state() -> SessionState:
@@ -188,6 +190,8 @@ def reduce(state: SessionState, event: ev.Event) -> SessionState:
         case ev.UsageReported(stage="tts", amount=amount):
             usage = replace(state.usage, tts_characters=state.usage.tts_characters + amount)
             return replace(state, usage=usage)
+        case ev.ServerKeyTime(remaining=remaining):
+            return replace(state, server_key_remaining=remaining)
         case ev.ErrorReported(message=message, fatal=fatal):
             return replace(state, error=message, status="error" if fatal else state.status)
         case ev.SessionEnded():
