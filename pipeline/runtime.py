@@ -14,14 +14,46 @@ from pipeline.probe import RuntimeProbe
 log = logging.getLogger("voice_lab")
 
 
+# Loggers that print every HTTP header (API keys among them) or every websocket
+# frame at DEBUG: ``websockets.client`` writes "> xi-api-key: ..." for each
+# ElevenLabs connection. Never below INFO, whatever the app's level.
+HEADER_LOGGERS = ("websockets", "httpcore", "httpcore2", "hpack", "h2", "h11")
+
+
 def configure_logging() -> None:
-    """INFO by default: pipecat's DEBUG logging is per-frame and costs real CPU."""
+    """Both logging systems to stderr, API keys masked; INFO unless ``VOICE_LAB_LOG_LEVEL``.
+
+    INFO by default: pipecat's DEBUG logging is per-frame and costs real CPU.
+    pipecat logs through loguru, the libraries through the standard library;
+    both write through :class:`pipeline.redaction.RedactingStream`, and
+    :func:`pipeline.redaction.install` masks every record as it is made (see
+    there for why both). The server's keys are remembered here, a visitor's
+    as their :class:`ProviderKeys` is made. Calling it again replaces what it
+    set up (the tests do).
+    """
     from loguru import logger
 
+    from pipeline import redaction
+    from pipeline.providers import keys_from_environment
+
     level = os.environ.get("VOICE_LAB_LOG_LEVEL", "INFO").upper()
+    keys_from_environment()  # remembers the server's keys for masking
+    redaction.install()
     logger.remove()
-    logger.add(sys.stderr, level=level)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # diagnose=False: no variable values in tracebacks (loguru's advice for production).
+    logger.add(redaction.RedactingStream(sys.stderr), level=level, diagnose=False)
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "voice_lab", False)]:
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(redaction.RedactingStream(sys.stderr))
+    handler.voice_lab = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    # loguru's TRACE (pipecat's per-frame lines) is DEBUG to the standard library.
+    root.setLevel("DEBUG" if level == "TRACE" else level)
+    handler.setLevel(root.level)
+    for name in HEADER_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))
 
 
 def restrict_ice_to_loopback() -> None:

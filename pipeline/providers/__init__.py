@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pipecat.processors.frame_processor import FrameProcessor
 
+from pipeline import redaction
+
 if TYPE_CHECKING:
     from pipeline.config import SessionConfig
     from pipeline.models import LocalModels
@@ -27,10 +29,16 @@ STAGES: tuple[Stage, ...] = ("stt", "llm", "tts")
 
 
 class ProviderKeys:
-    """One session's API keys, by provider id. Never printed, logged or exported in clear."""
+    """One session's API keys, by provider id. Never printed, logged or exported in clear.
+
+    Every key is handed to :func:`pipeline.redaction.remember` as it arrives
+    here (the server's from the environment, a visitor's typed ones), so no
+    log line shows it from then on, whoever prints it.
+    """
 
     def __init__(self, keys: dict[str, str] | None = None):
         self._keys = {k: v.strip() for k, v in (keys or {}).items() if v and v.strip()}
+        redaction.remember(*self._keys.values())
 
     def get(self, provider: str) -> str | None:
         return self._keys.get(provider)
