@@ -17,7 +17,7 @@ from pipeline.config import (
 )
 from pipeline.models import shared_models
 from pipeline.session import SessionRecords, VoiceSession
-from ui import charts, export, render, state
+from ui import export, render, state, views
 from ui.relay import TurnRelay, relay_wanted
 from ui.settings import build_settings_panel, config_from_settings
 from ui.webrtc_guard import WebRTCGuard, webrtc_id_of
@@ -50,31 +50,6 @@ def _browser_rtc(relay: TurnRelay | None):
 def _relay_notice(relay: TurnRelay | None) -> str:
     notice = relay.notice() if relay is not None else ""
     return f'<div class="relay-health" role="status">{notice}</div>' if notice else ""
-
-
-def render_all(current: state.SessionState) -> tuple:
-    """Every output, in the order the layout wires them."""
-    return (
-        *render_all_but_charts(current),
-        charts.breakdown_figure(current),
-        charts.ttfb_figure(current),
-    )
-
-
-def render_update(previous: state.SessionState | None, current: state.SessionState) -> tuple:
-    """Like :func:`render_all`, but leaves the charts alone until a turn's figures are in."""
-    if previous is None or previous.charts_version != current.charts_version:
-        return render_all(current)
-    return (*render_all_but_charts(current), gr.skip(), gr.skip())
-
-
-def render_all_but_charts(current: state.SessionState) -> tuple:
-    return (
-        render.render_conversation(current),
-        render.render_user_live(current),
-        render.render_status(current),
-        render.render_stats(current),
-    )
 
 
 def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
@@ -128,16 +103,10 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
                     # whole viewport, where the charts cover its Record button.
                     full_screen=False,
                 )
-                status = gr.HTML(render.render_status(idle), elem_id="status")
-                conversation = gr.HTML(render.render_conversation(idle), elem_id="conversation")
-                user_live = gr.HTML(render.render_user_live(idle), elem_id="user-live")
+                shown = {view.name: view.component(idle) for view in views.in_column("talk")}
                 settings = build_settings_panel()
             with gr.Column(scale=3, min_width=420):
-                stats = gr.HTML(render.render_stats(idle), elem_id="latency-stats")
-                breakdown = gr.Plot(
-                    charts.breakdown_figure(idle), elem_id="latency-breakdown", show_label=False
-                )
-                ttfb = gr.Plot(charts.ttfb_figure(idle), elem_id="ttfb-chart", show_label=False)
+                shown |= {view.name: view.component(idle) for view in views.in_column("dashboard")}
                 with gr.Row():
                     export_button = gr.Button(
                         "Export session (JSON)", size="sm", elem_id="export-button"
@@ -147,7 +116,9 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
                     )
                 export_file = gr.File(label="Session file", visible=False, elem_id="export-file")
 
-        outputs = [conversation, user_live, status, stats, breakdown, ttfb]
+        # The views' components, in the order views.render_all/render_update return them.
+        outputs = [shown[view.name] for view in views.VIEWS]
+        status = shown["status"]
         guard = WebRTCGuard(
             audio,
             per_client=max_sessions_per_client(),
@@ -190,7 +161,7 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
             outputs=[status],
             queue=False,
         )
-        guard.on_additional_outputs(render_update, outputs)
+        guard.on_additional_outputs(views.render_update, outputs)
 
         def export_current(connection, request: gr.Request) -> dict:
             connection_id = webrtc_id_of(connection)
@@ -205,7 +176,7 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
             # Anyone can upload anything: load_replay bounds the work and
             # checks every field; its message is plain text and quotes nothing.
             try:
-                return render_all(export.load_replay(getattr(file, "name", file)))
+                return views.render_all(export.load_replay(getattr(file, "name", file)))
             except export.ReplayError as e:
                 raise gr.Error(
                     str(e), title="Could not replay that file", print_exception=False
