@@ -10,6 +10,15 @@ published latencies. Prints a summary with the targets next to the
 measurements; ``--json`` writes every figure (per turn, per session, pooled)
 with the machine load it was measured under; ``--html`` a self-contained
 report with charts.
+
+Against ``python app.py`` over WebRTC instead (aiortc clients, as the page):
+
+    python -m bench webrtc --profile cloud-sim --sessions 3 --turns 3
+    python -m bench startup
+    python -m bench refusal --limit 2
+
+The developer's provider keys are ignored: every stage is local unless the
+profile says otherwise.
 """
 
 from __future__ import annotations
@@ -25,13 +34,12 @@ import sys
 import time
 from pathlib import Path
 
-for name, value in {
-    "GRADIO_ANALYTICS_ENABLED": "False",
-    "HF_HUB_OFFLINE": "1",
-    "ORT_DISABLE_TELEMETRY": "1",
-    "VOICE_LAB_LOG_LEVEL": "WARNING",
-}.items():
-    os.environ.setdefault(name, value)
+from testkit.env import apply_offline_env, clear_provider_variables
+
+apply_offline_env()
+os.environ.setdefault("VOICE_LAB_LOG_LEVEL", "WARNING")
+
+PROFILES = ("local", "cloud-sim")
 
 QUICK_TURNS = 2  # one question and the barge-in turn
 
@@ -49,7 +57,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--profile", choices=["local", "cloud-sim"], default="local")
+    parser.add_argument("--profile", choices=PROFILES, default="local")
     parser.add_argument("--sessions", type=int, default=1, help="concurrent sessions")
     parser.add_argument(
         "--turns", type=int, default=5, help="turns per session (the last one is a barge-in)"
@@ -79,21 +87,46 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, help="write the full result here")
     parser.add_argument("--html", type=Path, help="write a self-contained HTML report here")
+    _add_webrtc_modes(parser)
     args = parser.parse_args(argv)
-    if args.quick:
+    if args.quick and args.mode is None:
         args.turns = QUICK_TURNS
-    if args.sessions < 1 or args.turns < 1:
+    if args.mode in (None, "webrtc") and (args.sessions < 1 or args.turns < 1):
         parser.error("--sessions and --turns must be at least 1")
+    if args.mode == "refusal" and args.limit < 1:
+        parser.error("--limit must be at least 1")
     return args
+
+
+def _add_webrtc_modes(parser: argparse.ArgumentParser) -> None:
+    """``webrtc``, ``startup`` and ``refusal``: ``python app.py`` measured over WebRTC."""
+    modes = parser.add_subparsers(
+        dest="mode",
+        title="modes against python app.py over WebRTC (instead of the headless run)",
+    )
+    webrtc = modes.add_parser(
+        "webrtc", help="aiortc clients ask spoken questions; the reply as heard, underruns"
+    )
+    webrtc.add_argument("--profile", choices=PROFILES, default="local")
+    webrtc.add_argument("--sessions", type=int, default=1, help="concurrent visitors")
+    webrtc.add_argument("--turns", type=int, default=3, help="questions per visitor")
+    webrtc.add_argument("--no-dashboard", action="store_true", help="never render the page")
+    startup = modes.add_parser("startup", help="seconds from launch to models ready and HTTP 200")
+    refusal = modes.add_parser(
+        "refusal", help="a visitor beyond VOICE_LAB_MAX_SESSIONS is refused; the others answered"
+    )
+    refusal.add_argument("--limit", type=int, default=1, help="VOICE_LAB_MAX_SESSIONS")
+    for mode in (webrtc, startup, refusal):
+        mode.add_argument("--json", type=Path, help="write the full result here")
 
 
 @contextlib.asynccontextmanager
 async def profile_for(args: argparse.Namespace, models):
     """The sessions' factory and audio for the chosen profile (cloud-sim: with its fakes)."""
     from bench.scenarios import Profile
-    from bench.speech import speech_pcm
     from pipeline.config import SessionConfig
     from pipeline.session import VoiceSession
+    from testkit.speech import speech_pcm
     from ui import state
 
     knobs = {
@@ -148,28 +181,49 @@ def _sweep_entry(run: dict) -> dict:
 
 
 async def _optional_webrtc(args: argparse.Namespace) -> dict:
-    """The WebRTC scenario and app start-up, from bench.webrtc (written separately)."""
+    """``--webrtc-sessions`` and ``--startup``: the WebRTC scenario and app start-up as well."""
+    from bench.webrtc import measure_app_startup, run_webrtc_scenario
+
     extra = {}
-    try:
-        if args.webrtc_sessions > 0:
-            from bench.webrtc import run_webrtc_scenario
-
-            extra["webrtc"] = await run_webrtc_scenario(
-                profile=args.profile,
-                sessions=args.webrtc_sessions,
-                turns=args.turns,
-                dashboard=not args.no_dashboard,
-            )
-        if args.startup:
-            from bench.webrtc import measure_app_startup
-
-            extra["app_startup"] = await measure_app_startup()
-    except ImportError as e:
-        raise SystemExit(
-            f"--webrtc-sessions and --startup need bench/webrtc.py, which is missing or "
-            f"incomplete: {e}"
-        ) from e
+    if args.webrtc_sessions > 0:
+        extra["webrtc"] = await run_webrtc_scenario(
+            profile=args.profile,
+            sessions=args.webrtc_sessions,
+            turns=args.turns,
+            dashboard=not args.no_dashboard,
+        )
+    if args.startup:
+        extra["app_startup"] = await measure_app_startup()
     return extra
+
+
+async def _webrtc_mode(args: argparse.Namespace) -> dict:
+    """One of the modes against ``python app.py``; prints its result and returns it."""
+    from bench.webrtc import (
+        check_refusal,
+        format_scenario,
+        measure_app_startup,
+        run_webrtc_scenario,
+    )
+
+    if args.mode == "webrtc":
+        result = await run_webrtc_scenario(
+            args.profile, args.sessions, args.turns, dashboard=not args.no_dashboard
+        )
+        print(format_scenario(result))
+    elif args.mode == "startup":
+        result = await measure_app_startup()
+        print(json.dumps(result, indent=2))
+    else:
+        result = await check_refusal(args.limit)
+        print(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def _write_json(path: Path | None, result: dict) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2, default=str))
 
 
 def _baseline_p95(args: argparse.Namespace, sweep: list[dict]) -> float | None:
@@ -181,6 +235,10 @@ def _baseline_p95(args: argparse.Namespace, sweep: list[dict]) -> float | None:
 
 async def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    clear_provider_variables()
+    if args.mode is not None:
+        _write_json(args.json, await _webrtc_mode(args))
+        return 0
     from bench.cloudsim import published_latencies
     from bench.report import format_summary, targets, write_html
     from bench.scenarios import run_sessions
@@ -219,9 +277,7 @@ async def main(argv: list[str]) -> int:
     result["targets"] = targets(result, _baseline_p95(args, sweep))
 
     print(format_summary(result))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    _write_json(args.json, result)
     if args.html:
         write_html(result, args.html)
     return 0

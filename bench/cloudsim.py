@@ -1,7 +1,7 @@
 """The ``cloud-sim`` profile: Groq and ElevenLabs fakes on 127.0.0.1 with published latencies.
 
 The sessions run the real pipecat Groq and ElevenLabs service classes against
-:mod:`tests.fakes`. The fakes sleep for latencies drawn from the providers'
+:mod:`testkit.fakes`. The fakes sleep for latencies drawn from the providers'
 published figures and record each draw, so a turn's *pipeline overhead* can be
 worked out exactly: voice-to-voice minus the endpointing wait minus the
 latencies injected for that turn.
@@ -22,19 +22,22 @@ The fakes run on an event loop of their own, in a thread: their own work
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import math
 import os
 import re
 import threading
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from tests.fakes.common import Latency
-from tests.fakes.elevenlabs import FakeElevenLabs
-from tests.fakes.groq import FakeGroq
+from testkit.env import fake_provider_env
+from testkit.fakes.common import Latency
+from testkit.fakes.elevenlabs import FakeElevenLabs
+from testkit.fakes.groq import FakeGroq
+from testkit.loop import ThreadLoop
 
 GROQ_KEY = "gsk_bench_fake_key_0123456789abcdef"
 ELEVEN_KEY = "el_bench_fake_key_0123456789abcdef"
@@ -199,54 +202,63 @@ def session_of_chat(messages: list[dict]) -> int | None:
 # -- the fakes, on their own loop ----------------------------------------------------------
 
 
-class CloudFakes:
-    """FakeGroq and FakeElevenLabs serving from a thread; sets the variables the services read."""
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set for the block, as it was afterwards."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
-    def __init__(self, utterances: Utterances):
+
+class CloudFakes:
+    """FakeGroq and FakeElevenLabs serving from a thread, with the published latencies.
+
+    Entered, it points this process's Groq and ElevenLabs clients at the fakes
+    (sessions built here get the keys in :meth:`session_config`);
+    :meth:`app_environment` does the same for ``python app.py``. Without
+    ``utterances`` the fakes transcribe every upload as their default question
+    (audio that went through Opus carries no watermark).
+    """
+
+    def __init__(self, utterances: Utterances | None = None):
         self.utterances = utterances
+        transcript = utterances.transcript if utterances else None
         self.groq = FakeGroq(
             api_key=GROQ_KEY,
             stt_latency=STT_LATENCY,
             llm_ttft=LLM_TTFT,
             llm_token_interval=LLM_TOKEN_INTERVAL,
-            transcript=utterances.transcript,
+            transcript=transcript,
             reply=answer,
         )
         self.elevenlabs = FakeElevenLabs(
-            api_key=ELEVEN_KEY, tts_first_audio=TTS_FIRST_AUDIO, transcript=utterances.transcript
+            api_key=ELEVEN_KEY, tts_first_audio=TTS_FIRST_AUDIO, transcript=transcript
         )
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="cloud-fakes")
-        self._saved_env: dict[str, str | None] = {}
+        self._stack = contextlib.AsyncExitStack()
 
-    async def _in_thread(self, coro) -> None:
-        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
+    def app_environment(self) -> dict[str, str]:
+        """What ``python app.py`` needs to use the fakes as its server's own providers."""
+        return fake_provider_env(self.groq, self.elevenlabs)
 
     async def __aenter__(self) -> CloudFakes:
-        self._thread.start()
-        await self._in_thread(self.groq.start())
-        await self._in_thread(self.elevenlabs.start())
-        env = {
-            "GROQ_BASE_URL": self.groq.base_url,
-            "ELEVENLABS_BASE_URL": self.elevenlabs.base_url,
-            "SSL_CERT_FILE": self.elevenlabs.cert_path,
-        }
-        for name, value in env.items():
-            self._saved_env[name] = os.environ.get(name)
-            os.environ[name] = value
+        async with contextlib.AsyncExitStack() as stack:
+            loop = stack.enter_context(ThreadLoop("cloud-fakes"))
+            await stack.enter_async_context(loop.serving_async(self.groq))
+            await stack.enter_async_context(loop.serving_async(self.elevenlabs))
+            env = fake_provider_env(self.groq, self.elevenlabs, keys=False)
+            stack.enter_context(_environment(env))
+            self._stack = stack.pop_all()
         return self
 
     async def __aexit__(self, *exc) -> None:
-        for name, value in self._saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        await self._in_thread(self.elevenlabs.stop())
-        await self._in_thread(self.groq.stop())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._loop.close()
+        await self._stack.aclose()
 
     def tts_connections_between(self, start: float, end: float) -> set[int]:
         """ElevenLabs TTS websockets opened in [start, end] (time.monotonic())."""

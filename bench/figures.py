@@ -12,6 +12,7 @@ import os
 import resource
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -19,6 +20,10 @@ from ui.state import percentile
 
 # A chunk later than this past the audio already delivered counts as an underrun.
 UNDERRUN_TOLERANCE_SECS = 0.03
+# A WebRTC listener starts playing a reply this long after its first audible frame.
+PLAYOUT_BUFFER_SECS = 0.06
+# The 20 ms frames a WebRTC client decodes.
+WEBRTC_FRAME_SECS = 0.02
 # A reply chunk followed by this much quiet ended the reply (as in the barge-in test).
 STOP_GAP_SECS = 0.3
 # Peak-to-peak below this is the padding silence, not speech.
@@ -74,6 +79,26 @@ def underruns(chunks: list[Chunk], tolerance: float = UNDERRUN_TOLERANCE_SECS) -
     return found
 
 
+def playout_underruns(arrivals: list[float], buffer_secs: float = PLAYOUT_BUFFER_SECS) -> Underruns:
+    """Stalls of a WebRTC listener playing a reply's 20 ms frames (``arrivals``) in order.
+
+    Playback starts ``buffer_secs`` after the first frame arrives and each frame
+    plays for 20 ms; a frame arriving after its slot stalls playback by its
+    lateness (``gap_seconds`` is the total stall).
+    """
+    found = Underruns()
+    if not arrivals:
+        return found
+    play_at = arrivals[0] + buffer_secs
+    for arrival in arrivals:
+        if arrival > play_at:
+            found.count += 1
+            found.gap_seconds += arrival - play_at
+            play_at = arrival
+        play_at += WEBRTC_FRAME_SECS
+    return found
+
+
 def is_audible(samples: np.ndarray) -> bool:
     return bool(np.abs(samples).max(initial=0) > AUDIBLE_THRESHOLD)
 
@@ -104,9 +129,16 @@ def speech_onset(samples: np.ndarray, sample_rate: int) -> float:
 # -- process resources -------------------------------------------------------------------
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+def cpu_seconds(pid: int | None = None) -> float | None:
+    """User + system CPU seconds of this process, or of ``pid`` (from /proc; None if gone)."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb() -> float:

@@ -35,9 +35,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from bench import figures
-from bench.driver import SessionDriver
-from bench.speech import SAMPLE_RATE, silence, speech_pcm
 from pipeline.observers import UIEventObserver
+from testkit.driver import SessionDriver
+from testkit.speech import SAMPLE_RATE, silence, speech_pcm
 
 log = logging.getLogger("bench")
 

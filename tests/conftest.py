@@ -2,15 +2,16 @@
 
 import os
 
-os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["ORT_DISABLE_TELEMETRY"] = "1"
-os.environ.setdefault("VOICE_LAB_LOG_LEVEL", "WARNING")
-
 import pytest
 
-from pipeline.models import LocalModels, shared_models
-from pipeline.runtime import configure_logging
+from testkit.env import apply_offline_env, provider_variables
+
+apply_offline_env()
+os.environ.setdefault("VOICE_LAB_LOG_LEVEL", "WARNING")
+
+# Only now: gradio, huggingface_hub and onnxruntime read the offline variables on import.
+from pipeline.models import LocalModels, shared_models  # noqa: E402
+from pipeline.runtime import configure_logging  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +25,10 @@ def models() -> LocalModels:
 
 @pytest.fixture(autouse=True)
 def _no_server_keys(monkeypatch):
-    """Tests start keyless (every stage local) unless they set a key themselves."""
-    for name in ("GROQ_API_KEY", "ELEVENLABS_API_KEY", "GROQ_BASE_URL", "ELEVENLABS_BASE_URL"):
+    """Tests start keyless (every stage local) unless they set a key themselves.
+
+    Every provider's key and base-URL variable, as the registry names them: a
+    developer's key for any provider must not switch the tests to it.
+    """
+    for name in provider_variables():
         monkeypatch.delenv(name, raising=False)

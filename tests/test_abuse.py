@@ -19,16 +19,17 @@ from collections.abc import AsyncIterator, Iterator
 import aiohttp
 import pytest
 
-from bench.webrtc import (
+from testkit.app import AppProcess
+from testkit.env import fake_provider_env
+from testkit.fakes.groq import FakeGroq
+from testkit.loop import serving_in_thread
+from testkit.webrtc_client import (
     OfferRefused,
     PageApi,
     WebRTCClient,
     page_api,
     question_audio,
-    start_app,
 )
-from tests.fakes.common import serving_in_thread
-from tests.fakes.groq import FakeGroq
 
 pytestmark = pytest.mark.slow
 
@@ -49,18 +50,14 @@ def groq() -> Iterator[FakeGroq]:
 @pytest.fixture(scope="module")
 async def app(groq, tmp_path_factory):
     log = tmp_path_factory.mktemp("abuse") / "app.log"
-    app = await start_app(
-        LIMIT,
-        extra_env={
-            "VOICE_LAB_MAX_SESSIONS_PER_CLIENT": "1",
-            "VOICE_LAB_TRUST_FORWARDED_FOR": "1",
-            "VOICE_LAB_ADMISSION_SECS": str(ADMISSION_SECS),
-            "GROQ_BASE_URL": groq.base_url,
-        },
-        log_path=log,
-    )
-    yield app
-    await app.stop()
+    env = {
+        "VOICE_LAB_MAX_SESSIONS_PER_CLIENT": "1",
+        "VOICE_LAB_TRUST_FORWARDED_FOR": "1",
+        "VOICE_LAB_ADMISSION_SECS": str(ADMISSION_SECS),
+        **fake_provider_env(groq, keys=False),
+    }
+    async with AppProcess(log, max_sessions=LIMIT, extra_env=env) as app:
+        yield app
 
 
 @contextlib.asynccontextmanager

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from pipeline import events as ev
-from tests.browser_support import AppServer, run_app
+from testkit.app import AppProcess
 from tests.test_state import one_turn
 from ui import export
 
@@ -76,8 +76,8 @@ def heavy_file() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory) -> Iterator[AppServer]:
-    with run_app(tmp_path_factory.mktemp("abuse-replay") / "app.log") as server:
+def app(tmp_path_factory) -> Iterator[AppProcess]:
+    with AppProcess(tmp_path_factory.mktemp("abuse-replay") / "app.log") as server:
         yield server
 
 

@@ -1,8 +1,9 @@
 """The benchmark runs end to end and reports every figure (values are read, never timed here).
 
-The end-to-end runs are subprocesses, as CI runs them; the rules the figures
-rest on (what an underrun is, when the bot stopped, which utterance a
-transcription request carried) are checked directly on made-up input.
+The runs are subprocesses, ``python -m bench``, as CI runs them; the rules the
+figures rest on (what an underrun is, when the bot stopped, which utterance a
+transcription request carried) are checked on made-up input next to them, in
+``bench/test_figures.py``.
 """
 
 import json
@@ -11,12 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-from bench import figures
-from bench.cloudsim import Utterances
-from bench.scenarios import LONG_QUESTION, QUESTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = (
@@ -31,6 +27,7 @@ FIGURES = (
 
 
 def run_bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """``python -m bench *args``, which must succeed."""
     run = subprocess.run(
         [sys.executable, "-m", "bench", *args],
         cwd=ROOT,
@@ -86,7 +83,7 @@ def assert_common_schema(result: dict, sessions: int, turns: int) -> None:
     }
     barge_ins = [t for t in result["turns"] if t["kind"] == "barge-in"]
     assert len(barge_ins) == sessions
-    assert all(t["question"] == LONG_QUESTION and t["barge_in_stop"] >= 0 for t in barge_ins)
+    assert all("long story" in t["question"] and t["barge_in_stop"] >= 0 for t in barge_ins)
 
 
 @pytest.mark.slow
@@ -126,7 +123,7 @@ def test_quick_cloud_sim_with_two_sessions_attributes_every_turn_and_writes_html
     # The fakes answered with each session's own question, and every turn's
     # injected latencies were found, so its overhead is known.
     for turn in result["turns"]:
-        assert turn["transcript"].rstrip(".?") in f"{QUESTIONS[turn['session']]} {LONG_QUESTION}"
+        assert turn["transcript"].rstrip(".?") in turn["question"]
         assert turn["reply"]
         assert all(0.05 < turn["injected"][stage] < 2 for stage in ("stt", "llm", "tts"))
         assert -0.2 < turn["pipeline_overhead"] < turn["voice_to_voice"]
@@ -141,46 +138,3 @@ def test_quick_cloud_sim_with_two_sessions_attributes_every_turn_and_writes_html
     assert "Plotly.newPlot" in text and len(text) > 1_000_000, "plotly.js is not inlined"
     assert not re.search(r"<script[^>]*\ssrc=", text), "the report loads a script from elsewhere"
     assert "Voice-to-voice per turn" in text and "Time to first byte" in text
-
-
-# -- the rules behind the figures, on made-up input ----------------------------------------
-
-
-def chunk(at: float, seconds: float = 0.04, loud: bool = True, rate: int = 24000):
-    samples = np.full(int(rate * seconds), 5000 if loud else 0, dtype=np.int16)
-    return (at, rate, samples)
-
-
-def test_an_underrun_is_a_chunk_arriving_after_the_audio_so_far_has_played():
-    steady = [chunk(0.04 * i) for i in range(10)]
-    assert figures.underruns(steady).count == 0
-    jittery = [chunk(0.0), chunk(0.04 + 0.02), chunk(0.10)]  # 20 ms late: within tolerance
-    assert figures.underruns(jittery).count == 0
-    late = [chunk(0.0), chunk(0.04), chunk(0.08 + 0.1), chunk(0.22)]
-    found = figures.underruns(late)
-    assert found.count == 1 and found.gap_seconds == pytest.approx(0.1)
-
-
-def test_the_stop_time_is_the_end_of_the_last_chunk_before_a_pause():
-    reply = [chunk(0.04 * i) for i in range(20)]  # 0.0 .. 0.8 s
-    answer_later = [chunk(2.0 + 0.04 * i) for i in range(5)]
-    assert figures.audio_stop_time(reply + answer_later, since=0.3) == pytest.approx(0.8)
-    assert figures.audio_stop_time(answer_later, since=3.0) is None
-
-
-def test_a_transcription_upload_is_recognised_as_its_session_turn_and_words():
-    utterances = Utterances()
-    rng = np.random.default_rng(0)
-    speech = (rng.normal(0, 3000, 16000 * 2)).astype(np.int16)  # 2 s "voice"
-    a = utterances.say("what is the capital of france", "s0t0", speech)
-    b = utterances.say("what is the capital of france", "s1t0", speech)
-    assert np.abs(a.astype(int) - speech).max() <= 1, "the watermark must be inaudible"
-
-    header = b"RIFF" + bytes(40)  # a canonical 44-byte WAV header, then the frames
-    assert utterances.key_of(header + b.tobytes()) == "s1t0"
-    assert utterances.transcript(header + a.tobytes()) == "what is the capital of france"
-    first_half = a[: len(a) // 2 // 320 * 320]
-    assert utterances.transcript(first_half.tobytes()).split()[0] == "what"
-    tail = a[len(a) // 320 * 320 - 16 * 320 : len(a) // 320 * 320]  # the last 16 frames
-    assert utterances.transcript(tail.tobytes()) == "france"
-    assert utterances.transcript(bytes(3200)) == ""

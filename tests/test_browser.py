@@ -20,18 +20,18 @@ import pytest
 from playwright.sync_api import Page, Playwright, expect, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from bench.speech import SAMPLE_RATE, silence, speech_pcm, write_wav
+from testkit.app import AppProcess
+from testkit.env import fake_provider_env
+from testkit.fakes.groq import FakeGroq
+from testkit.fakes.native_crash import crashing_llm_runtime
+from testkit.loop import serving_in_thread
+from testkit.speech import SAMPLE_RATE, silence, speech_pcm, write_wav
 from tests.browser_support import (
-    AppServer,
     chromium_executable,
     launch_chromium,
     microphone_button,
     press_record,
-    run_app,
 )
-from tests.fakes.common import serving_in_thread
-from tests.fakes.groq import FakeGroq
-from tests.fakes.native_crash import crashing_llm_runtime
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -65,15 +65,15 @@ def groq() -> Iterator[FakeGroq]:
 
 
 @pytest.fixture(scope="module")
-def app_server(tmp_path_factory, groq) -> Iterator[AppServer]:
+def app_server(tmp_path_factory, groq) -> Iterator[AppProcess]:
     chromium_executable()  # fail before spending a minute on the app
     log = tmp_path_factory.mktemp("app") / "app.log"
-    with run_app(log, extra_env={"GROQ_BASE_URL": groq.base_url}) as server:
+    with AppProcess(log, extra_env=fake_provider_env(groq, keys=False)) as server:
         yield server
 
 
 @pytest.fixture
-def app(request, app_server: AppServer) -> Iterator[AppServer]:
+def app(request, app_server: AppProcess) -> Iterator[AppProcess]:
     """The app, printing what it logged during the test if the test failed.
 
     Printed in teardown, so pytest shows it under "Captured stdout teardown".
@@ -92,7 +92,7 @@ def pw() -> Iterator[Playwright]:
 
 
 @contextmanager
-def open_app(pw: Playwright, app: AppServer, tmp_path: Path, **chromium) -> Iterator[Page]:
+def open_app(pw: Playwright, app: AppProcess, tmp_path: Path, **chromium) -> Iterator[Page]:
     """The app's page in a fresh Chromium; on failure, a screenshot and the page's console."""
     context = launch_chromium(pw, tmp_path / "profile", **chromium)
     console: list[str] = []
@@ -408,8 +408,8 @@ def test_a_crashing_local_llm_leaves_the_page_up_and_a_cloud_llm_answering(pw, g
     """The local LLM's native runtime segfaults on this "machine": the app starts anyway,
     the page says which local stage is out and why, and Groq answers in its place."""
     crashing = crashing_llm_runtime(tmp_path / "crashing-runtime")
-    env = {"PYTHONPATH": str(crashing), "GROQ_BASE_URL": groq.base_url}
-    with run_app(tmp_path / "app.log", extra_env=env) as crashed_app:
+    env = {"PYTHONPATH": str(crashing), **fake_provider_env(groq, keys=False)}
+    with AppProcess(tmp_path / "app.log", extra_env=env) as crashed_app:
         with open_app(pw, crashed_app, tmp_path, fake_mic=quiet_mic(tmp_path)) as page:
             health = page.locator("#local-health")
             expect(health).to_contain_text("Local LLM (SmolLM2 on llama.cpp) unavailable")

@@ -19,10 +19,10 @@ import aiortc
 import onnxruntime
 import pytest
 
-from bench.webrtc import WebRTCClient, page_api
 from pipeline.runtime import restrict_ice_to_loopback
 from pipeline.session import VoiceSession
-from tests.browser_support import free_port
+from testkit.app import free_port
+from testkit.webrtc_client import WebRTCClient, page_api
 from ui import webrtc_guard
 from ui.layout import build_ui
 

@@ -45,8 +45,8 @@ from pipecat.services.elevenlabs.stt import CommitStrategy, ElevenLabsRealtimeST
 from pipecat.services.elevenlabs.tts import ElevenLabsTTSService
 from pipecat.workers.runner import WorkerRunner
 
-from tests.fakes.common import Latency, speech_like_pcm
-from tests.fakes.elevenlabs import DEFAULT_TRANSCRIPT, FakeElevenLabs
+from testkit.fakes.common import Latency, speech_like_pcm
+from testkit.fakes.elevenlabs import DEFAULT_TRANSCRIPT, FakeElevenLabs
 
 VOICE = "21m00Tcm4TlvDq8ikWAM"
 SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."

@@ -36,8 +36,8 @@ from pipecat.services.groq.tts import GroqTTSService
 from pipecat.tests.utils import SleepFrame, run_test
 from pipecat.utils.errors import ErrorCategory
 
-from tests.fakes.common import Latency, speech_like_pcm
-from tests.fakes.groq import DEFAULT_TRANSCRIPT, FakeGroq, default_reply, tokenize
+from testkit.fakes.common import Latency, speech_like_pcm
+from testkit.fakes.groq import DEFAULT_TRANSCRIPT, FakeGroq, default_reply, tokenize
 
 KEY = "gsk_fake_valid_key"
 MODEL = "llama-3.1-8b-instant"

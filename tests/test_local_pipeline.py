@@ -10,9 +10,9 @@ import numpy as np
 import psutil
 import pytest
 
-from bench.driver import SessionDriver
-from bench.speech import noise, silence, speech_pcm
 from pipeline.session import VoiceSession
+from testkit.driver import SessionDriver
+from testkit.speech import noise, silence, speech_pcm
 from ui import state
 
 pytestmark = pytest.mark.slow

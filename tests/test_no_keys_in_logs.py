@@ -24,14 +24,17 @@ import aiohttp
 import pytest
 from loguru import logger
 
-from bench.driver import SessionDriver
-from bench.speech import speech_pcm
-from bench.webrtc import WebRTCClient, page_api, question_audio, start_app
+from pipeline.providers import PROVIDERS
 from pipeline.runtime import configure_logging
 from pipeline.session import VoiceSession
-from tests.fakes.common import serving_in_thread
-from tests.fakes.elevenlabs import FakeElevenLabs
-from tests.fakes.groq import FakeGroq
+from testkit.app import AppProcess
+from testkit.driver import SessionDriver
+from testkit.env import fake_provider_env
+from testkit.fakes.elevenlabs import FakeElevenLabs
+from testkit.fakes.groq import FakeGroq
+from testkit.loop import serving_in_thread
+from testkit.speech import speech_pcm
+from testkit.webrtc_client import WebRTCClient, page_api, question_audio
 from ui import state
 from ui.settings import catalog, config_from_settings, initial_settings
 
@@ -48,6 +51,11 @@ def groq_canary() -> str:
 def elevenlabs_canary() -> str:
     """A key shaped like ElevenLabs': ``sk_`` and 48 hex digits."""
     return "sk_" + "".join(random.choices("0123456789abcdef", k=48))
+
+
+def server_keys(keys: dict[str, str]) -> dict[str, str]:
+    """``keys`` (by provider id) as the server's own: each in its provider's key variable."""
+    return {PROVIDERS[provider].key_env: key for provider, key in keys.items()}
 
 
 def plain_canary() -> str:
@@ -145,13 +153,12 @@ async def test_no_key_reaches_the_debug_log_for_any_provider_or_stage(
         logging.getLogger(name).setLevel(logging.DEBUG)
     env_keys = {"groq": groq_canary(), "elevenlabs": elevenlabs_canary()}
     typed_keys = {"groq": groq_canary(), "elevenlabs": elevenlabs_canary()}
-    monkeypatch.setenv("GROQ_API_KEY", env_keys["groq"])
-    monkeypatch.setenv("ELEVENLABS_API_KEY", env_keys["elevenlabs"])
+    for name, value in server_keys(env_keys).items():
+        monkeypatch.setenv(name, value)
 
     async with FakeGroq() as groq, FakeElevenLabs() as eleven:
-        monkeypatch.setenv("GROQ_BASE_URL", groq.base_url)
-        monkeypatch.setenv("ELEVENLABS_BASE_URL", eleven.base_url)
-        monkeypatch.setenv("SSL_CERT_FILE", eleven.cert_path)
+        for name, value in fake_provider_env(groq, eleven, keys=False).items():
+            monkeypatch.setenv(name, value)
         # Once on the server's keys, once on a visitor's typed over them.
         for typed, used in (({}, env_keys), (typed_keys, typed_keys)):
             groq.api_key, eleven.api_key = used["groq"], used["elevenlabs"]
@@ -321,35 +328,31 @@ async def test_no_key_reaches_the_running_apps_debug_log(tmp_path):
     with serving_in_thread(groq), serving_in_thread(eleven):
         env = {
             "VOICE_LAB_LOG_LEVEL": "DEBUG",
-            "GROQ_API_KEY": env_keys["groq"],
-            "ELEVENLABS_API_KEY": env_keys["elevenlabs"],
-            "GROQ_BASE_URL": groq.base_url,
-            "ELEVENLABS_BASE_URL": eleven.base_url,
-            "SSL_CERT_FILE": eleven.cert_path,
+            **server_keys(env_keys),
+            **fake_provider_env(groq, eleven, keys=False),
         }
-        app = await start_app(2, env, tmp_path / "app.log")
-        try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
-                client = WebRTCClient(http, app.url, await page_api(http, app.url), "visitor")
-                try:
-                    # On the page, before pressing Record: both keys typed over
-                    # the server's, speech-to-text switched to ElevenLabs (the
-                    # LLM stays on Groq, the voice on ElevenLabs).
-                    for provider, key in typed_keys.items():
-                        await page_event(
-                            http, app.url, client.session_hash, f"{provider}-key", "blur", key
-                        )
+        async with (
+            AppProcess(tmp_path / "app.log", max_sessions=2, extra_env=env) as app,
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http,
+        ):
+            client = WebRTCClient(http, app.url, await page_api(http, app.url), "visitor")
+            try:
+                # On the page, before pressing Record: both keys typed over
+                # the server's, speech-to-text switched to ElevenLabs (the
+                # LLM stays on Groq, the voice on ElevenLabs).
+                for provider, key in typed_keys.items():
                     await page_event(
-                        http, app.url, client.session_hash, "stt-provider", "input", "elevenlabs"
+                        http, app.url, client.session_hash, f"{provider}-key", "blur", key
                     )
-                    await client.connect()
-                    await client.wait_until_live(60)
-                    await client.pause(0.5)
-                    turn = await client.turn(QUESTION, audio)
-                finally:
-                    await client.close()
-        finally:
-            await app.stop()
+                await page_event(
+                    http, app.url, client.session_hash, "stt-provider", "input", "elevenlabs"
+                )
+                await client.connect()
+                await client.wait_until_live(60)
+                await client.pause(0.5)
+                turn = await client.turn(QUESTION, audio)
+            finally:
+                await client.close()
 
     assert turn["voice_to_voice"] is not None, app.log_tail()
     # Answered on the typed keys (the fakes take no other), by every stage's cloud provider.

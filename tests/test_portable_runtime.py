@@ -15,8 +15,8 @@ import pytest
 
 from pipeline.models import LocalModels, llm_runtime_cpu_features
 from pipeline.probe import STAGES, RuntimeProbe
-from tests.browser_support import run_app
-from tests.fakes.native_crash import crashing_llm_runtime
+from testkit.app import AppProcess
+from testkit.fakes.native_crash import crashing_llm_runtime
 
 # Features a portable x86-64 build must not require (present on some CPUs only).
 BEYOND_AVX2 = re.compile(r"^(AVX512.*|AVX_VNNI|AMX.*)$")
@@ -92,7 +92,7 @@ def test_an_unavailable_local_stage_refuses_to_build_with_the_reason():
 def test_app_py_starts_with_every_local_stage_available(tmp_path):
     """The start-up smoke test: a fresh install's ``python app.py`` serves the page,
     and no local stage was found broken (the app would start anyway: say so here)."""
-    with run_app(tmp_path / "app.log") as app:
+    with AppProcess(tmp_path / "app.log") as app:
         log = app.log_since()
     assert "Voice Lab ready" in log
     assert "unavailable" not in log, log

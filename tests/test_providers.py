@@ -2,7 +2,7 @@
 
 Each test drives the same ``VoiceSession`` the browser connects to, with
 Piper-made speech, and the real pipecat Groq and ElevenLabs service classes
-talking to :mod:`tests.fakes` on 127.0.0.1. What is asserted is what a visitor
+talking to :mod:`testkit.fakes` on 127.0.0.1. What is asserted is what a visitor
 would notice: the words on screen, the reply audio, the latency recorded, the
 message when a provider fails, and that the next turn works.
 """
@@ -17,13 +17,13 @@ import time
 import pytest
 from loguru import logger
 
-from bench.driver import SessionDriver
-from bench.speech import silence, speech_pcm
 from pipeline.config import SessionConfig
 from pipeline.providers import ProviderKeys, choice_for
 from pipeline.session import VoiceSession
-from tests.fakes.elevenlabs import FakeElevenLabs
-from tests.fakes.groq import DEFAULT_TRANSCRIPT, FakeGroq
+from testkit.driver import SessionDriver
+from testkit.fakes.elevenlabs import FakeElevenLabs
+from testkit.fakes.groq import DEFAULT_TRANSCRIPT, FakeGroq
+from testkit.speech import silence, speech_pcm
 from ui import export, state
 from ui.settings import config_from_settings, initial_settings
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import urllib.request
 
 import pytest
 
-from tests.browser_support import run_app
+from testkit.app import AppProcess, free_port
 from ui.relay import TurnRelay
 
 SERVERS = {"iceServers": [{"urls": "turn:127.0.0.1:3478", "username": "u", "credential": "c"}]}
@@ -70,12 +69,6 @@ def test_an_answer_without_ice_servers_counts_as_a_failure():
     assert relay.servers is None and "iceServers" in (relay.error or "")
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_the_app_starts_on_a_space_whose_turn_fetch_fails(tmp_path):
     """``SPACE_ID`` and a bogus ``HF_TOKEN``: the fetch fails, yet the page is served and says so.
@@ -83,7 +76,7 @@ def test_the_app_starts_on_a_space_whose_turn_fetch_fails(tmp_path):
     The fetch goes through a proxy on a closed local port, so it fails at once
     and nothing leaves 127.0.0.1.
     """
-    proxy = f"http://127.0.0.1:{_closed_port()}"
+    proxy = f"http://127.0.0.1:{free_port()}"  # nothing listens
     env = {
         "SPACE_ID": "voice-lab/test",
         "HF_TOKEN": "hf_bogus_token_for_tests",
@@ -91,13 +84,11 @@ def test_the_app_starts_on_a_space_whose_turn_fetch_fails(tmp_path):
         "HTTP_PROXY": proxy,
         "https_proxy": proxy,
         "http_proxy": proxy,
-        # Gradio calls its own local URL at launch: that one must not be proxied.
-        "NO_PROXY": "127.0.0.1,localhost",
-        "no_proxy": "127.0.0.1,localhost",
+        # Gradio calls its own local URL at launch: the harness sets NO_PROXY for it.
     }
-    with run_app(tmp_path / "app.log", extra_env=env) as app:
+    with AppProcess(tmp_path / "app.log", extra_env=env) as app:
         direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with direct.open(app.url + "config", timeout=10) as response:
+        with direct.open(app.url + "/config", timeout=10) as response:
             config = json.load(response)
         notices = [
             c["props"].get("value") or ""

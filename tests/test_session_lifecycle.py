@@ -8,9 +8,9 @@ import weakref
 
 import pytest
 
-from bench.driver import SessionDriver
-from bench.speech import speech_pcm
 from pipeline.session import VoiceSession
+from testkit.driver import SessionDriver
+from testkit.speech import speech_pcm
 from ui import state
 
 pytestmark = pytest.mark.slow

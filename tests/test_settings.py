@@ -8,8 +8,8 @@ from pipeline import events as ev
 from pipeline.config import SessionConfig
 from pipeline.providers import ProviderKeys
 from pipeline.providers.errors import describe_failure
-from tests.fakes.elevenlabs import FakeElevenLabs
-from tests.fakes.groq import FakeGroq
+from testkit.fakes.elevenlabs import FakeElevenLabs
+from testkit.fakes.groq import FakeGroq
 from ui import render, state
 from ui.settings import catalog, config_from_settings, initial_settings
 

@@ -1,19 +1,26 @@
 """The WebRTC benchmark against ``python app.py``: aiortc clients talk to it as the page does.
 
+Run as CI runs it, ``python -m bench webrtc`` and ``python -m bench refusal``.
 Timings are not asserted tightly (the machine is shared): a reply must be heard
 and a refusal must come at once, not after a hang.
 """
 
+import json
+
 import pytest
 
-from bench.webrtc import check_refusal, run_webrtc_scenario
+from tests.test_bench import run_bench
 
 pytestmark = pytest.mark.slow
 
 
-async def test_a_spoken_question_is_answered_over_webrtc():
-    result = await run_webrtc_scenario("local", sessions=1, turns=1)
+def test_a_spoken_question_is_answered_over_webrtc(tmp_path):
+    out = tmp_path / "webrtc.json"
+    run = run_bench("webrtc", "--sessions", "1", "--turns", "1", "--json", str(out), timeout=400)
+    assert "voice-to-voice (client)" in run.stdout
+    result = json.loads(out.read_text())
 
+    assert result["profile"] == "local"
     (session,) = result["per_session"]
     assert "error" not in session, session
     assert session["settings_sent"], "the session never asked for (or got) the page's settings"
@@ -23,12 +30,16 @@ async def test_a_spoken_question_is_answered_over_webrtc():
     assert 0.2 < heard["median"] < 10
     (turn,) = session["turns"]
     assert turn["reply_seconds"] > 0.3  # a spoken sentence, not a click
+    assert turn["underruns"] >= 0 and turn["stalled_seconds"] >= 0
+    assert "reply_arrivals" not in turn  # turned into figures, not dumped
     assert result["underruns"]["count"] >= 0 and result["underruns"]["reply_seconds"] > 0.3
     assert len(result["machine"]["loadavg_before"]) == 3
 
 
-async def test_a_visitor_over_the_limit_is_refused_at_once_and_the_others_carry_on():
-    result = await check_refusal(1)
+def test_a_visitor_over_the_limit_is_refused_at_once_and_the_others_carry_on(tmp_path):
+    out = tmp_path / "refusal.json"
+    run_bench("refusal", "--limit", "1", "--json", str(out), timeout=400)
+    result = json.loads(out.read_text())
 
     extra = result["extra_visitor"]
     assert extra["refused"], extra

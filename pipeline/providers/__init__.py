@@ -121,6 +121,9 @@ class Provider:
     factories: dict[Stage, ServiceFactory]
     # Fetches the live model and voice lists with a key (falls back to ``catalogs``).
     fetch_catalogs: CatalogFetcher | None = None
+    # The environment variable that points its clients at another server (a proxy, a
+    # gateway, the test fakes); None: it has no server.
+    base_url_env: str | None = None
     # Its TTS reports when each word starts playing (else only whole sentences).
     word_timing: bool = False
     stages: tuple[Stage, ...] = field(init=False)

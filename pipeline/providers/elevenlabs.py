@@ -19,6 +19,7 @@ from pipecat.services.elevenlabs.tts import ElevenLabsTTSService
 from pipeline.providers import Catalog, Provider, Stage
 
 DEFAULT_BASE_URL = "https://api.elevenlabs.io"
+BASE_URL_ENV = "ELEVENLABS_BASE_URL"
 # No committed transcript this long after the user stopped: the service is stuck.
 TRANSCRIPT_TIMEOUT_SECS = 10.0
 
@@ -34,7 +35,7 @@ TTS_VOICES = (
 
 
 def base_url() -> str:
-    return os.environ.get("ELEVENLABS_BASE_URL", "").strip().rstrip("/") or DEFAULT_BASE_URL
+    return os.environ.get(BASE_URL_ENV, "").strip().rstrip("/") or DEFAULT_BASE_URL
 
 
 def websocket_url() -> str:
@@ -190,6 +191,7 @@ PROVIDER = Provider(
     id="elevenlabs",
     label="ElevenLabs",
     key_env="ELEVENLABS_API_KEY",
+    base_url_env=BASE_URL_ENV,
     catalogs={"stt": Catalog(STT_MODELS), "tts": Catalog(TTS_MODELS, voices=TTS_VOICES)},
     factories={"stt": _stt, "tts": _tts},
     fetch_catalogs=fetch_catalogs,

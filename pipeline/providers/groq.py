@@ -22,6 +22,7 @@ from pipecat.transcriptions.language import Language
 from pipeline.providers import Catalog, Provider, Stage
 
 DEFAULT_BASE_URL = "https://api.groq.com"
+BASE_URL_ENV = "GROQ_BASE_URL"
 FIRST_BYTE_TIMEOUT_SECS = 10.0
 CONNECT_TIMEOUT_SECS = 3.0
 # Orpheus on Groq refuses longer input in one request.
@@ -38,7 +39,7 @@ TTS_VOICES = tuple(
 
 
 def base_url() -> str:
-    return os.environ.get("GROQ_BASE_URL", "").strip().rstrip("/") or DEFAULT_BASE_URL
+    return os.environ.get(BASE_URL_ENV, "").strip().rstrip("/") or DEFAULT_BASE_URL
 
 
 def openai_base_url() -> str:
@@ -193,6 +194,7 @@ PROVIDER = Provider(
     id="groq",
     label="Groq",
     key_env="GROQ_API_KEY",
+    base_url_env=BASE_URL_ENV,
     catalogs={
         "stt": Catalog(STT_MODELS),
         "llm": Catalog(LLM_MODELS),

@@ -49,7 +49,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.common import Latency, ProviderFake, speech_like_pcm
+from testkit.fakes.common import Latency, ProviderFake, speech_like_pcm
 
 ENDPOINTS = ("chat", "transcriptions", "speech", "models")
 
@@ -238,6 +238,7 @@ class FakeGroq(ProviderFake):
     """The Groq API on 127.0.0.1. Use as ``async with FakeGroq(...) as groq:``."""
 
     TTS_MAX_INPUT_CHARS = 200
+    provider = "groq"
     endpoints = ENDPOINTS
 
     def __init__(

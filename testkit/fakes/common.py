@@ -8,11 +8,8 @@ published figures, for the benchmark) or to fail the way the real APIs fail.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
 import random
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,10 +73,12 @@ class Failure:
 class ProviderFake:
     """What every fake offers its tests: ``async with``, ``fail`` and ``recover``.
 
-    Subclasses name their ``endpoints``, fill ``_failures = {}`` and ask
+    Subclasses name the ``provider`` they stand in for (its id in the provider
+    registry) and their ``endpoints``, fill ``_failures = {}`` and ask
     :meth:`_take_failure` when a request (or a websocket connection) arrives.
     """
 
+    provider: str
     endpoints: tuple[str, ...] = ()
     _failures: dict[str, Failure]
 
@@ -135,23 +134,3 @@ def speech_like_pcm(text: str, sample_rate: int, chars_per_sec: float = 15.0) ->
     carrier = np.sin(2 * np.pi * np.cumsum(pitch) / sample_rate)
     syllables = 0.5 * (1 + np.sin(2 * np.pi * 4.0 * t - np.pi / 2))
     return (carrier * syllables * 9000).astype(np.int16)
-
-
-@contextlib.contextmanager
-def serving_in_thread(fake):
-    """Run an asyncio fake on its own event loop in a thread (for tests that are not async).
-
-    The browser tests drive Chromium synchronously while ``python app.py``, in
-    another process, talks to the fake: the fake needs a loop of its own.
-    """
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="provider-fake", daemon=True)
-    thread.start()
-    try:
-        asyncio.run_coroutine_threadsafe(fake.start(), loop).result(timeout=30)
-        yield fake
-    finally:
-        asyncio.run_coroutine_threadsafe(fake.stop(), loop).result(timeout=30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()

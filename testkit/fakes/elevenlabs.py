@@ -81,8 +81,8 @@ from typing import Any
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from tests.fakes.common import Latency, ProviderFake, speech_like_pcm
-from tests.fakes.tls import certificate_pair, server_ssl_context
+from testkit.fakes.common import Latency, ProviderFake, speech_like_pcm
+from testkit.fakes.tls import certificate_pair, server_ssl_context
 
 DEFAULT_TRANSCRIPT = "What is the weather like in Paris today?"
 NO_DELAY = Latency()  # the same as ``Latency()``: no delay
@@ -323,6 +323,7 @@ class FakeElevenLabs(ProviderFake):
     connection without a close frame.
     """
 
+    provider = "elevenlabs"
     endpoints = ENDPOINTS
 
     def __init__(

@@ -1,0 +1,198 @@
+"""``python app.py`` as a user starts it, in a subprocess, for tests and the benchmark.
+
+One harness for code that is not async (``with AppProcess(log) as app:``, the
+browser tests) and async code (``async with AppProcess(log) as app:``, aiortc
+clients and the benchmark). The app runs in its own process group (stopped
+with SIGTERM, then SIGKILL), every line it prints is kept with the moment it
+arrived and written to a log file, and its environment keeps it on 127.0.0.1:
+loopback-only ICE, the offline variables, no proxy for local addresses, and
+none of the developer's provider keys or base URLs unless the caller passes
+them in ``extra_env`` (which overrides everything here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from testkit.env import OFFLINE_ENV, clear_provider_variables
+
+ROOT = Path(__file__).resolve().parent.parent
+# Model warm-up takes ~10 s alone; far longer with other tests hogging the CPU.
+APP_START_TIMEOUT = 240.0
+# Every client of a test comes from 127.0.0.1: one client, as the app counts.
+CONNECTIONS_PER_CLIENT = 8
+LOOPBACK = "127.0.0.1,localhost"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (free when this returns)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def app_environment(
+    port: int, max_sessions: int | None = None, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The app's environment: this one, on ``port``, offline, logging at INFO, keyless.
+
+    ``max_sessions`` sets ``VOICE_LAB_MAX_SESSIONS`` (None: the app's default) and
+    lets one client hold that many connections.
+    """
+    env = dict(os.environ)
+    clear_provider_variables(env)
+    env.update(
+        {
+            **OFFLINE_ENV,
+            "GRADIO_SERVER_NAME": "127.0.0.1",
+            "GRADIO_SERVER_PORT": str(port),
+            "VOICE_LAB_LOOPBACK_ICE": "1",
+            "VOICE_LAB_LOG_LEVEL": "INFO",
+            "VOICE_LAB_MAX_SESSIONS_PER_CLIENT": str(max_sessions or CONNECTIONS_PER_CLIENT),
+            "NO_PROXY": LOOPBACK,
+            "no_proxy": LOOPBACK,
+        }
+    )
+    if max_sessions is not None:
+        env["VOICE_LAB_MAX_SESSIONS"] = str(max_sessions)
+    env.update(extra or {})
+    return env
+
+
+class AppProcess:
+    """``python app.py`` from the repository root, its output timestamped line by line.
+
+    Entering (``with`` or ``async with``) starts it and returns once ``/``
+    answers HTTP 200; leaving stops it. ``url`` has no trailing slash.
+    """
+
+    def __init__(
+        self,
+        log_path: Path | None = None,
+        *,
+        max_sessions: int | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path or Path(tempfile.gettempdir()) / f"voice-lab-app-{port}.log"
+        self.env = app_environment(port, max_sessions, extra_env)
+        self.lines: list[tuple[float, str]] = []
+        self.process: subprocess.Popen | None = None
+        self.started_at: float | None = None
+        self.http_ready_at: float | None = None
+        self._reader: threading.Thread | None = None
+
+    def start(self) -> AppProcess:
+        log = self.log_path.open("w")
+        self.started_at = time.monotonic()
+        self.process = subprocess.Popen(
+            [sys.executable, "app.py"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(
+            target=self._read_output, args=(log,), name="app-output", daemon=True
+        )
+        self._reader.start()
+        try:
+            self.http_ready_at = self._wait_until_serving()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _read_output(self, log) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        with log:
+            for raw in self.process.stdout:
+                line = raw.decode(errors="replace")
+                self.lines.append((time.monotonic(), line))
+                log.write(line)
+                log.flush()
+
+    def _wait_until_serving(self) -> float:
+        """When ``/`` first answered HTTP 200 (time.monotonic()); raises if the app died first."""
+        assert self.process is not None
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        deadline = time.monotonic() + APP_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"app.py exited with {self.process.returncode} before serving:\n"
+                    f"{self.log_tail()}"
+                )
+            with (
+                contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError),
+                direct.open(self.url + "/", timeout=2) as response,
+            ):
+                if response.status == 200:
+                    return time.monotonic()
+            time.sleep(0.1)  # polling interval, not synchronisation
+        raise TimeoutError(
+            f"app.py did not serve {self.url} within {APP_START_TIMEOUT:.0f}s:\n{self.log_tail()}"
+        )
+
+    def stop(self) -> None:
+        """SIGTERM the app's process group (its own session), SIGKILL if it lingers."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        if self._reader is not None:
+            self._reader.join(5)
+
+    def __enter__(self) -> AppProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> AppProcess:
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(self, *exc) -> None:
+        await asyncio.to_thread(self.stop)
+
+    # -- what it printed ----------------------------------------------------------------
+
+    def seconds_to_line(self, needle: str) -> float | None:
+        """Seconds from the start to the first line containing ``needle`` (None: not yet)."""
+        for t, line in self.lines:
+            if needle in line:
+                return t - self.started_at
+        return None
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return "".join(line for _, line in self.lines)[-chars:]
+
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size
+
+    def log_since(self, offset: int = 0) -> str:
+        """The log file from byte ``offset`` (see :meth:`log_size`) to its end."""
+        with self.log_path.open("rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")

@@ -1,0 +1,455 @@
+"""A client of the page's WebRTC protocol, as fastrtc's component speaks it: aiortc, no browser.
+
+Each :class:`WebRTCClient` talks to ``python app.py`` exactly as the page does:
+
+1. ``POST /gradio_api/component_server`` with ``fn_name="turn"`` (the page asks
+   for its ICE configuration first), then ``fn_name="offer"`` with
+   ``{"sdp", "type": "offer", "webrtc_id"}``: fastrtc's ``WebRTC.offer``
+   server function. The answer is the server's SDP, or HTTP 200 with
+   ``{"status": "failed", "meta": {"error": "concurrency_limit_reached",
+   "limit": N}}`` when ``VOICE_LAB_MAX_SESSIONS`` connections are already open
+   (the page then shows "Too many concurrent connections. Please try again
+   later!").
+2. The offer carries one send-receive audio track (Opus, 48 kHz, 20 ms frames)
+   and a data channel labelled ``"text"``, on which the client says
+   ``"handshake"`` once it opens. Without the channel fastrtc never starts the
+   handler. On it the server sends JSON ``{"type", "data"}`` messages:
+   ``send_input`` (the session asks for the page's settings: the page answers
+   with its ``tick`` event, here ``POST /gradio_api/queue/join`` with the
+   dependency that targets the WebRTC component's ``tick``, data
+   ``[{"textbox": "", "webrtc_id": id}, null]``; the settings ``gr.State`` is
+   filled in server-side from this Gradio session), ``fetch_output`` (UI
+   updates are waiting: the page starts its ``state_change`` event once, which
+   streams the dashboard over the queue's SSE stream, ``GET
+   /gradio_api/queue/data``, for the rest of the connection), ``end_stream``,
+   ``log``, ``warning`` and ``error``.
+3. On leaving, ``fn_name="quit_output_stream"`` and the peer connection is closed.
+
+ICE stays on 127.0.0.1: the app runs with ``VOICE_LAB_LOOPBACK_ICE=1`` and this
+process applies the same aioice patch (``pipeline.runtime.restrict_ice_to_loopback``);
+``RTCConfiguration(iceServers=[])`` keeps aiortc from its default public STUN server.
+
+The microphone is real-time (20 ms 48 kHz frames; silence unless told to
+speak), and the ear records the arrival time and RMS of every decoded 20 ms
+frame of the reply, so :meth:`WebRTCClient.turn` measures voice-to-voice as
+a listener hears it: from the last frame of the question leaving the
+microphone track (handed to the Opus encoder) to the first *audible* (RMS >=
+``AUDIBLE_RMS``) frame of the reply decoded, including RTP/Opus both ways,
+fastrtc's queues and pacing, and aiortc's receive jitter buffer (it releases
+an audio frame once 4 later ones have arrived: ~80 ms, in the range of a
+browser's NetEq, which adapts). A reply is over after ``REPLY_QUIET_SECS``
+with nothing audible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import json
+import random
+import string
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+SAMPLE_RATE = 48000
+FRAME_SECS = 0.02
+FRAME_SAMPLES = int(SAMPLE_RATE * FRAME_SECS)
+# A decoded 20 ms frame at or above this RMS (int16 scale, ~ -50 dBFS) is "audible".
+AUDIBLE_RMS = 100.0
+# A reply is over once nothing audible arrived for this long.
+REPLY_QUIET_SECS = 1.5
+TURN_TIMEOUT = 40.0
+CONNECT_TIMEOUT = 30.0
+
+
+def _loopback_only() -> None:
+    """The app's own aioice patch: offer and accept nothing but 127.0.0.1."""
+    from pipeline.runtime import restrict_ice_to_loopback
+
+    restrict_ice_to_loopback()
+
+
+@dataclass(frozen=True)
+class PageApi:
+    """What the page's JavaScript knows from ``/config``: component and event ids."""
+
+    webrtc_id: int
+    tick_fn: int
+    state_change_fn: int
+
+
+async def page_api(http, base_url: str) -> PageApi:
+    async with http.get(f"{base_url}/config") as r:
+        config = await r.json()
+    webrtc = next(c["id"] for c in config["components"] if c.get("type") == "webrtc")
+
+    def dependency(event: str) -> int:
+        for dep in config["dependencies"]:
+            if [webrtc, event] in [list(t) for t in dep["targets"]]:
+                return dep["id"]
+        raise LookupError(f"no {event} event on the WebRTC component")
+
+    return PageApi(webrtc, dependency("tick"), dependency("state_change"))
+
+
+# --------------------------------------------------------------------------- audio
+
+
+def _to_48k(pcm16k: np.ndarray, rate: int = 16000) -> np.ndarray:
+    import soxr
+
+    audio = soxr.resample(pcm16k.astype(np.float32) / 32768, rate, SAMPLE_RATE)
+    return (np.clip(audio, -1, 1) * 32767).astype(np.int16)
+
+
+def question_audio(text: str) -> np.ndarray:
+    """``text`` spoken by Piper (:mod:`testkit.speech`, 16 kHz) resampled to 48 kHz for Opus."""
+    from testkit.speech import speech_pcm
+
+    return _to_48k(speech_pcm(text))
+
+
+def _microphone_track_class():
+    from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+    from av import AudioFrame
+
+    class Microphone(MediaStreamTrack):
+        """A real-time microphone: 20 ms 48 kHz mono frames, silence unless told to speak."""
+
+        kind = "audio"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self._queue: list[tuple[np.ndarray, asyncio.Future]] = []
+            self._offset = 0
+            self._start: float | None = None
+            self._pts = 0
+            self.late_frames = 0  # frames handed out >20 ms behind schedule (client overload)
+
+        def say(self, samples: np.ndarray) -> asyncio.Future:
+            """Queue speech; the future resolves to when its last frame left the track."""
+            done = asyncio.get_running_loop().create_future()
+            self._queue.append((samples, done))
+            return done
+
+        async def recv(self):
+            if self.readyState != "live":
+                raise MediaStreamError
+            now = time.monotonic()
+            if self._start is None:
+                self._start = now
+            else:
+                wait = self._start + self._pts / SAMPLE_RATE - now
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                elif wait < -FRAME_SECS:
+                    self.late_frames += 1
+            chunk = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+            finished: asyncio.Future | None = None
+            if self._queue:
+                samples, done = self._queue[0]
+                piece = samples[self._offset : self._offset + FRAME_SAMPLES]
+                chunk[: len(piece)] = piece
+                self._offset += FRAME_SAMPLES
+                if self._offset >= len(samples):
+                    self._queue.pop(0)
+                    self._offset = 0
+                    finished = done
+            frame = AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
+            frame.planes[0].update(chunk.tobytes())
+            frame.pts = self._pts
+            frame.sample_rate = SAMPLE_RATE
+            frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
+            self._pts += FRAME_SAMPLES
+            if finished is not None and not finished.done():
+                finished.set_result(time.monotonic())
+            return frame
+
+    return Microphone
+
+
+@dataclass
+class Heard:
+    """Arrival time and RMS of every decoded 20 ms frame of the remote track."""
+
+    frames: list[tuple[float, float]] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def first_audible_after(self, t: float, start: int = 0) -> int | None:
+        """Index of the first audible frame arriving at or after ``t``."""
+        for index in range(start, len(self.frames)):
+            arrival, rms = self.frames[index]
+            if arrival >= t and rms >= AUDIBLE_RMS:
+                return index
+        return None
+
+    def last_audible(self, start: int = 0) -> float | None:
+        for arrival, rms in reversed(self.frames[start:]):
+            if rms >= AUDIBLE_RMS:
+                return arrival
+        return None
+
+
+# --------------------------------------------------------------------------- one client
+
+
+class OfferRefused(Exception):
+    def __init__(self, answer: dict, seconds: float):
+        super().__init__(f"offer refused: {answer}")
+        self.answer = answer
+        self.seconds = seconds
+
+
+PAGE_MESSAGES = {
+    # What fastrtc's page component shows for each refusal (from its index.svelte).
+    "concurrency_limit_reached": "Too many concurrent connections. Please try again later!",
+    "connection_already_exists": "Connection already exists",
+}
+
+
+def _audio_codec(sdp: str) -> str | None:
+    """The audio codec an SDP answer settled on (its first payload type on the m=audio line)."""
+    payload = None
+    for line in sdp.splitlines():
+        if line.startswith("m=audio"):
+            parts = line.split()
+            payload = parts[3] if len(parts) > 3 else None
+        elif payload and line.startswith(f"a=rtpmap:{payload} "):
+            return line.split(" ", 1)[1]
+    return None
+
+
+class WebRTCClient:
+    """One visitor: a Gradio session, a peer connection, a microphone and an ear."""
+
+    def __init__(
+        self, http, base_url: str, api: PageApi, name: str = "client", dashboard: bool = True
+    ):
+        from aiortc import RTCConfiguration, RTCPeerConnection
+
+        _loopback_only()
+        self.http = http
+        self.base_url = base_url
+        self.api = api
+        self.name = name
+        alphabet = string.ascii_lowercase + string.digits
+        self.session_hash = "".join(random.choices(alphabet, k=11))
+        self.webrtc_id = "".join(random.choices(alphabet, k=11))
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.mic = _microphone_track_class()()
+        self.pc.addTrack(self.mic)
+        self.channel = self.pc.createDataChannel("text")
+        self.heard = Heard()
+        self.messages: list[dict] = []
+        self.connected = asyncio.Event()
+        self.settings_sent = asyncio.Event()
+        self.outputs_seen = asyncio.Event()
+        self.ended: str | None = None
+        self.offer_seconds: float | None = None
+        self._tasks: list[asyncio.Task] = []
+        # False: never start the page's dashboard stream (what the UI rendering costs).
+        self._dashboard_started = not dashboard
+        self._offer_sdp: str | None = None
+        self._stream: asyncio.Task | None = None
+        self.codec: str | None = None
+        self.queue_messages: dict[str, int] = {}
+
+        @self.channel.on("open")
+        def _on_open():
+            self.channel.send("handshake")
+
+        @self.channel.on("message")
+        def _on_message(message):
+            self._on_channel_message(message)
+
+        @self.pc.on("track")
+        def _on_track(track):
+            if track.kind == "audio":
+                self._spawn(self._listen(track), "listen")
+
+        @self.pc.on("connectionstatechange")
+        def _on_state():
+            if self.pc.connectionState == "connected":
+                self.connected.set()
+
+    def _spawn(self, coro, label: str) -> None:
+        self._tasks.append(asyncio.create_task(coro, name=f"{self.name}-{label}"))
+
+    @property
+    def value(self) -> dict:
+        """The WebRTC component's value as the page sends it with its events."""
+        return {"textbox": "", "webrtc_id": self.webrtc_id}
+
+    # -- signalling -------------------------------------------------------
+
+    async def _server_fn(self, fn_name: str, data: Any) -> tuple[int, Any]:
+        body = {
+            "data": data,
+            "component_id": self.api.webrtc_id,
+            "fn_name": fn_name,
+            "session_hash": self.session_hash,
+        }
+        async with self.http.post(f"{self.base_url}/gradio_api/component_server", json=body) as r:
+            return r.status, await r.json(content_type=None)
+
+    async def _join(self, fn_index: int, data: list) -> None:
+        body = {
+            "data": data,
+            "event_data": None,
+            "fn_index": fn_index,
+            "trigger_id": self.api.webrtc_id,
+            "session_hash": self.session_hash,
+        }
+        async with self.http.post(f"{self.base_url}/gradio_api/queue/join", json=body) as r:
+            r.raise_for_status()
+        # As Gradio's JS client: an SSE stream per session while it has events
+        # pending (it closes itself once they have all completed).
+        if self._stream is None or self._stream.done():
+            self._stream = asyncio.create_task(self._queue_stream(), name=f"{self.name}-sse")
+            self._tasks.append(self._stream)
+
+    async def _queue_stream(self) -> None:
+        """The page's SSE stream: dashboard updates arrive (and are dropped) here."""
+        import aiohttp
+
+        url = f"{self.base_url}/gradio_api/queue/data?session_hash={self.session_hash}"
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+        with contextlib.suppress(aiohttp.ClientError, asyncio.CancelledError):
+            async with self.http.get(url, timeout=timeout) as r:
+                async for line in r.content:
+                    if not line.startswith(b"data:"):
+                        continue
+                    with contextlib.suppress(ValueError):
+                        msg = str(json.loads(line[5:]).get("msg"))
+                        self.queue_messages[msg] = self.queue_messages.get(msg, 0) + 1
+                        if msg == "close_stream":
+                            return
+
+    async def connect(self) -> None:
+        """The page's Record button: ICE config, offer, answer; raises OfferRefused."""
+        from aiortc import RTCSessionDescription
+
+        status, _config = await self._server_fn("turn", {})
+        if self._offer_sdp is None:
+            await self.pc.setLocalDescription(await self.pc.createOffer())
+            self._offer_sdp = self.pc.localDescription.sdp
+        offer = {"sdp": self._offer_sdp, "type": "offer", "webrtc_id": self.webrtc_id}
+        started = time.monotonic()
+        status, answer = await self._server_fn("offer", offer)
+        self.offer_seconds = time.monotonic() - started
+        if status != 200 or not isinstance(answer, dict) or "sdp" not in answer:
+            # fastrtc refuses with HTTP 200 and {"status": "failed", "meta": {...}}.
+            refusal = answer if isinstance(answer, dict) else {"body": answer}
+            raise OfferRefused({"http_status": status, **refusal}, self.offer_seconds)
+        await self.pc.setRemoteDescription(
+            RTCSessionDescription(sdp=answer["sdp"], type=answer["type"])
+        )
+        self.codec = _audio_codec(answer["sdp"])
+        await asyncio.wait_for(self.connected.wait(), CONNECT_TIMEOUT)
+
+    def _on_channel_message(self, raw: str) -> None:
+        try:
+            message = json.loads(raw)
+        except (TypeError, ValueError):
+            message = {"type": "raw", "data": raw}
+        if not isinstance(message, dict):
+            message = {"type": "raw", "data": message}
+        message["t"] = time.monotonic()
+        self.messages.append(message)
+        kind = message.get("type")
+        if kind == "send_input":
+            # The page's tick event: the settings state goes to this session.
+            self._spawn(self._send_settings(), "tick")
+        elif kind == "fetch_output":
+            self.outputs_seen.set()
+            if not self._dashboard_started:
+                self._dashboard_started = True
+                self._spawn(self._join(self.api.state_change_fn, [self.value]), "outputs")
+        elif kind == "end_stream":
+            self.ended = str(message.get("data"))
+
+    async def _send_settings(self) -> None:
+        await self._join(self.api.tick_fn, [self.value, None])
+        self.settings_sent.set()
+
+    async def wait_until_live(self, timeout: float = CONNECT_TIMEOUT) -> float:
+        """Until the session's pipeline runs (its first UI update); returns seconds waited."""
+        started = time.monotonic()
+        await asyncio.wait_for(self.outputs_seen.wait(), timeout)
+        return time.monotonic() - started
+
+    # -- audio ---------------------------------------------------------------
+
+    async def _listen(self, track) -> None:
+        from aiortc.mediastreams import MediaStreamError
+
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            samples = frame.to_ndarray().astype(np.float32)
+            rms = float(np.sqrt(np.mean(samples * samples))) if samples.size else 0.0
+            self.heard.frames.append((time.monotonic(), rms))
+            self.heard.arrived.set()
+
+    async def turn(self, question: str, audio: np.ndarray, timeout: float = TURN_TIMEOUT) -> dict:
+        """Speak ``audio``, wait for the reply to start and end; returns what was heard.
+
+        ``voice_to_voice`` (None: no reply within ``timeout``), the reply's length,
+        and ``reply_arrivals``: when each of its 20 ms frames arrived (time.monotonic()).
+        """
+        start_index = len(self.heard.frames)
+        spoken_until = await self.mic.say(audio)
+        deadline = spoken_until + timeout
+        first_index = None
+        while first_index is None:
+            first_index = self.heard.first_audible_after(spoken_until, start_index)
+            if first_index is None:
+                if time.monotonic() > deadline or self.ended is not None:
+                    return {"question": question, "voice_to_voice": None, "ended": self.ended}
+                await self._wait_frames(0.1)
+        first = self.heard.frames[first_index][0]
+        while time.monotonic() < deadline:
+            last = self.heard.last_audible(first_index) or first
+            if time.monotonic() - last >= REPLY_QUIET_SECS:
+                break
+            await asyncio.sleep(0.1)
+        last = self.heard.last_audible(first_index) or first
+        reply = [t for t, _ in self.heard.frames[first_index:] if t <= last]
+        return {
+            "question": question,
+            "voice_to_voice": first - spoken_until,
+            "reply_frames": len(reply),
+            "reply_seconds": len(reply) * FRAME_SECS,
+            "reply_arrivals": reply,
+        }
+
+    async def _wait_frames(self, timeout: float) -> None:
+        self.heard.arrived.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.heard.arrived.wait(), timeout)
+
+    async def pause(self, seconds: float) -> None:
+        """Keep the microphone open (silence) for ``seconds``."""
+        await asyncio.sleep(seconds)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._server_fn("quit_output_stream", self.value), 5)
+        with contextlib.suppress(Exception):
+            await self.pc.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def http_session():
+    """An aiohttp session for the clients: never through a proxy (trust_env stays False)."""
+    import aiohttp
+
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
