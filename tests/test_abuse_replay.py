@@ -24,7 +24,7 @@ import pytest
 from pipeline import events as ev
 from testkit.app import AppProcess
 from tests.test_state import one_turn
-from ui import export
+from ui import export, views
 
 pytestmark = pytest.mark.slow
 
@@ -159,7 +159,8 @@ class Outcome:
 
 def assert_replayed(result: dict) -> None:
     assert result["success"], result
-    conversation = result["output"]["data"][0]
+    names = [view.name for view in views.VIEWS]
+    conversation = result["output"]["data"][names.index("conversation")]
     assert "Hello there" in conversation and "Hi! How can I help?" in conversation
 
 

@@ -39,3 +39,10 @@ def test_the_page_has_one_element_per_view_wired_in_view_order():
         fn for fn in demo.fns.values() if [t[1] for t in fn.targets] == ["state_change"]
     )
     assert [block.elem_id for block in dashboard.outputs] == [v.name for v in views.VIEWS]
+
+
+def test_the_page_lists_no_api_and_bounds_its_queue_and_uploads():
+    demo = build_ui()
+    assert all(not fn.show_api for fn in demo.fns.values())
+    assert demo._queue.max_size is not None and demo._queue.max_size <= 100
+    assert demo.delete_cache is not None  # Gradio's upload cache is pruned
