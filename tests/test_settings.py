@@ -112,3 +112,16 @@ def test_the_status_line_names_the_providers_in_use():
         ev.ProvidersChanged(0, "Groq whisper", "Groq llama", "ElevenLabs flash"),
     )
     assert "Groq whisper · Groq llama · ElevenLabs flash" in render.render_status(shown)
+
+
+def test_hostile_settings_are_refused_in_plain_words():
+    """The system prompt is evaluated under a lock every local session shares: bounded."""
+    long_prompt = {**initial_settings(), "system_prompt": "Be brief. " * 200}
+    with pytest.raises(ValueError, match="at most 1,000"):
+        config_from_settings(long_prompt)
+    with pytest.raises(ValueError, match="must be text"):
+        config_from_settings({**initial_settings(), "system_prompt": ["not", "text"]})
+    with pytest.raises(ValueError, match="number of seconds"):
+        config_from_settings({**initial_settings(), "vad_stop_secs": "soon"})
+    clamped = config_from_settings({**initial_settings(), "vad_stop_secs": 999})
+    assert clamped.vad_stop_secs == 1.0
