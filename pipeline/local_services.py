@@ -13,6 +13,7 @@ import asyncio
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator
 
+import numpy as np
 from loguru import logger
 from pipecat.frames.frames import (
     ErrorFrame,
@@ -42,17 +43,73 @@ from pipeline.models import LLM_LABEL, PIPER_LABEL, WHISPER_LABEL, LocalModels
 HISTORY_BUDGET_CHARS = 4000
 
 
+class _Block:
+    """A closed block of the utterance in progress: its interim text, then its final text."""
+
+    __slots__ = ("final", "interim", "utterance")
+
+    def __init__(self, interim: str, utterance: int):
+        self.interim = interim
+        self.final: str | None = None
+        self.utterance = utterance
+
+    @property
+    def text(self) -> str:
+        return self.interim if self.final is None else self.final
+
+
+class _BlockAudio(bytes):
+    """A closed block's audio, queued for its final transcript ahead of the utterance's end."""
+
+    block: _Block
+
+
+class _DropBlocks(bytes):
+    """Queued when an utterance ends without a segment: forget its blocks' final texts."""
+
+
+def quiet_point(pcm16: bytes, sample_rate: int) -> int:
+    """Sample offset of the middle of the quietest 100 ms in ``pcm16`` (16-bit mono)."""
+    frame = sample_rate // 50  # 20 ms
+    samples = np.frombuffer(pcm16, dtype=np.int16)
+    frames = samples[: len(samples) // frame * frame].astype(np.float32).reshape(-1, frame)
+    if len(frames) < 5:
+        return len(samples) // 2
+    energy = np.convolve((frames**2).mean(axis=1), np.ones(5), mode="valid")
+    # The latest of equally quiet windows: keep as much as possible in this block.
+    best = len(energy) - 1 - int(np.argmin(energy[::-1]))
+    return (best + 2) * frame + frame // 2
+
+
 class LocalWhisperSTTService(SegmentedSTTService):
     """Whisper tiny.en, greedy decoding, on the shared model.
 
     Whisper is segmented (it transcribes a finished utterance), so interim
-    text is made by re-transcribing the growing utterance every
+    text is made by re-transcribing the utterance so far every
     ``interim_every_secs`` of new speech on a second model instance; a pass
     is skipped when the machine is busy, and a pass still running when the
     utterance ends is dropped.
+
+    A long utterance is held in blocks of at most ``block_secs``, each cut at
+    the quietest 100 ms of its last third: a closed block goes to the final
+    model at once (in order with the segments pipecat queues) and its audio is
+    let go. Interim passes read only the open block, and the interim text is
+    the closed blocks' text (their final text once it is in) followed by the
+    open block's; at the end of a monologue only the last block is left to
+    transcribe. Whisper pads its input to 30-second windows, so a pass over a
+    block costs the same memory however long the utterance: re-transcribing a
+    whole minute took two windows a pass and twice the working memory (~110
+    MB), and one minute could run back to back on both models.
     """
 
-    def __init__(self, *, models: LocalModels, interim_every_secs: float = 0.6, **kwargs):
+    def __init__(
+        self,
+        *,
+        models: LocalModels,
+        interim_every_secs: float = 0.6,
+        block_secs: float = 15.0,
+        **kwargs,
+    ):
         super().__init__(
             settings=STTSettings(model=WHISPER_LABEL, language=Language.EN),
             trailing_silence_secs=0.3,
@@ -61,8 +118,19 @@ class LocalWhisperSTTService(SegmentedSTTService):
         )
         self._models = models
         self._interim_every_secs = interim_every_secs
+        self._block_secs = block_secs
         self._interim_from = 0
         self._interim_task: asyncio.Task | None = None
+        # The utterance in progress: its closed blocks, the open block's
+        # latest interim text, and a counter that outdates interim passes
+        # over audio that has since moved into a closed block.
+        self._utterance = 0
+        self._blocks: list[_Block] = []
+        self._open_text = ""
+        self._open_block = 0
+        self._shown = ""
+        # Final texts of closed blocks, in queue order, awaiting the utterance's last segment.
+        self._final_blocks: list[str] = []
 
     @property
     def wants_wav_segments(self) -> bool:
@@ -74,15 +142,32 @@ class LocalWhisperSTTService(SegmentedSTTService):
 
     async def _handle_user_started_speaking(self, frame):
         await super()._handle_user_started_speaking(frame)
+        self._utterance += 1
+        self._open_block += 1
+        self._blocks = []
+        self._open_text = ""
+        self._shown = ""
         self._interim_from = len(self._audio_buffer)
 
     async def _handle_user_stopped_speaking(self, frame):
         await self._cancel_interim()
+        if self._blocks and not self.is_usable:
+            # pipecat drops the segment: the blocks queued before it must not
+            # prefix the next utterance's transcript.
+            self._segment_queue.put_nowait(_DropBlocks(b"\0"))
+        self._blocks = []
         await super()._handle_user_stopped_speaking(frame)
 
     async def process_audio_frame(self, frame, direction):
         await super().process_audio_frame(frame, direction)
-        if not self._user_speaking or self._interim_every_secs <= 0:
+        if not self._user_speaking:
+            return
+        if (
+            self._block_secs > 0
+            and len(self._audio_buffer) >= self._block_secs * 2 * self.sample_rate
+        ):
+            self._close_block()
+        if self._interim_every_secs <= 0:
             return
         new_secs = (len(self._audio_buffer) - self._interim_from) / (2 * self.sample_rate)
         if new_secs >= self._interim_every_secs and (
@@ -90,11 +175,39 @@ class LocalWhisperSTTService(SegmentedSTTService):
         ):
             self._interim_from = len(self._audio_buffer)
             snapshot = bytes(self._audio_buffer)
-            self._interim_task = self.create_task(self._push_interim(snapshot), name="interim")
+            self._interim_task = self.create_task(
+                self._push_interim(snapshot, self._open_block), name="interim"
+            )
 
-    async def _push_interim(self, audio: bytes) -> None:
+    def _close_block(self) -> None:
+        """Cut the open block at its quietest moment and queue it for its final transcript."""
+        search_from = int(self._block_secs * 2 / 3 * self.sample_rate) * 2
+        # Stop short of the newest audio (the VAD ends an utterance 0.2 s into
+        # a pause), so what follows the cut always holds speech.
+        search_to = max(search_from + 2, len(self._audio_buffer) - self.sample_rate)
+        window = bytes(self._audio_buffer[search_from:search_to])
+        cut = search_from + 2 * quiet_point(window, self.sample_rate)
+        with memoryview(self._audio_buffer) as view:
+            audio = _BlockAudio(view[:cut])
+        del self._audio_buffer[:cut]
+        self._interim_from = max(0, self._interim_from - cut)
+        audio.block = _Block(self._open_text, self._utterance)
+        self._blocks.append(audio.block)
+        self._open_text = ""
+        self._open_block += 1
+        self._record_stt_audio_usage(audio)
+        self._segment_queue.put_nowait(audio)
+
+    async def _push_interim(self, audio: bytes, block: int) -> None:
         text = await asyncio.to_thread(self._models.transcribe_interim, audio, self.sample_rate)
-        if text and self._user_speaking:
+        if text is not None and block == self._open_block and self._user_speaking:
+            self._open_text = text
+            await self._show_interim()
+
+    async def _show_interim(self) -> None:
+        text = " ".join(t for t in [*(b.text for b in self._blocks), self._open_text] if t)
+        if text and text != self._shown:
+            self._shown = text
             await self.push_frame(
                 InterimTranscriptionFrame(text, self._user_id, time_now_iso8601(), Language.EN)
             )
@@ -107,15 +220,29 @@ class LocalWhisperSTTService(SegmentedSTTService):
     async def cancel(self, frame):
         await self._cancel_interim()
         await super().cancel(frame)
+        self._final_blocks.clear()
 
     async def stop(self, frame):
         await self._cancel_interim()
         await super().stop(frame)
 
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame, None]:
+        if isinstance(audio, _DropBlocks):
+            self._final_blocks.clear()
+            return
+        if isinstance(audio, _BlockAudio):
+            # A block of an utterance still in progress: its text waits for the rest.
+            text = await asyncio.to_thread(self._models.transcribe, audio, self.sample_rate)
+            self._final_blocks.append(text)
+            audio.block.final = text
+            if audio.block.utterance == self._utterance and self._user_speaking:
+                await self._show_interim()
+            return
         await self.start_processing_metrics()
         text = await asyncio.to_thread(self._models.transcribe, audio, self.sample_rate)
         await self.stop_processing_metrics()
+        text = " ".join(t for t in [*self._final_blocks, text] if t)
+        self._final_blocks.clear()
         if text:
             yield TranscriptionFrame(text, self._user_id, time_now_iso8601(), Language.EN)
 
