@@ -49,6 +49,7 @@ def _xllamacpp(gguf: str):
     params.cpuparams_batch.n_threads = 2
     params.verbosity = -1
     params.warmup = False
+    params.cache_ram_mib = 0
     server = xllamacpp.Server(params)
 
     def ask(on_token) -> None:

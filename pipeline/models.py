@@ -108,6 +108,10 @@ class LlamaServer:
         # llama.cpp logs every request to stderr otherwise.
         params.verbosity = -1
         params.warmup = False  # warm_up() sends a real request instead
+        # llama.cpp's server keeps past prompts in RAM up to 8 GB by default
+        # (~19 MB per distinct long prompt here); the slot's own prefix cache,
+        # which makes the next turn fast, is separate and stays on.
+        params.cache_ram_mib = 0
         params.api_keys = [secrets.token_urlsafe(24)]
         self._server = xllamacpp.Server(params)
 
