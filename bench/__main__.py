@@ -242,7 +242,7 @@ async def main(argv: list[str]) -> int:
     from bench.cloudsim import published_latencies
     from bench.report import format_summary, targets, write_html
     from bench.scenarios import run_sessions
-    from pipeline.models import shared_models
+    from pipeline.providers.local.models import shared_models
     from pipeline.runtime import prepare_runtime
 
     load_before = os.getloadavg()

@@ -270,7 +270,8 @@ class CloudFakes:
 
     def session_config(self, session: int, **knobs):
         from pipeline.config import SessionConfig
-        from pipeline.providers import ProviderKeys, choice_for
+        from pipeline.providers.base import ProviderKeys
+        from pipeline.providers.registry import choice_for
 
         return SessionConfig(
             keys=ProviderKeys({"groq": GROQ_KEY, "elevenlabs": ELEVEN_KEY}),

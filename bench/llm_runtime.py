@@ -125,7 +125,7 @@ def main() -> None:
     args = parser.parse_args()
     gguf = args.gguf
     if gguf is None:
-        from pipeline.models import smollm2_gguf
+        from pipeline.providers.local.models import smollm2_gguf
 
         gguf = str(smollm2_gguf())
     print(json.dumps(measure(args.runtime, gguf, args.runs), indent=1))

@@ -38,7 +38,6 @@ from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipeline import events as ev
 from pipeline.chunking import first_clause_chunker
 from pipeline.config import SessionConfig
-from pipeline.models import LocalModels
 from pipeline.observers import (
     EventSink,
     SessionObservers,
@@ -46,7 +45,8 @@ from pipeline.observers import (
     UIEventObserver,
     latency_observer,
 )
-from pipeline.providers import PROVIDERS
+from pipeline.providers.local.models import LocalModels
+from pipeline.providers.registry import PROVIDERS, capabilities
 from pipeline.transport import AudioOutbox, FastRTCTransport
 
 
@@ -176,7 +176,7 @@ def build_voice_pipeline(
             service.name: PROVIDERS[config.choices()[stage].provider].label
             for stage, service in services.items()
         },
-        word_timing=PROVIDERS[config.tts.provider].word_timing,
+        word_timing=capabilities("tts", config.tts).word_timing,
         redact=config.keys.redact,
     )
     activity = TurnActivity()

@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 
-from pipeline.providers import (
+from pipeline.providers.base import ProviderKeys, StageChoice
+from pipeline.providers.registry import (
     PROVIDERS,
-    ProviderKeys,
-    StageChoice,
-    choice_for,
     default_choice,
     keys_from_environment,
+    offline_choice,
 )
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -38,8 +37,8 @@ class SessionConfig:
     considered paused (every turn pays it); Smart Turn then decides whether the
     pause ends the turn, falling back to ``turn_fallback_secs`` of silence.
 
-    Each stage defaults to the cloud provider whose key is present, else to the
-    local model. ``keys`` are this session's own (typed in, or the server's).
+    Each stage defaults to the best-ranked provider whose key is present, else to
+    the offline (local) one. ``keys`` are this session's own (typed in, or the server's).
     """
 
     keys: ProviderKeys = field(default_factory=keys_from_environment)
@@ -91,11 +90,12 @@ class SessionConfig:
         ]
 
     def with_local_fallback(self) -> SessionConfig:
-        """This config with every keyless cloud stage on the local model instead."""
+        """This config with every keyless cloud stage on the offline provider instead."""
         return self.with_local_for(self.keyless_stages())
 
     def with_local_for(self, stages: list[str]) -> SessionConfig:
-        return replace(self, **{stage: choice_for("local", stage) for stage in stages})
+        """This config with ``stages`` on the offline provider (the local models)."""
+        return replace(self, **{stage: offline_choice(stage) for stage in stages})
 
     def server_key_stages(self) -> list[str]:
         """Stages running on the server's own key (a Space's secret), not one the visitor typed."""

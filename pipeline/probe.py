@@ -52,13 +52,13 @@ def _check_turn() -> None:
 def _check_stt() -> None:
     import numpy as np
 
-    from pipeline.models import LocalModels
+    from pipeline.providers.local.models import LocalModels
 
     LocalModels().transcribe(np.zeros(16000, dtype=np.int16).tobytes())
 
 
 def _check_llm() -> None:
-    from pipeline.models import LocalModels, llm_runtime_cpu_features
+    from pipeline.providers.local.models import LocalModels, llm_runtime_cpu_features
 
     features = llm_runtime_cpu_features()
     if not features.get("AVX2", True) and features.get("AVX", False):
@@ -72,7 +72,7 @@ def _check_llm() -> None:
 
 
 def _check_tts() -> None:
-    from pipeline.models import LocalModels
+    from pipeline.providers.local.models import LocalModels
 
     for _ in LocalModels().piper.synthesize("Ready."):
         pass

@@ -8,8 +8,8 @@ import os
 import sys
 import time
 
-from pipeline.models import shared_models
 from pipeline.probe import RuntimeProbe
+from pipeline.providers.local.models import shared_models
 
 log = logging.getLogger("voice_lab")
 
@@ -34,7 +34,7 @@ def configure_logging() -> None:
     from loguru import logger
 
     from pipeline import redaction
-    from pipeline.providers import keys_from_environment
+    from pipeline.providers.registry import keys_from_environment
 
     level = os.environ.get("VOICE_LAB_LOG_LEVEL", "INFO").upper()
     keys_from_environment()  # remembers the server's keys for masking

@@ -38,8 +38,8 @@ from pipecat.workers.runner import WorkerRunner
 from pipeline import events as ev
 from pipeline.builder import VoicePipeline, build_voice_pipeline
 from pipeline.config import SessionConfig, server_key_budget_secs
-from pipeline.models import LocalModels, LocalStageUnavailable, shared_models
-from pipeline.providers import PROVIDERS
+from pipeline.providers.local.models import LocalModels, LocalStageUnavailable, shared_models
+from pipeline.providers.registry import PROVIDERS
 from pipeline.transport import AudioOutbox
 
 log = logging.getLogger(__name__)

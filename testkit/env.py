@@ -27,7 +27,7 @@ def apply_offline_env(environ: MutableMapping[str, str] = os.environ) -> None:
 
 def provider_variables() -> tuple[str, ...]:
     """Every provider's server-key and base-URL variable, as the provider registry names them."""
-    from pipeline.providers import PROVIDERS
+    from pipeline.providers.registry import PROVIDERS
 
     return tuple(
         name for p in PROVIDERS.values() for name in (p.key_env, p.base_url_env) if name is not None
@@ -40,7 +40,7 @@ def fake_provider_env(*fakes, keys: bool = True) -> dict[str, str]:
     A fake names the provider it stands in for (``fake.provider``); one serving TLS
     has a ``cert_path`` whose certificate the clients must trust.
     """
-    from pipeline.providers import PROVIDERS
+    from pipeline.providers.registry import PROVIDERS
 
     env: dict[str, str] = {}
     for fake in fakes:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.models import shared_models
+from pipeline.providers.local.models import shared_models
 
 SAMPLE_RATE = 16000
 

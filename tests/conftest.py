@@ -10,7 +10,7 @@ apply_offline_env()
 os.environ.setdefault("VOICE_LAB_LOG_LEVEL", "WARNING")
 
 # Only now: gradio, huggingface_hub and onnxruntime read the offline variables on import.
-from pipeline.models import LocalModels, shared_models  # noqa: E402
+from pipeline.providers.local.models import LocalModels, shared_models  # noqa: E402
 from pipeline.runtime import configure_logging  # noqa: E402
 
 

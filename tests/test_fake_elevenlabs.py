@@ -167,6 +167,31 @@ async def test_voices_and_models_over_https(fake):
     assert all("xi-api-key" not in str(r) and fake.api_key not in str(r) for r in fake.requests)
 
 
+async def test_voices_and_models_are_what_the_sdk_parses(fake):
+    """The ``elevenlabs`` SDK reads the fake's lists, which its models (from the API) accept.
+
+    The SDK parses leniently (a missing field is not an error), so the raw
+    answers are also validated strictly against its pydantic models.
+    """
+    from elevenlabs import AsyncElevenLabs
+    from elevenlabs.types import GetVoicesResponse, Model
+
+    headers = {"xi-api-key": fake.api_key}
+    async with httpx.AsyncClient() as http:
+        client = AsyncElevenLabs(base_url=fake.base_url, api_key=fake.api_key, httpx_client=http)
+        voices = await client.voices.get_all()
+        models = await client.models.list()
+        raw_voices = (await http.get(f"{fake.base_url}/v1/voices", headers=headers)).json()
+        raw_models = (await http.get(f"{fake.base_url}/v1/models", headers=headers)).json()
+    assert [(v.name, v.voice_id) for v in voices.voices] == [
+        (v["name"], v["voice_id"]) for v in fake.voices
+    ]
+    assert "eleven_flash_v2_5" in [m.model_id for m in models if m.can_do_text_to_speech]
+    GetVoicesResponse.model_validate(raw_voices)
+    assert [Model.model_validate(m).model_id for m in raw_models] == [m.model_id for m in models]
+    assert [r["status"] for r in fake.requests] == [200] * 4  # the SDK's key was accepted
+
+
 # --- TTS -----------------------------------------------------------------------------------
 
 

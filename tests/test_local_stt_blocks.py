@@ -17,7 +17,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.tests.utils import SleepFrame, run_test
 
-from pipeline.local_services import LocalWhisperSTTService, quiet_point
+from pipeline.providers.local.services import LocalWhisperSTTService, quiet_point
 
 RATE = 16000
 FRAME = RATE // 50  # 20 ms frames, as the transport pushes them

@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 from loguru import logger
 
-from pipeline.providers import PROVIDERS
+from pipeline.providers.registry import PROVIDERS
 from pipeline.runtime import configure_logging
 from pipeline.session import VoiceSession
 from testkit.app import AppProcess
@@ -197,7 +197,7 @@ def test_debug_logging_keeps_the_header_loggers_at_info(debug_log):
 
 
 def test_a_registered_key_is_masked_in_every_form_and_every_sink(debug_log):
-    from pipeline.providers import ProviderKeys
+    from pipeline.providers.base import ProviderKeys
 
     typed = plain_canary()
     ProviderKeys({"groq": typed})  # as the settings do with what a visitor typed

@@ -13,8 +13,8 @@ import re
 
 import pytest
 
-from pipeline.models import LocalModels, llm_runtime_cpu_features
 from pipeline.probe import STAGES, RuntimeProbe
+from pipeline.providers.local.models import LocalModels, llm_runtime_cpu_features
 from testkit.app import AppProcess
 from testkit.fakes.native_crash import crashing_llm_runtime
 

@@ -18,7 +18,8 @@ import pytest
 from loguru import logger
 
 from pipeline.config import SessionConfig
-from pipeline.providers import ProviderKeys, choice_for
+from pipeline.providers.base import ProviderKeys
+from pipeline.providers.registry import choice_for
 from pipeline.session import VoiceSession
 from testkit.driver import SessionDriver
 from testkit.fakes.elevenlabs import FakeElevenLabs

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 import pytest
 
 from pipeline import events as ev
 from pipeline.config import SessionConfig
-from pipeline.providers import ProviderKeys
+from pipeline.providers.base import ProviderKeys
 from pipeline.providers.errors import describe_failure
+from pipeline.providers.registry import PROVIDERS
 from testkit.fakes.elevenlabs import FakeElevenLabs
 from testkit.fakes.groq import FakeGroq
 from ui import render, state
@@ -82,6 +86,27 @@ async def test_voices_come_from_elevenlabs_with_a_key(monkeypatch):
         live = await catalog("elevenlabs", "tts", {"elevenlabs": "el_ok"})
         assert {v["voice_id"] for v in fake.voices} == {voice_id for _, voice_id in live.voices}
         assert live.default_model == "eleven_flash_v2_5"
+
+
+async def test_elevenlabs_lists_fall_back_at_once_without_retries_or_a_logged_key(
+    monkeypatch, caplog
+):
+    """The SDK retries a 429 or 5xx twice, with back-off, unless told not to."""
+    caplog.set_level(logging.DEBUG)
+    for name in ("httpx", "httpcore", "hpack", "fern"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    async with FakeElevenLabs(api_key="sk_ok_0123456789abcdef") as fake:
+        monkeypatch.setenv("ELEVENLABS_BASE_URL", fake.base_url)
+        monkeypatch.setenv("SSL_CERT_FILE", fake.cert_path)
+        live = await catalog("elevenlabs", "tts", {"elevenlabs": "sk_ok_0123456789abcdef"})
+        fake.fail("voices", "429")
+        start = time.monotonic()
+        limited = await catalog("elevenlabs", "tts", {"elevenlabs": "sk_ok_0123456789abcdef"})
+        assert time.monotonic() - start < 1.0
+    assert live.voices != limited.voices == PROVIDERS["elevenlabs"].catalogs["tts"].voices
+    assert [r["endpoint"] for r in fake.requests] == ["voices", "models", "voices"]
+    # Nowhere in any record (message, arguments or extra fields) at DEBUG.
+    assert caplog.records and not [r for r in caplog.records if "0123456789abcdef" in repr(vars(r))]
 
 
 async def test_an_unreachable_provider_still_lists_its_built_in_models(monkeypatch):

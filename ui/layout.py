@@ -15,7 +15,7 @@ from pipeline.config import (
     max_sessions_per_client,
     trust_forwarded_for,
 )
-from pipeline.models import shared_models
+from pipeline.providers.local.models import shared_models
 from pipeline.session import SessionRecords, VoiceSession
 from ui import export, render, state, views
 from ui.relay import TurnRelay, relay_wanted

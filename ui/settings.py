@@ -17,12 +17,9 @@ from dataclasses import replace
 import gradio as gr
 
 from pipeline.config import SessionConfig
-from pipeline.models import shared_models
-from pipeline.providers import (
+from pipeline.providers.base import STAGES, Catalog, Provider, Stage
+from pipeline.providers.registry import (
     PROVIDERS,
-    STAGES,
-    Catalog,
-    Stage,
     choice_for,
     keys_from_environment,
     providers_for,
@@ -104,8 +101,8 @@ async def catalog(provider_id: str, stage: Stage, typed_keys: dict) -> Catalog:
     return live.get(stage) or built_in
 
 
-def _provider_label(provider, stage: Stage) -> str:
-    if not provider.needs_key and stage in shared_models().unavailable:
+def _provider_label(provider: Provider, stage: Stage) -> str:
+    if provider.unavailable(stage):
         return f"{provider.label} (unavailable here)"
     return provider.label
 

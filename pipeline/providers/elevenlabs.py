@@ -16,12 +16,15 @@ from pipecat.frames.frames import VADUserStartedSpeakingFrame, VADUserStoppedSpe
 from pipecat.services.elevenlabs.stt import CommitStrategy, ElevenLabsRealtimeSTTService
 from pipecat.services.elevenlabs.tts import ElevenLabsTTSService
 
-from pipeline.providers import Catalog, Provider, Stage
+from pipeline.providers.base import Capabilities, Catalog, Provider, Stage
+from pipeline.providers.websocket import ReportsDroppedConnection
 
 DEFAULT_BASE_URL = "https://api.elevenlabs.io"
 BASE_URL_ENV = "ELEVENLABS_BASE_URL"
 # No committed transcript this long after the user stopped: the service is stuck.
 TRANSCRIPT_TIMEOUT_SECS = 10.0
+# The voice and model lists: past this, the built-in ones.
+CATALOG_TIMEOUT_SECS = 3.0
 
 TTS_MODELS = ("eleven_flash_v2_5", "eleven_turbo_v2_5", "eleven_multilingual_v2")
 STT_MODELS = ("scribe_v2_realtime",)
@@ -46,46 +49,6 @@ def websocket_url() -> str:
 
 def websocket_host() -> str:
     return urlsplit(base_url()).netloc
-
-
-class ReportsDroppedConnection:
-    """Say so when the websocket drops mid-turn; pipecat reconnects silently, losing the turn.
-
-    Also keeps the reason the server gave when it closed the socket ("1008
-    Invalid API key"): pipecat's later reconnection errors say only that
-    verification failed, and the reason is what tells a visitor what to fix.
-    """
-
-    _server_close_reason = ""
-
-    def _mid_turn(self) -> bool:
-        return True
-
-    async def _on_dropped_mid_turn(self) -> None:
-        """What else to do about the lost turn, besides saying so."""
-
-    def _note_close(self, closed) -> None:
-        if closed is not None and closed.code != 1000:
-            self._server_close_reason = f"{closed.code} {closed.reason}".strip()
-
-    async def _verify_connection(self) -> bool:
-        verified = await super()._verify_connection()
-        if not verified:
-            self._note_close(getattr(self._websocket, "close_rcvd", None))
-        return verified
-
-    async def _maybe_try_reconnect(self, error_message, report_error, error=None):
-        self._note_close(getattr(error, "rcvd", None))
-        if not self._disconnecting and self._mid_turn():
-            await self.push_error(f"connection dropped: {error_message}", exception=error)
-            await self._on_dropped_mid_turn()
-        return await super()._maybe_try_reconnect(error_message, report_error, error)
-
-    async def push_error_frame(self, error, *args, **kwargs):
-        reason = self._server_close_reason
-        if reason and reason not in error.error:
-            error.error = f"{error.error} (the server closed the connection: {reason})"
-        await super().push_error_frame(error, *args, **kwargs)
 
 
 class VoiceLabElevenLabsTTSService(ReportsDroppedConnection, ElevenLabsTTSService):
@@ -167,16 +130,25 @@ def _tts(choice, key, config, models):
 
 
 async def fetch_catalogs(key: str) -> dict[Stage, Catalog]:
-    headers = {"xi-api-key": key}
-    async with httpx.AsyncClient(base_url=base_url(), headers=headers, timeout=3.0) as client:
-        voices_response = await client.get("/v1/voices")
-        voices_response.raise_for_status()
-        models_response = await client.get("/v1/models")
-        models_response.raise_for_status()
-    voices = tuple(
-        (v.get("name") or v["voice_id"], v["voice_id"]) for v in voices_response.json()["voices"]
-    )
-    listed = [m["model_id"] for m in models_response.json() if m.get("can_do_text_to_speech")]
+    """The account's voices and the text-to-speech models, through the ``elevenlabs`` SDK.
+
+    No retries (the SDK retries 429 and 5xx twice by default, with back-off):
+    a list that is not there within :data:`CATALOG_TIMEOUT_SECS` falls back to
+    the built-in one. The HTTP client is ours so that its sockets are closed.
+    The SDK's own request log stays off (its default): at debug it would put the
+    ``xi-api-key`` header, unmasked, in each record's extra fields.
+    """
+    from elevenlabs import AsyncElevenLabs
+
+    once = {"max_retries": 0}
+    async with httpx.AsyncClient(timeout=CATALOG_TIMEOUT_SECS) as http:
+        client = AsyncElevenLabs(
+            base_url=base_url(), api_key=key, timeout=CATALOG_TIMEOUT_SECS, httpx_client=http
+        )
+        listed_voices = await client.voices.get_all(request_options=once)
+        listed_models = await client.models.list(request_options=once)
+    voices = tuple((v.name or v.voice_id, v.voice_id) for v in listed_voices.voices)
+    listed = [m.model_id for m in listed_models if m.can_do_text_to_speech]
     # Keep the low-latency models first, in our order.
     tts_models = tuple(m for m in TTS_MODELS if m in listed) + tuple(
         m for m in listed if m not in TTS_MODELS
@@ -195,5 +167,12 @@ PROVIDER = Provider(
     catalogs={"stt": Catalog(STT_MODELS), "tts": Catalog(TTS_MODELS, voices=TTS_VOICES)},
     factories={"stt": _stt, "tts": _tts},
     fetch_catalogs=fetch_catalogs,
-    word_timing=True,
+    # Scribe realtime streams partial transcripts; the TTS websocket sends
+    # character timings, from which each word's start is known.
+    capabilities={
+        "stt": Capabilities(interim_text=True),
+        "tts": Capabilities(word_timing=True),
+    },
+    # Flash with word timing is the fastest voice; Scribe comes after Groq's Whisper.
+    default_rank={"stt": 2, "tts": 1},
 )

@@ -19,7 +19,7 @@ from pipecat.services.groq.stt import GroqSTTService
 from pipecat.services.groq.tts import GroqTTSService
 from pipecat.transcriptions.language import Language
 
-from pipeline.providers import Catalog, Provider, Stage
+from pipeline.providers.base import Capabilities, Catalog, Provider, Stage
 
 DEFAULT_BASE_URL = "https://api.groq.com"
 BASE_URL_ENV = "GROQ_BASE_URL"
@@ -202,4 +202,11 @@ PROVIDER = Provider(
     },
     factories={"stt": _stt, "llm": _llm, "tts": _tts},
     fetch_catalogs=fetch_catalogs,
+    # Its chat models call tools (OpenAI-style function calling). Its Whisper is
+    # segmented: one transcript once the user stops, none while they speak; Orpheus
+    # returns audio without word timings.
+    capabilities={"llm": Capabilities(tools=True)},
+    # The fastest path for a voice agent: Groq's Whisper and LLM first; its voice
+    # after ElevenLabs Flash, which highlights word by word.
+    default_rank={"stt": 1, "llm": 1, "tts": 2},
 )

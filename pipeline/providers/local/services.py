@@ -1,4 +1,4 @@
-"""Pipecat services backed by the embedded models in :mod:`pipeline.models`.
+"""Pipecat services backed by the embedded models in :mod:`pipeline.providers.local.models`.
 
 pipecat ships a faster-whisper and a Piper service, but each loads its own copy
 of the model per instance (one per session here) and the Whisper one decodes
@@ -34,7 +34,7 @@ from pipecat.services.tts_service import TTSService
 from pipecat.transcriptions.language import Language
 from pipecat.utils.time import time_now_iso8601
 
-from pipeline.models import LLM_LABEL, PIPER_LABEL, WHISPER_LABEL, LocalModels
+from pipeline.providers.local.models import LLM_LABEL, PIPER_LABEL, WHISPER_LABEL, LocalModels
 
 # Keep the prompt well inside the 2048-token window of the local model (about
 # four characters a token). When the history outgrows the budget the oldest half
