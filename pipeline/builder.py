@@ -1,4 +1,4 @@
-"""Build one session's pipecat pipeline from a :class:`SessionConfig`.
+"""Build one generation of a session's pipecat pipeline from a :class:`SessionConfig`.
 
     transport in -> STT -> user turn (Silero VAD + Smart Turn) -> LLM -> chunker -> TTS
                  -> transport out (real-time paced) -> assistant context
@@ -38,16 +38,11 @@ from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipeline import events as ev
 from pipeline.chunking import first_clause_chunker
 from pipeline.config import SessionConfig
-from pipeline.observers import (
-    EventSink,
-    SessionObservers,
-    TurnActivity,
-    UIEventObserver,
-    latency_observer,
-)
+from pipeline.observers import EventSink, SessionObservers, UIEventObserver, latency_observer
 from pipeline.providers.local.models import LocalModels
 from pipeline.providers.registry import PROVIDERS, capabilities
-from pipeline.transport import AudioOutbox, FastRTCTransport
+from pipeline.switcher import TurnActivity
+from pipeline.transport import FastRTCTransport, SessionOutbox
 
 
 def transport_params(config: SessionConfig) -> TransportParams:
@@ -93,8 +88,8 @@ def _microphone_stops_here() -> FunctionFilter:
 
 
 @dataclass
-class VoicePipeline:
-    """Everything a session holds on to for one connection."""
+class PipelineGeneration:
+    """One pipeline generation: what a session runs until the next provider switch or its end."""
 
     worker: PipelineWorker
     transport: FastRTCTransport
@@ -122,13 +117,13 @@ class VoicePipeline:
             self.smart_turn = None
 
 
-def build_voice_pipeline(
+def build_generation(
     config: SessionConfig,
     models: LocalModels,
-    outbox: AudioOutbox,
+    outbox: SessionOutbox,
     sink: EventSink,
     context: LLMContext | None = None,
-) -> VoicePipeline:
+) -> PipelineGeneration:
     """One pipeline generation; ``context`` carries the conversation over from the previous one."""
     models.require("turn")  # Silero VAD and Smart Turn: no session works without them
     services = {
@@ -197,7 +192,7 @@ def build_voice_pipeline(
         idle_timeout_secs=config.idle_timeout_secs,
         cancel_runner_on_idle_timeout=False,
     )
-    return VoicePipeline(
+    return PipelineGeneration(
         worker=worker,
         transport=transport,
         context=context,

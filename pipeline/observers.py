@@ -178,54 +178,6 @@ def latency_observer(sink: EventSink) -> UserBotLatencyObserver:
     return observer
 
 
-class TurnActivity(BaseObserver):
-    """Whether a turn is under way, so a provider switch waits for the gap between turns.
-
-    A turn runs from the user starting to speak until the bot has finished its
-    reply. Between the user stopping and the bot starting (transcription, the
-    LLM, the first synthesis) nothing is audible, so that stretch is covered
-    by a deadline that each sign of progress extends; if a provider fails and
-    the reply never comes, the deadline runs out and the session is idle again.
-    """
-
-    REPLY_GRACE_SECS = 4.0
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
-        super().__init__()
-        self._now = clock
-        self.user_speaking = False
-        self.bot_speaking = False
-        self._reply_due_until = 0.0
-
-    @property
-    def idle(self) -> bool:
-        return (
-            not self.user_speaking
-            and not self.bot_speaking
-            and self._now() >= self._reply_due_until
-        )
-
-    async def on_push_frame(self, data: FramePushed):
-        frame = data.frame
-        match frame:
-            case UserStartedSpeakingFrame():
-                self.user_speaking = True
-            case UserStoppedSpeakingFrame():
-                self.user_speaking = False
-                self._expect_reply()
-            case TranscriptionFrame() | LLMFullResponseStartFrame() | LLMTextFrame():
-                self._expect_reply()
-            case BotStartedSpeakingFrame():
-                self.bot_speaking = True
-            case BotStoppedSpeakingFrame() | ErrorFrame():
-                # The reply is over, or failed and will not come.
-                self.bot_speaking = self.bot_speaking and isinstance(frame, ErrorFrame)
-                self._reply_due_until = 0.0
-
-    def _expect_reply(self) -> None:
-        self._reply_due_until = self._now() + self.REPLY_GRACE_SECS
-
-
 class SessionObservers(BaseObserver):
     """Our observers behind one pipecat observer, with the microphone's frames filtered out.
 

@@ -1,8 +1,8 @@
 """A pipecat transport whose far end is a fastrtc connection.
 
 Input: the session hands browser audio to :meth:`FastRTCInputTransport.push_pcm`.
-Output: audio written by pipecat goes into an :class:`AudioOutbox` that the
-session's ``emit()`` drains.
+Output: audio written by pipecat goes into the :class:`SessionOutbox` that the
+session's ``emit()`` drains (along with its UI updates and its end).
 
 fastrtc pulls ``emit()`` eagerly into a buffer of its own and paces playback
 there, so a transport that handed audio over as fast as the TTS makes it would
@@ -37,8 +37,8 @@ from pipecat.transports.base_transport import BaseTransport, TransportParams
 AudioChunk = tuple[int, np.ndarray]
 
 
-class AudioOutbox:
-    """What the session's ``emit()`` hands to fastrtc: paced audio and UI updates, in order.
+class SessionOutbox:
+    """What the session's ``emit()`` hands to fastrtc, in order: paced audio, UI updates, the end.
 
     ``clear_audio`` drops queued audio but keeps UI updates, and also empties
     fastrtc's own playback queue through the callback the session installs.
@@ -142,7 +142,7 @@ class FastRTCInputTransport(BaseInputTransport):
 class FastRTCOutputTransport(BaseOutputTransport):
     """Pipeline audio out to the session's outbox, paced in real time."""
 
-    def __init__(self, params: TransportParams, outbox: AudioOutbox, clock: PlaybackClock, **kw):
+    def __init__(self, params: TransportParams, outbox: SessionOutbox, clock: PlaybackClock, **kw):
         super().__init__(params, **kw)
         self._outbox = outbox
         self._clock = clock
@@ -169,7 +169,7 @@ class FastRTCOutputTransport(BaseOutputTransport):
 class FastRTCTransport(BaseTransport):
     """The pair of processors that connect one fastrtc connection to one pipeline."""
 
-    def __init__(self, params: TransportParams, outbox: AudioOutbox, lead_secs: float = 0.06):
+    def __init__(self, params: TransportParams, outbox: SessionOutbox, lead_secs: float = 0.06):
         super().__init__()
         clock = PlaybackClock(lead_secs)
         self._input = FastRTCInputTransport(params, name="fastrtc-in")

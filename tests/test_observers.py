@@ -27,7 +27,7 @@ from pipeline import events as ev
 from pipeline.builder import transport_params
 from pipeline.config import SessionConfig
 from pipeline.observers import UIEventObserver
-from pipeline.transport import AudioOutbox, FastRTCTransport
+from pipeline.transport import FastRTCTransport, SessionOutbox
 
 
 async def observe(processor, frames, **observer_args) -> list[ev.Event]:
@@ -99,7 +99,7 @@ async def test_errors_travelling_upstream_are_reported():
 
 
 async def test_sentence_events_follow_the_audio_the_listener_hears():
-    outbox = AudioOutbox()
+    outbox = SessionOutbox()
     transport = FastRTCTransport(transport_params(SessionConfig()), outbox)
 
     async def listen():

@@ -17,7 +17,7 @@ from pipecat.tests.utils import SleepFrame, run_test
 
 from pipeline.builder import transport_params
 from pipeline.config import SessionConfig
-from pipeline.transport import AudioOutbox, FastRTCTransport, PlaybackClock
+from pipeline.transport import FastRTCTransport, PlaybackClock, SessionOutbox
 
 RATE = 24000
 
@@ -30,7 +30,7 @@ def tone(seconds: float, rate: int = RATE) -> bytes:
 class Listener:
     """Takes audio out of the outbox the way fastrtc's decode task does, noting when."""
 
-    def __init__(self, outbox: AudioOutbox):
+    def __init__(self, outbox: SessionOutbox):
         self.outbox = outbox
         self.chunks: list[tuple[float, np.ndarray]] = []
         self.task = asyncio.create_task(self._run())
@@ -51,7 +51,7 @@ class Listener:
 
 
 def make_transport(lead: float = 0.06):
-    outbox = AudioOutbox()
+    outbox = SessionOutbox()
     cleared = []
     outbox.clear_downstream = lambda: cleared.append(time.monotonic())
     return FastRTCTransport(transport_params(SessionConfig()), outbox, lead), outbox, cleared
