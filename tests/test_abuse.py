@@ -76,17 +76,24 @@ def random_id(k: int = 11) -> str:
     return "".join(random.choices(string.ascii_lowercase + string.digits, k=k))
 
 
+@contextlib.asynccontextmanager
+async def live_client(http, app, api: PageApi, name: str) -> AsyncIterator[WebRTCClient]:
+    """A visitor connected over WebRTC with its session running; closed afterwards."""
+    client = WebRTCClient(http, app.url, api, name=name)
+    try:
+        await client.connect()
+        await client.wait_until_live()
+        yield client
+    finally:
+        await client.close()
+
+
 async def visitor_is_answered(app, address: str) -> None:
     """A real visitor connects, asks a question and hears a reply."""
     async with client_http(address) as http:
         api = await page_api(http, app.url)
-        visitor = WebRTCClient(http, app.url, api, name=f"visitor-{address}")
-        try:
-            await visitor.connect()
-            await visitor.wait_until_live()
+        async with live_client(http, app, api, f"visitor-{address}") as visitor:
             result = await visitor.turn(QUESTION, question_audio(QUESTION))
-        finally:
-            await visitor.close()
     assert result["voice_to_voice"] is not None, f"the visitor was not answered: {result}"
 
 
@@ -230,10 +237,7 @@ async def test_silent_clients_lose_their_slots_and_one_client_cannot_take_them_a
 async def test_another_session_cannot_read_steer_stop_or_export_a_connection(app, groq):
     async with client_http("10.3.0.1") as victim_http, client_http("10.3.0.2") as attacker_http:
         api = await page_api(victim_http, app.url)
-        victim = WebRTCClient(victim_http, app.url, api, name="victim")
-        try:
-            await victim.connect()
-            await victim.wait_until_live()
+        async with live_client(victim_http, app, api, "victim") as victim:
             stolen = {"textbox": "", "webrtc_id": victim.webrtc_id}
             attacker = random_id()
             # The attacker's own settings: Groq for the LLM, with the attacker's key.
@@ -274,18 +278,13 @@ async def test_another_session_cannot_read_steer_stop_or_export_a_connection(app
             completed = exported[-1]
             assert completed["msg"] == "process_completed" and not completed["success"]
             assert "Nothing to export" in json.dumps(completed)
-        finally:
-            await victim.close()
 
 
 async def test_a_connection_id_cannot_be_offered_twice(app):
     """Re-offering a live id would have re-registered (hijacked) its handler."""
     async with client_http("10.4.0.1") as http, client_http("10.4.0.2") as other_http:
         api = await page_api(http, app.url)
-        victim = WebRTCClient(http, app.url, api, name="victim")
-        try:
-            await victim.connect()
-            await victim.wait_until_live()
+        async with live_client(http, app, api, "victim") as victim:
             thief = WebRTCClient(other_http, app.url, api, name="thief")
             thief.webrtc_id = victim.webrtc_id
             with pytest.raises(OfferRefused):
@@ -293,5 +292,3 @@ async def test_a_connection_id_cannot_be_offered_twice(app):
             await thief.close()
             result = await victim.turn(QUESTION, question_audio(QUESTION))
             assert result["voice_to_voice"] is not None, result
-        finally:
-            await victim.close()
