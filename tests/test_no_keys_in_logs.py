@@ -35,7 +35,7 @@ from testkit.fakes.groq import FakeGroq
 from testkit.loop import serving_in_thread
 from testkit.speech import speech_pcm
 from testkit.webrtc_client import WebRTCClient, page_api, question_audio
-from ui import state
+from tests.test_providers import session_with
 from ui.settings import catalog, config_from_settings, initial_settings
 
 QUESTION = "What is the weather like in Paris today?"
@@ -119,14 +119,7 @@ def debug_log(monkeypatch):
 
 
 def session_for(models, settings: dict) -> VoiceSession:
-    config = config_from_settings(settings)
-    return VoiceSession(
-        reduce=state.reduce,
-        initial_state=state.initial_state,
-        config_factory=lambda: config,
-        settings_from_inputs=config_from_settings,
-        models=models,
-    )
+    return session_with(models, config_from_settings(settings))
 
 
 def settings_with(stt: str, llm: str, tts: str, typed: dict[str, str]) -> dict:
