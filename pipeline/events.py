@@ -165,6 +165,22 @@ class ServerKeyTime(Event):
     limit: float
 
 
+@dataclass(frozen=True)
+class HeardLatency(Event):
+    """A latency measured in the visitor's page, on its own clock, from what it played and heard.
+
+    ``measure`` "reply": the microphone went quiet -> the bot's audio became
+    audible; "barge-in": the user's voice started -> the bot's audio went
+    silent. It includes what the server cannot see: both WebRTC legs, Opus, the
+    browser's jitter buffer and playback. The reducer attributes it to the
+    current turn. (The agreed schema called the field ``kind``, which every
+    event already has: the class name that export and replay key on.)
+    """
+
+    measure: str
+    ms: float
+
+
 class EventFormatError(ValueError):
     """An event dict that :meth:`Event.to_dict` could not have written.
 
