@@ -170,17 +170,24 @@ def build_settings_panel() -> gr.State:
         key_status = gr.Markdown(
             " · ".join(_key_status(p.id, {}) for p in cloud), elem_classes=["settings-hint"]
         )
-        with gr.Row():
+        # The knobs: one per full-width row, a short label with its explanation
+        # under it (``info``), so labels read on one line at any width. A new
+        # knob is one more component in this column.
+        with gr.Column(elem_id="settings-knobs", elem_classes=["knobs"]):
             vad_stop = gr.Slider(
                 0.1,
                 1.0,
                 value=start["vad_stop_secs"],
                 step=0.05,
-                label="VAD stop (s): silence before the turn is judged",
+                label="VAD stop (s)",
+                info="Silence before the turn is judged",
+                elem_id="vad-stop",
             )
             smart_turn = gr.Checkbox(
                 value=start["smart_turn"],
-                label="Smart Turn (judge whether you finished; off: end on silence alone)",
+                label="Smart Turn",
+                info="Judge whether you finished; off: end on silence alone",
+                elem_id="smart-turn",
             )
         system_prompt = gr.Textbox(
             value=start["system_prompt"],
