@@ -164,6 +164,14 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         if self.config.dashboard:
             self.publisher.add(event)
 
+    def report_from_page(self, event: ev.Event) -> None:
+        """An event the visitor's page measured (heard latency), from any thread.
+
+        Logged and published like the pipeline's own, so it reaches the
+        dashboard, the export and a replay.
+        """
+        self._call_soon(self.report, event)
+
     def snapshot(self) -> S:
         """The state the page shows once pending events are published (tests, benchmark)."""
         return self.publisher.snapshot()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import tempfile
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -17,7 +18,8 @@ from pipeline.config import (
 )
 from pipeline.providers.local.models import shared_models
 from pipeline.session import SessionRecords, VoiceSession
-from ui import export, render, state, views
+from ui import export, heard, render, state, views
+from ui.ab import build_ab_panel, wire_ab_panel
 from ui.relay import TurnRelay, relay_wanted
 from ui.settings import build_settings_panel, config_from_settings
 from ui.webrtc_guard import WebRTCGuard, webrtc_id_of
@@ -63,6 +65,7 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
     relay = TurnRelay().start() if relay_wanted() else None
     css = (ASSETS / "style.css").read_text()
     head = f"<script>{(ASSETS / 'mic_errors.js').read_text()}</script>"
+    head += f"<script>{(ASSETS / 'heard_latency.js').read_text()}</script>"
     idle = state.SessionState(status="idle")
 
     with gr.Blocks(
@@ -107,6 +110,7 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
                 settings = build_settings_panel()
             with gr.Column(scale=3, min_width=420):
                 shown |= {view.name: view.component(idle) for view in views.in_column("dashboard")}
+                ab_panel = build_ab_panel()
                 with gr.Row():
                     export_button = gr.Button(
                         "Export session (JSON)", size="sm", elem_id="export-button"
@@ -115,6 +119,11 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
                         "Replay a session file", file_types=[".json"], size="sm"
                     )
                 export_file = gr.File(label="Session file", visible=False, elem_id="export-file")
+                # Where assets/heard_latency.js puts each figure the page measured:
+                # in the page (so its script can set it), never shown.
+                heard_input = gr.Textbox(
+                    elem_id="heard-latency-input", visible="hidden", show_label=False
+                )
 
         # The views' components, in the order views.render_all/render_update return them.
         outputs = [shown[view.name] for view in views.VIEWS]
@@ -162,6 +171,7 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
             queue=False,
         )
         guard.on_additional_outputs(views.render_update, outputs)
+        wire_ab_panel(ab_panel, audio, settings, guard)
 
         def export_current(connection, request: gr.Request) -> dict:
             connection_id = webrtc_id_of(connection)
@@ -183,6 +193,23 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
                 ) from None
 
         export_button.click(export_current, inputs=[audio], outputs=[export_file])
+        heard_intake = heard.HeardIntake()
+
+        def take_heard(raw, connection, request: gr.Request) -> None:
+            # From the visitor's browser, so hostile: only the page that owns the
+            # connection reaches its session, a few times a second at most, and
+            # only a well-formed figure in range (heard.parse_heard).
+            connection_id = webrtc_id_of(connection)
+            if not guard.owns(connection_id, request.session_hash):
+                return
+            target = audio.handlers.get(connection_id)
+            if not isinstance(target, VoiceSession) or not heard_intake.allow(connection_id):
+                return
+            event = heard.parse_heard(raw, time.time())
+            if event is not None:
+                target.report_from_page(event)
+
+        heard_input.input(take_heard, inputs=[heard_input, audio], queue=False)
         # Bounded cost per file, so no visitor's replay waits behind another's.
         replay_button.upload(
             replay_file, inputs=[replay_button], outputs=outputs, concurrency_limit=None

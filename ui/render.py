@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from html import escape
 
+from ui.heard import heard_stat_cells
 from ui.state import TTFB, BotReply, SessionState, TurnLatency, pending_text, percentile
 
 # The page keeps the most recent turns; older ones are summarised in one line
@@ -133,6 +134,7 @@ def render_stats(state: SessionState) -> str:
         ("LLM tokens", str(state.usage.llm_tokens)),
         ("TTS characters", str(state.usage.tts_characters)),
     ]
+    cells += heard_stat_cells(state)
     grid = "".join(
         f'<div class="stat"><div class="stat-value">{value}</div>'
         f'<div class="stat-label">{label}</div></div>'

@@ -35,6 +35,8 @@ STATS_TURNS = 500  # turns the headline percentiles are computed over
 # Turns of the conversation kept in the state (the page shows the last 40; an
 # export collects every turn as it folds the events).
 KEPT_TURNS = 500
+# What a page may report as heard (``HeardLatency.measure``).
+HEARD_MEASURES = ("reply", "barge-in")
 # Longest text the reducer grows by appending (a reply token by token, the
 # words of a user turn): about ten minutes of speech.
 MAX_TEXT_CHARS = 10_000
@@ -97,6 +99,28 @@ class TTFB:
 
 
 @dataclass(frozen=True)
+class Heard:
+    """A latency the visitor's page measured (``HeardLatency``), attributed to a turn.
+
+    ``measure`` "reply": microphone quiet -> bot audible; "barge-in": voice
+    onset -> bot silent. The server's figure for the same turn is looked up
+    when drawn (the two arrive in either order).
+    """
+
+    turn: int
+    measure: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ServerBargeIn:
+    """A barge-in as the server saw it: voice detected (VAD) -> the bot's audio stopped."""
+
+    turn: int
+    seconds: float
+
+
+@dataclass(frozen=True)
 class Usage:
     llm_tokens: int = 0
     tts_characters: int = 0
@@ -128,6 +152,11 @@ class SessionState:
     providers: Providers | None = None
     # Seconds left on the server's own API keys (None: not on them, or no limit).
     server_key_remaining: float | None = None
+    # Latencies measured in the page (heard) and the server's barge-in stops, bounded.
+    heard: tuple[Heard, ...] = ()
+    server_barge_ins: tuple[ServerBargeIn, ...] = ()
+    # When the server detected the user's voice over the bot (None: no barge-in pending).
+    barge_in_detected_at: float | None = None
 
 
 def initial_state() -> SessionState:
@@ -136,6 +165,7 @@ def initial_state() -> SessionState:
 
 def reduce(state: SessionState, event: ev.Event) -> SessionState:
     """Fold one event into the state."""
+    state = _track_barge_in(state, event)
     match event:
         case ev.SessionStarted():
             return replace(state, status="listening", error=None)
@@ -192,10 +222,34 @@ def reduce(state: SessionState, event: ev.Event) -> SessionState:
             return replace(state, usage=usage)
         case ev.ServerKeyTime(remaining=remaining):
             return replace(state, server_key_remaining=remaining)
+        case ev.HeardLatency(measure=measure, ms=ms) if measure in HEARD_MEASURES:
+            entry = Heard(state.user_turns, measure, ms / 1000)
+            return replace(state, heard=(*state.heard, entry)[-STATS_TURNS:])
         case ev.ErrorReported(message=message, fatal=fatal):
             return replace(state, error=message, status="error" if fatal else state.status)
         case ev.SessionEnded():
             return replace(state, status="error" if state.status == "error" else "ended")
+    return state
+
+
+def _track_barge_in(state: SessionState, event: ev.Event) -> SessionState:
+    """The server's side of a barge-in: voice detected over the bot -> its audio stopped.
+
+    Kept beside the heard barge-in (voice onset -> bot silent in the page), so
+    the page can show what the network, buffering and playback add.
+    """
+    match event:
+        case ev.UserStartedSpeaking() if state.status == "speaking":
+            return replace(state, barge_in_detected_at=event.t)
+        case ev.BotStoppedSpeaking() if state.barge_in_detected_at is not None:
+            entry = ServerBargeIn(state.user_turns, max(0.0, event.t - state.barge_in_detected_at))
+            return replace(
+                state,
+                server_barge_ins=(*state.server_barge_ins, entry)[-STATS_TURNS:],
+                barge_in_detected_at=None,
+            )
+        case ev.BotStartedSpeaking() | ev.SessionEnded():
+            return replace(state, barge_in_detected_at=None)
     return state
 
 

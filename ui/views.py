@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import gradio as gr
 
-from ui import charts, render
+from ui import charts, heard, render
 from ui.state import SessionState
 
 Column = Literal["talk", "dashboard"]
@@ -44,6 +44,7 @@ VIEWS: tuple[View, ...] = (
     View("latency-stats", render.render_stats, "dashboard"),
     View("latency-breakdown", charts.breakdown_figure, "dashboard", chart=True),
     View("ttfb-chart", charts.ttfb_figure, "dashboard", chart=True),
+    View("heard-latency", heard.render_heard, "dashboard"),
 )
 
 
