@@ -684,3 +684,135 @@ async def test_tts_slower_than_stop_frame_timeout_is_reported_silent_first(fake,
     kinds = [type(f).__name__ for f in down if isinstance(f, TTSStoppedFrame | TTSAudioRawFrame)]
     assert kinds == ["TTSStoppedFrame", "TTSAudioRawFrame", "TTSStoppedFrame"]
     assert any("completed with no audio" in f.error for f in up if isinstance(f, ErrorFrame))
+
+
+# --------------------------------------------------------------------------- tool calls
+
+ORDER_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": f"{name} for an order",
+            "parameters": {
+                "type": "object",
+                "properties": {"order_number": {"type": "string"}},
+                "required": ["order_number"],
+            },
+        },
+    }
+    for name in ("lookup_order", "cancel_order")
+] + [
+    {
+        "type": "function",
+        "function": {
+            "name": "time_in_city",
+            "description": "the time in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+
+
+async def test_streamed_tool_call_wire_format_matches_groq(fake):
+    """First delta: index, id, type and name with empty arguments; then argument pieces."""
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Where is my order 1234?"}],
+        "tools": ORDER_TOOLS,
+        "stream": True,
+    }
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(fake.base_url + "/openai/v1/chat/completions", json=body, headers=auth()) as resp,
+    ):
+        assert resp.status == 200
+        events = await sse_events(resp)
+
+    assert events[-1] == "[DONE]"
+    deltas = [c["choices"][0]["delta"] for c in events[1:-2]]
+    opening = deltas[0]["tool_calls"]
+    assert len(opening) == 1 and opening[0]["index"] == 0
+    assert opening[0]["id"].startswith("call_") and opening[0]["type"] == "function"
+    assert opening[0]["function"] == {"name": "lookup_order", "arguments": ""}
+    pieces = [d["tool_calls"][0] for d in deltas[1:]]
+    assert len(pieces) > 1 and all(set(p) == {"index", "function"} for p in pieces)
+    arguments = "".join(p["function"]["arguments"] for p in pieces)
+    assert json.loads(arguments) == {"order_number": "1234"}
+    assert not any("content" in d and d["content"] for d in deltas)
+    final = events[-2]["choices"][0]
+    assert final["finish_reason"] == "tool_calls" and final["delta"] == {}
+
+
+async def test_several_tool_calls_in_one_turn_and_the_answer_after_their_results(fake):
+    """The openai SDK reassembles parallel calls; the follow-up speaks their results."""
+    client = openai.AsyncOpenAI(api_key=KEY, base_url=fake.base_url + "/openai/v1")
+    question = {
+        "role": "user",
+        "content": "Cancel order one two three four and what time is it in new york right now?",
+    }
+    try:
+        stream = await client.chat.completions.create(
+            model=MODEL, messages=[question], tools=ORDER_TOOLS, stream=True
+        )
+        calls: dict[int, dict] = {}
+        async for chunk in stream:
+            for call in chunk.choices[0].delta.tool_calls or [] if chunk.choices else []:
+                entry = calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
+                entry["id"] = call.id or entry["id"]
+                if call.function:
+                    entry["name"] += call.function.name or ""
+                    entry["arguments"] += call.function.arguments or ""
+        assert [(c["name"], json.loads(c["arguments"])) for c in calls.values()] == [
+            ("cancel_order", {"order_number": "1234"}),
+            ("time_in_city", {"city": "New York"}),
+        ]
+        assistant = {
+            "role": "assistant",
+            "tool_calls": [
+                {
+                    "id": c["id"],
+                    "type": "function",
+                    "function": {"name": c["name"], "arguments": c["arguments"]},
+                }
+                for c in calls.values()
+            ],
+        }
+        results = [
+            {
+                "role": "tool",
+                "tool_call_id": calls[0]["id"],
+                "content": '"Order 1234 is cancelled."',
+            },
+            {
+                "role": "tool",
+                "tool_call_id": calls[1]["id"],
+                "content": '"It is noon in New York."',
+            },
+        ]
+        answer = await client.chat.completions.create(
+            model=MODEL, messages=[question, assistant, *results], tools=ORDER_TOOLS
+        )
+    finally:
+        await client.close()
+    message = answer.choices[0].message
+    assert message.content == "Order 1234 is cancelled. It is noon in New York."
+    assert not message.tool_calls and answer.choices[0].finish_reason == "stop"
+    assert fake.requests_to("chat")[-1].messages[-1]["tool_call_id"] == calls[1]["id"]
+
+
+async def test_no_tool_call_without_tools_offered_or_wanted(fake, sdk):
+    client = sdk()
+    plain = await client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Where is order 1234?"}]
+    )
+    assert plain.choices[0].message.content.startswith("You asked")
+    chat = await client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": QUESTION}], tools=ORDER_TOOLS
+    )
+    assert not chat.choices[0].message.tool_calls
+    assert chat.choices[0].message.content == default_reply([{"role": "user", "content": QUESTION}])

@@ -184,6 +184,142 @@ def tokenize(text: str) -> list[str]:
     return tokens
 
 
+_NUMBER_WORDS = {
+    "zero": "0",
+    "oh": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+}
+_FILLER_WORDS = {"now", "right", "today", "please", "at", "the", "moment"}
+
+
+def order_numbers(text: str) -> list[str]:
+    """Numbers of three or more digits, however spoken: "1234", "12-34", "one two three four"."""
+    lowered = text.lower()
+    for word, digit in _NUMBER_WORDS.items():
+        lowered = re.sub(rf"\b{word}\b", digit, lowered)
+    found = [re.sub(r"\D", "", m) for m in re.findall(r"\d(?:[ ,-]?\d)+", lowered)]
+    return [n for n in found if len(n) >= 3]
+
+
+def _tool_named(tools: list[dict], word: str, *, without: str = "") -> dict | None:
+    for tool in tools:
+        name = tool["function"].get("name", "")
+        if word in name and not (without and without in name):
+            return tool["function"]
+    return None
+
+
+def _first_parameter(function: dict) -> str:
+    parameters = function.get("parameters") or {}
+    required = parameters.get("required") or list(parameters.get("properties") or {})
+    return required[0] if required else "value"
+
+
+def default_tool_choice(text: str, tools: list[dict]) -> list[tuple[str, dict]]:
+    """Which tools a model would call for ``text``, by the tools' names and the user's words.
+
+    An order number asks for a tool named "...order..." (one named "...cancel..."
+    if the user said "cancel"), one call per number; "time in <City>" asks for a
+    tool named "...time...". Arguments go in each tool's first required parameter.
+    """
+    calls: list[tuple[str, dict]] = []
+    cancel = re.search(r"\bcancel", text, re.IGNORECASE) is not None
+    lookup = (
+        _tool_named(tools, "cancel")
+        if cancel and _tool_named(tools, "cancel")
+        else _tool_named(tools, "order", without="cancel")
+    )
+    if lookup is not None:
+        for number in order_numbers(text):
+            calls.append((lookup["name"], {_first_parameter(lookup): number}))
+    clock = _tool_named(tools, "time")
+    match = re.search(r"\btime\b[^.?!]*?\bin ([a-z][a-z ]*)", text, re.IGNORECASE)
+    if clock is not None and match:
+        words = match.group(1).split()
+        while words and words[-1].lower() in _FILLER_WORDS:
+            words.pop()
+        if words:
+            city = " ".join(w.capitalize() for w in words[:3])
+            calls.append((clock["name"], {_first_parameter(clock): city}))
+    return calls
+
+
+def _tool_call_deltas(calls: list[dict]) -> list[dict]:
+    """Streamed tool calls as OpenAI-compatible APIs send them (Groq's included).
+
+    Per call: a delta with its ``index``, ``id``, ``type`` and name with empty
+    arguments, then the arguments in pieces, each with only the ``index``.
+    """
+    deltas = []
+    for index, call in enumerate(calls):
+        function = call["function"]
+        deltas.append(
+            {
+                "tool_calls": [
+                    {
+                        "index": index,
+                        "id": call["id"],
+                        "type": "function",
+                        "function": {"name": function["name"], "arguments": ""},
+                    }
+                ]
+            }
+        )
+        arguments = function["arguments"]
+        for start in range(0, len(arguments), 8):
+            piece = arguments[start : start + 8]
+            deltas.append({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+    return deltas
+
+
+def _result_text(content: Any) -> str | None:
+    """A tool result as text: JSON strings unwrapped; None for "still running" or cancelled."""
+    text = _text_of(content)
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = text
+    if isinstance(value, dict) and value.get("type") == "async_tool":
+        # pipecat's asynchronous-tool messages: a placeholder, or the final result.
+        if value.get("status") != "finished" or value.get("result") is None:
+            return None
+        return _result_text(value["result"])
+    if not isinstance(value, str):
+        value = json.dumps(value)
+    if not value or value in ("IN_PROGRESS", "COMPLETED") or value.startswith("CANCELLED"):
+        return None
+    return value
+
+
+def tool_results(messages: list[dict]) -> list[tuple[str, str]]:
+    """(tool_call_id, result text) of every finished tool call in the conversation, in order."""
+    found = []
+    for message in messages:
+        role = message.get("role")
+        if role == "tool" and message.get("tool_call_id"):
+            text = _result_text(message.get("content"))
+            if text is not None:
+                found.append((message["tool_call_id"], text))
+        elif role == "developer":
+            try:
+                payload = json.loads(_text_of(message.get("content")))
+            except ValueError:
+                continue
+            if isinstance(payload, dict) and payload.get("tool_call_id"):
+                text = _result_text(message.get("content"))
+                if text is not None:
+                    found.append((payload["tool_call_id"], text))
+    return found
+
+
 def wav_bytes(pcm: bytes, sample_rate: int) -> bytes:
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
@@ -252,6 +388,7 @@ class FakeGroq(ProviderFake):
         tts_latency: Latency = NO_DELAY,
         transcript: Callable[[bytes], str] | None = None,
         reply: Callable[[list[dict]], str] | None = None,
+        choose_tools: Callable[[str, list[dict]], list[tuple[str, dict]]] | None = None,
         chat_models: list[str] | None = None,
         stt_models: list[str] | None = None,
         tts_models: list[str] | None = None,
@@ -266,6 +403,10 @@ class FakeGroq(ProviderFake):
         self.tts_latency = tts_latency
         self.transcript = transcript or (lambda _wav: DEFAULT_TRANSCRIPT)
         self.reply = reply or default_reply
+        # (the last user message, the tools offered) -> the calls to make, [] for none.
+        self.choose_tools = choose_tools or default_tool_choice
+        # Tool calls whose results a reply has already passed on (by tool_call_id).
+        self.answered_calls: set[str] = set()
         self.chat_models = list(chat_models or DEFAULT_CHAT_MODELS)
         self.stt_models = list(stt_models or DEFAULT_STT_MODELS)
         self.tts_models = list(tts_models or DEFAULT_TTS_MODELS)
@@ -574,6 +715,43 @@ class FakeGroq(ProviderFake):
             return 400, "'service_tier' : value is not one of the allowed values", None
         return None
 
+    def _tool_calls(self, body: dict) -> list[dict]:
+        """The tool calls this request answers with: [] unless tools are offered and wanted.
+
+        Decided from the last user message, once per message: after the
+        assistant has called tools for it, the next request gets the answer.
+        """
+        tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("function")]
+        if not tools or body.get("tool_choice") == "none":
+            return []
+        messages = body["messages"]
+        users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+        if not users:
+            return []
+        after = messages[users[-1] + 1 :]
+        if any(m.get("role") == "assistant" and m.get("tool_calls") for m in after):
+            return []
+        wanted = self.choose_tools(_text_of(messages[users[-1]].get("content")), tools)
+        return [
+            {
+                "id": "call_" + uuid.uuid4().hex[:24],
+                "type": "function",
+                "function": {"name": name, "arguments": json.dumps(arguments)},
+            }
+            for name, arguments in wanted
+        ]
+
+    def _answer(self, messages: list[dict]) -> str:
+        """The reply text: tool results not passed on yet, then (if the user spoke last) a reply."""
+        pending = [(i, r) for i, r in tool_results(messages) if i not in self.answered_calls]
+        if not pending:
+            return self.reply(messages)
+        self.answered_calls.update(i for i, _ in pending)
+        text = " ".join(r for _, r in pending)
+        if messages[-1].get("role") == "user":
+            text += " " + self.reply(messages)
+        return text
+
     async def _chat_inner(self, request, rec, request_id, drop: bool) -> web.StreamResponse:
         t0 = rec.received_at
         body = await self._read_json(request, rec, request_id)
@@ -585,10 +763,11 @@ class FakeGroq(ProviderFake):
             return self._error(rec, request_id, status, message, code=code)
 
         messages = body["messages"]
-        text = self.reply(messages)
+        calls = self._tool_calls(body)
+        text = "" if calls else self._answer(messages)
         tokens = tokenize(text)
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        finish_reason = "stop"
+        finish_reason = "tool_calls" if calls else "stop"
         if limit is not None and len(tokens) > limit:
             tokens, finish_reason = tokens[:limit], "length"
         prompt_tokens = max(1, sum(len(_text_of(m.get("content"))) for m in messages) // 4)
@@ -623,7 +802,11 @@ class FakeGroq(ProviderFake):
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": "".join(tokens)},
+                        "message": {
+                            "role": "assistant",
+                            "content": "".join(tokens) if not calls else None,
+                            **({"tool_calls": calls} if calls else {}),
+                        },
                         "logprobs": None,
                         "finish_reason": finish_reason,
                     }
@@ -658,6 +841,10 @@ class FakeGroq(ProviderFake):
         rec.status = 200
         started = time.monotonic()
         await response.write(chunk({"role": "assistant", "content": ""}, x_groq={"id": request_id}))
+        for delta in _tool_call_deltas(calls):
+            if self.llm_token_interval > 0:
+                await asyncio.sleep(self.llm_token_interval)
+            await response.write(chunk(delta))
         cut_after = max(1, len(tokens) // 2) if drop else None
         for i, token in enumerate(tokens):
             if i and self.llm_token_interval > 0:
@@ -666,7 +853,9 @@ class FakeGroq(ProviderFake):
             if cut_after is not None and i + 1 >= cut_after:
                 self._cut(request)
                 raise _Abort
-        final_usage = usage(len(tokens), started)
+        final_usage = usage(
+            len(tokens) + sum(len(c["function"]["arguments"]) // 4 for c in calls), started
+        )
         await response.write(
             chunk({}, finish_reason, x_groq={"id": request_id, "usage": final_usage})
         )
