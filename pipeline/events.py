@@ -181,6 +181,59 @@ class HeardLatency(Event):
     ms: float
 
 
+@dataclass(frozen=True)
+class StageSpan(Event):
+    """A stretch of one turn's work, on the events' clock: where it sits on the timeline.
+
+    ``stage`` names the lane ("user", "vad", "turn", "stt", "llm", "tts",
+    "playback"); ``label`` says what the stretch was (pipecat's latency
+    breakdown labels, or "speech", "synthesis").
+    """
+
+    stage: str
+    start: float
+    end: float
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class VADTrace(Event):
+    """Silero's speech probability through one stretch of speech, one value per window.
+
+    ``levels`` holds two hex digits (00-ff) per ``step`` seconds from ``start``:
+    text rather than a list, so a few hundred windows fit one bounded field.
+    """
+
+    start: float
+    step: float
+    levels: str
+
+
+@dataclass(frozen=True)
+class TurnDecision(Event):
+    """Smart Turn judged a pause: finished or not, with its probability, ``ms`` after the pause."""
+
+    complete: bool
+    probability: float
+    ms: float
+
+
+@dataclass(frozen=True)
+class OutputGap(Event):
+    """The paced output had nothing to play for ``secs`` in the middle of a reply (an underrun)."""
+
+    secs: float
+
+
+@dataclass(frozen=True)
+class UsageAmount(Event):
+    """One billable amount: ``measure`` is "llm_input_tokens", "llm_output_tokens",
+    "tts_characters" or "stt_audio_secs"."""
+
+    measure: str
+    amount: float
+
+
 class EventFormatError(ValueError):
     """An event dict that :meth:`Event.to_dict` could not have written.
 
