@@ -26,6 +26,7 @@ from fastrtc import AsyncStreamHandler, CloseStream
 from fastrtc.utils import current_context
 
 from pipeline import events as ev
+from pipeline.ab import UtteranceRecorder
 from pipeline.builder import PipelineGeneration, build_generation
 from pipeline.config import SessionConfig
 from pipeline.providers.local.models import LocalModels, LocalStageUnavailable, shared_models
@@ -108,6 +109,8 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         self._publish_interval = publish_interval
         self.records = records if records is not None else SessionRecords()
         self.events: deque[ev.Event] = deque(maxlen=EVENT_LOG_LIMIT)
+        # The user's last turn as heard, for "Same words, other stack" (pipeline.ab).
+        self.utterance = UtteranceRecorder()
         self.outbox = outbox = SessionOutbox()
         self.finished = asyncio.Event()
         # Weak: the outbox, the pipeline and the session's parts must not keep a closed
@@ -161,6 +164,7 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
     def report(self, event: ev.Event) -> None:
         """Called by observers: cheap and synchronous, never blocks the pipeline."""
         self.events.append(event)
+        self.utterance.observe(event)
         if self.config.dashboard:
             self.publisher.add(event)
 
@@ -248,6 +252,7 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
             return
         self._last_audio_at = time.monotonic()
         sample_rate, samples = frame
+        self.utterance.add(sample_rate, samples.reshape(-1))
         await self.switcher.push(sample_rate, np.ascontiguousarray(samples.reshape(-1), np.int16))
 
     async def emit(self):
@@ -315,6 +320,7 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
             return
         self._closed = True
         self.report(ev.SessionEnded(time.time(), reason))
+        self.utterance.clear()
         self.publisher.publish()
         await self.publisher.stop()
         self.outbox.put(CloseStream(reason))

@@ -1,0 +1,341 @@
+"""Same words, other stack: the last utterance kept, replayed headless, and both turns compared.
+
+Unit tests render the comparison from scripted states and check the bounded
+utterance recorder; the integration tests replay a Piper-spoken question
+heard by a live local session through the cloud stack (against the fakes)
+while that session keeps answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import wave
+from functools import reduce as fold
+
+import numpy as np
+import pytest
+
+from pipeline import events as ev
+from pipeline.ab import (
+    MAX_UTTERANCE_BYTES,
+    PREROLL_SECS,
+    ABRefused,
+    Utterance,
+    UtteranceRecorder,
+    history_before,
+)
+from pipeline.config import SessionConfig
+from pipeline.providers.base import ProviderKeys
+from pipeline.providers.registry import choice_for
+from pipeline.session import VoiceSession
+from testkit.driver import SessionDriver
+from testkit.fakes.elevenlabs import FakeElevenLabs
+from testkit.fakes.groq import DEFAULT_TRANSCRIPT, FakeGroq
+from testkit.speech import SAMPLE_RATE, speech_pcm
+from ui import ab, state
+from ui.settings import config_from_settings
+
+GROQ_KEY = "gsk_fake_ab_key_for_tests_0123456789"
+ELEVEN_KEY = "el_fake_ab_key_for_tests_9876543210"
+LOCAL = ("Local whisper-tiny.en", "Local SmolLM2-135M-Instruct", "Local piper-joe-medium")
+CLOUD = ("Groq whisper-large-v3-turbo", "Groq llama-3.1-8b-instant", "ElevenLabs eleven_flash_v2_5")
+
+
+def run(*events: ev.Event) -> state.SessionState:
+    return fold(state.reduce, events, state.initial_state())
+
+
+def a_turn(t0: float, heard: str, reply: str, stt: float, llm: float, tts: float, v2v: float):
+    return [
+        ev.UserStartedSpeaking(t0),
+        ev.ServiceTTFB(t0 + 1.0, "stt", "stt#0", None, stt),
+        ev.UserTranscript(t0 + 1.0, heard),
+        ev.UserStoppedSpeaking(t0 + 1.1),
+        ev.UserTurnText(t0 + 1.1, heard),
+        ev.BotThinking(t0 + 1.2),
+        ev.ServiceTTFB(t0 + 1.3, "llm", "llm#0", None, llm),
+        ev.BotToken(t0 + 1.3, reply),
+        ev.ServiceTTFB(t0 + 1.5, "tts", "tts#0", None, tts),
+        ev.BotStartedSpeaking(t0 + 1.6),
+        ev.LatencyMeasured(t0 + 1.6, v2v, (("transcription", stt), ("LLM inference", llm))),
+        ev.BotStoppedSpeaking(t0 + 3.0),
+        ev.BotTurnText(t0 + 3.0, reply),
+    ]
+
+
+def cells(html: str, row: str) -> tuple[str, str, str]:
+    """(live, other, difference) as the page shows them in the comparison's ``row``."""
+    found = re.search(
+        rf'<tr data-row="{row}">.*?<td data-side="live">(.*?)</td>'
+        r'<td data-side="other">(.*?)</td><td class="ab-delta">(.*?)</td>',
+        html,
+    )
+    assert found, f"no {row} row in {html}"
+    return found.group(1), found.group(2), found.group(3)
+
+
+# -- the comparison, from scripted states -------------------------------------------
+
+
+def test_both_turns_side_by_side_with_their_stacks_figures_and_differences():
+    live = run(
+        ev.ProvidersChanged(0, *LOCAL),
+        *a_turn(1, "Hello there", "Hi.", 0.5, 0.2, 0.3, 1.4),
+        # The comparison is of turn 2, not of the turn that came after it.
+        *a_turn(10, "What is the capital of France?", "Paris.", 0.45, 0.12, 0.31, 1.21),
+        *a_turn(20, "Thanks", "You're welcome.", 0.6, 0.2, 0.3, 1.9),
+    )
+    other = run(
+        ev.ProvidersChanged(0, *CLOUD),
+        *a_turn(1, "What is the capital of France?", "It is Paris.", 0.3, 0.29, 0.17, 0.95),
+    )
+    html = ab.render_comparison(ab.turn_figures(live, 2), ab.turn_figures(other, 1), seconds=2.4)
+
+    assert cells(html, "stack")[:2] == (" · ".join(LOCAL), " · ".join(CLOUD))
+    assert cells(html, "heard")[:2] == ("What is the capital of France?",) * 2
+    assert cells(html, "reply")[:2] == ("Paris.", "It is Paris.")
+    assert cells(html, "v2v") == ("1210 ms", "950 ms", "−260 ms")
+    assert cells(html, "stt") == ("450 ms", "300 ms", "−150 ms")
+    assert cells(html, "llm") == ("120 ms", "290 ms", "+170 ms")
+    assert cells(html, "tts") == ("310 ms", "170 ms", "−140 ms")
+    assert cells(html, "cost")[:2] == ("—", "—")
+    assert "2.4 s of your speech" in html
+    # Where the voice-to-voice went, part by part, for both.
+    assert re.search(r"transcription.*450 ms.*300 ms", html)
+    assert 'data-state="done"' in html and "ab-error" not in html
+
+
+def test_a_failed_other_stack_shows_its_error_and_dashes_for_what_it_never_measured():
+    live = run(ev.ProvidersChanged(0, *LOCAL), *a_turn(1, "Hello", "Hi.", 0.5, 0.2, 0.3, 1.4))
+    other = run(
+        ev.ProvidersChanged(0, *CLOUD),
+        ev.UserStartedSpeaking(1),
+        ev.ErrorReported(2, "Groq refused the API key <b>(401)</b>"),
+    )
+    html = ab.render_comparison(
+        ab.turn_figures(live, 1),
+        ab.turn_figures(other, 1),
+        seconds=1.0,
+        error="Groq refused the API key <b>(401)</b>",
+    )
+    assert 'data-state="error"' in html
+    assert 'role="alert">Groq refused the API key &lt;b&gt;(401)&lt;/b&gt;' in html
+    assert cells(html, "stack")[1] == " · ".join(CLOUD)
+    assert cells(html, "v2v") == ("1400 ms", "—", "")
+    assert cells(html, "heard")[1] == "—"
+
+
+def test_text_from_the_turns_is_escaped():
+    live = run(ev.ProvidersChanged(0, *LOCAL), *a_turn(1, "<script>x</script>", "<i>", 1, 1, 1, 1))
+    html = ab.render_comparison(ab.turn_figures(live, 1), ab.turn_figures(live, 1), seconds=1)
+    assert "<script>" not in html and "&lt;script&gt;" in html and "<i>" not in html
+
+
+# -- the utterance the session keeps ----------------------------------------------
+
+
+def frames(seconds: float, value: int = 1000, rate: int = SAMPLE_RATE):
+    step = int(rate * 0.02)
+    for _ in range(round(seconds / 0.02)):
+        yield rate, np.full(step, value, dtype=np.int16)
+
+
+def test_the_last_turn_is_kept_with_its_lead_in_and_numbered_as_the_state_counts_turns():
+    recorder = UtteranceRecorder()
+    for rate, samples in frames(3.0, value=1):  # silence before anyone spoke
+        recorder.add(rate, samples)
+    recorder.observe(ev.UserStartedSpeaking(0))
+    for rate, samples in frames(2.0, value=2):
+        recorder.add(rate, samples)
+    recorder.observe(ev.UserTurnText(0, "Hello"))
+    recorder.observe(ev.UserStoppedSpeaking(0))
+
+    first = recorder.last
+    assert first is not None and first.turn == 1 and not first.too_long
+    assert first.seconds == pytest.approx(PREROLL_SECS + 2.0, abs=0.021)
+    audio = np.frombuffer(first.pcm, np.int16)
+    assert set(audio[: int(PREROLL_SECS * SAMPLE_RATE) - 320]) == {1}
+    assert set(audio[-int(2.0 * SAMPLE_RATE) :]) == {2}
+
+    recorder.observe(ev.UserStartedSpeaking(0))
+    for rate, samples in frames(1.0, value=3):
+        recorder.add(rate, samples)
+    assert recorder.last is first, "the last complete turn stays until the next one ends"
+    recorder.observe(ev.UserTurnText(0, "Again"))
+    recorder.observe(ev.UserStoppedSpeaking(0))
+    assert recorder.last.turn == 2 and recorder.last.pcm.endswith(np.int16(3).tobytes())
+
+    recorder.clear()  # the session ended
+    assert recorder.last is None and recorder.held_bytes == 0
+
+
+def test_a_sixty_second_monologue_is_not_kept_and_holds_bounded_memory():
+    recorder = UtteranceRecorder()
+    recorder.observe(ev.UserStartedSpeaking(0))
+    peak = 0
+    for rate, samples in frames(60.0):
+        recorder.add(rate, samples)
+        peak = max(peak, recorder.held_bytes)
+    recorder.observe(ev.UserTurnText(0, "a long story"))
+    recorder.observe(ev.UserStoppedSpeaking(0))
+    assert peak <= MAX_UTTERANCE_BYTES
+    assert recorder.last.too_long and recorder.last.pcm == b""
+    assert recorder.held_bytes == 0
+
+
+def test_the_other_llm_sees_the_conversation_before_the_utterance_as_a_copy():
+    messages = [
+        {"role": "user", "content": "My name is Ada."},
+        {"role": "assistant", "content": "Hello Ada."},
+        {"role": "user", "content": "What is my name?"},
+        {"role": "assistant", "content": "Ada."},
+    ]
+    before = history_before(messages, 2)
+    assert before == messages[:2]
+    before[0]["content"] = "changed"
+    assert messages[0]["content"] == "My name is Ada.", "the live context was touched"
+    assert history_before(messages, 1) == []
+    # A turn whose words never reached the context: everything came before it.
+    assert history_before(messages, 3) == messages
+
+
+# -- refusals, before anything runs ------------------------------------------------
+
+
+def keyless_session(models, utterance: Utterance | None):
+    session = VoiceSession(
+        reduce=state.reduce,
+        initial_state=state.initial_state,
+        config_factory=lambda: SessionConfig(keys=ProviderKeys({})),
+        settings_from_inputs=config_from_settings,
+        models=models,
+    )
+    session.utterance.last = utterance
+    return session
+
+
+def cloud_choices():
+    return {
+        "stt": choice_for("groq", "stt"),
+        "llm": choice_for("groq", "llm"),
+        "tts": choice_for("elevenlabs", "tts"),
+    }
+
+
+async def test_refusals_say_what_to_do():
+    some_speech = Utterance(bytes(32000), SAMPLE_RATE, 1)
+    no_keys = ProviderKeys({})
+
+    async def refusal(session, choices, keys=no_keys) -> str:
+        with pytest.raises(ABRefused) as refused:
+            await ab.compare(session, choices, keys, models=None)
+        return str(refused.value)
+
+    local = {stage: choice_for("local", stage) for stage in ("stt", "llm", "tts")}
+    assert "Say something first" in await refusal(keyless_session(None, None), local)
+    too_long = Utterance(b"", SAMPLE_RATE, 1, too_long=True)
+    assert "ran over 30 s" in await refusal(keyless_session(None, too_long), local)
+    message = await refusal(keyless_session(None, some_speech), cloud_choices())
+    assert "No API key for ElevenLabs and Groq (STT, LLM, TTS)" in message
+    busy = keyless_session(None, some_speech)
+    ab._running.add(busy)
+    try:
+        assert "already running" in await refusal(busy, local)
+    finally:
+        ab._running.discard(busy)
+
+
+# -- the real thing: a live local call, the cloud stack on its last utterance ---------
+
+
+@pytest.fixture
+async def groq(monkeypatch):
+    async with FakeGroq(api_key=GROQ_KEY) as fake:
+        monkeypatch.setenv("GROQ_BASE_URL", fake.base_url)
+        yield fake
+
+
+@pytest.fixture
+async def elevenlabs(monkeypatch):
+    async with FakeElevenLabs(api_key=ELEVEN_KEY) as fake:
+        monkeypatch.setenv("ELEVENLABS_BASE_URL", fake.base_url)
+        monkeypatch.setenv("SSL_CERT_FILE", fake.cert_path)
+        yield fake
+
+
+def local_session(models, keys: ProviderKeys) -> VoiceSession:
+    local = {stage: choice_for("local", stage) for stage in ("stt", "llm", "tts")}
+    return VoiceSession(
+        reduce=state.reduce,
+        initial_state=state.initial_state,
+        config_factory=lambda: SessionConfig(keys=keys, **local),
+        settings_from_inputs=config_from_settings,
+        models=models,
+    )
+
+
+async def ask(d: SessionDriver, text: str, timeout: float = 45) -> None:
+    replies = len(d.events("BotTurnText"))
+    await d.play(speech_pcm(text))
+    await d.play_silence_until(lambda: len(d.events("BotTurnText")) > replies, timeout)
+
+
+def wav_seconds(data: bytes) -> float:
+    with wave.open(io.BytesIO(data)) as f:
+        return f.getnframes() / f.getframerate()
+
+
+@pytest.mark.slow
+async def test_the_cloud_stack_answers_the_same_words_while_the_local_call_goes_on(
+    models, groq, elevenlabs
+):
+    keys = ProviderKeys({"groq": GROQ_KEY, "elevenlabs": ELEVEN_KEY})
+    question = speech_pcm("What is the capital of France?")
+    async with SessionDriver(local_session(models, keys)) as d:
+        await ask(d, "What is the capital of France?")
+        heard_live = d.events("UserTurnText")[0].text
+        utterance = d.session.utterance.last
+        assert utterance.turn == 1
+        assert len(question) / SAMPLE_RATE < utterance.seconds < len(question) / SAMPLE_RATE + 4
+
+        comparing = asyncio.create_task(ab.compare(d.session, cloud_choices(), keys, models))
+        # The call goes on while the other stack works: a turn is still answered.
+        await ask(d, "And what about Germany?")
+        comparison = await asyncio.wait_for(comparing, 60)
+        await ask(d, "Thank you very much.")
+
+    assert comparison.result.error is None, comparison.result.error
+    html = comparison.render()
+    live_stack, other_stack, _ = cells(html, "stack")
+    assert live_stack == " · ".join(LOCAL)
+    assert other_stack == " · ".join(CLOUD)
+    assert cells(html, "heard")[:2] == (heard_live, DEFAULT_TRANSCRIPT)
+    for row in ("v2v", "stt", "llm", "tts"):
+        live, other, delta = cells(html, row)
+        assert re.fullmatch(r"\d+ ms", live) and re.fullmatch(r"\d+ ms", other), (row, html)
+        assert re.fullmatch(r"[+−±]\d+ ms", delta)
+    assert cells(html, "reply")[1] and cells(html, "reply")[0]
+    assert comparison.result.reply_audio_secs > 0.5, "the other stack made no reply audio"
+
+    # Same words: Groq transcribed the audio the live call heard, not something else.
+    (upload,) = groq.requests_to("transcriptions")
+    assert wav_seconds(upload.file.data) == pytest.approx(utterance.seconds, abs=2.5)
+    # The other LLM answered that turn with nothing of the live call's context added to it.
+    (chat,) = groq.requests_to("chat")
+    assert [m["role"] for m in chat.messages if m["role"] != "system"] == ["user"]
+    # ...and nothing of the other stack's turn reached the live call.
+    assert DEFAULT_TRANSCRIPT not in [e.text for e in d.events("UserTurnText")]
+    assert len(d.events("BotTurnText")) == 3
+    await d.wait_for(lambda: elevenlabs.open_connections == 0 and groq.open_responses == 0, 3)
+
+
+@pytest.mark.slow
+async def test_a_run_past_its_time_limit_is_stopped_and_says_so(models):
+    session = local_session(models, ProviderKeys({}))
+    session.utterance.last = Utterance(speech_pcm("Hello there.").tobytes(), SAMPLE_RATE, 1)
+    local = {stage: choice_for("local", stage) for stage in ("stt", "llm", "tts")}
+    comparison = await ab.compare(session, local, ProviderKeys({}), models, timeout=0.5)
+    assert comparison.result.error == "The other stack did not finish within 0.5 s."
+    assert not ab._running, "the session stays marked as comparing"

@@ -1,0 +1,380 @@
+"""Same words, other stack: the live turn and the same utterance on a second stack, side by side.
+
+The button's handler (not the live event stream) draws ``#ab-comparison``:
+the comparison is made on request, from two states, and the live updates,
+which redraw every registered view from the live state ten times a second,
+must not overwrite it. The live turn's figures come from the session's state;
+the other stack's from its headless run (:mod:`pipeline.ab`) folded by the
+same reducer. Both are read per turn by :func:`turn_figures`.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from html import escape
+
+import gradio as gr
+
+from pipeline import events as ev
+from pipeline.ab import (
+    AB_TIMEOUT_SECS,
+    MAX_UTTERANCE_SECS,
+    ABRefused,
+    HeadlessResult,
+    headless_config,
+    history_before,
+    run_apart,
+    run_headless,
+)
+from pipeline.providers.base import STAGES, ProviderKeys, Stage, StageChoice
+from pipeline.providers.local.models import LocalModels, shared_models
+from pipeline.providers.registry import (
+    PROVIDERS,
+    choice_for,
+    keys_from_environment,
+    offline_choice,
+    providers_for,
+)
+from pipeline.session import VoiceSession
+from ui import settings as settings_panel
+from ui.state import SessionState, initial_state, reduce
+from ui.webrtc_guard import WebRTCGuard, webrtc_id_of
+
+log = logging.getLogger(__name__)
+
+# A/B runs at once across the server (each is a second pipeline on 2 vCPUs).
+AB_CONCURRENCY = 2
+NONE = "—"
+
+# Sessions with an A/B run under way: one at a time per call.
+_running: weakref.WeakSet[VoiceSession] = weakref.WeakSet()
+
+
+@dataclass(frozen=True)
+class TurnFigures:
+    """One turn as the comparison shows it; None where the turn has no such figure."""
+
+    stack: str
+    heard: str
+    reply: str
+    v2v: float | None = None
+    stt: float | None = None
+    llm: float | None = None
+    tts: float | None = None
+    cost: float | None = None
+    # pipecat's voice-to-voice contributions (label, seconds): the per-stage timeline.
+    contributions: tuple[tuple[str, float], ...] = ()
+
+
+def turn_figures(state: SessionState, turn: int) -> TurnFigures:
+    """User turn ``turn`` (1-based, as the reducer counts them) and the reply to it."""
+    users = [i for i, t in enumerate(state.turns) if t.role == "user"]
+    first_kept = state.user_turns - len(users) + 1
+    index = users[turn - first_kept] if 0 <= turn - first_kept < len(users) else None
+    heard = reply = ""
+    stack = state.providers.label if state.providers else ""
+    if index is not None:
+        user = state.turns[index]
+        heard = user.text
+        stack = user.providers.label if user.providers else stack
+        bot = next(iter(state.turns[index + 1 : index + 2]), None)
+        if bot is not None and bot.role == "bot":
+            reply = bot.text + (" (interrupted)" if bot.interrupted else "")
+        elif turn == state.user_turns and state.bot is not None:
+            reply = state.bot.generated  # still being spoken
+    latency = next((entry for entry in state.latency if entry.turn == turn), None)
+    ttfb = {}
+    for point in state.ttfb:
+        if point.turn == turn and not point.interrupted:
+            ttfb.setdefault(point.stage, point.seconds)
+    return TurnFigures(
+        stack=stack,
+        heard=heard,
+        reply=reply,
+        v2v=latency.seconds if latency else None,
+        stt=ttfb.get("stt"),
+        llm=ttfb.get("llm"),
+        tts=ttfb.get("tts"),
+        cost=turn_cost(state, turn),
+        contributions=latency.contributions if latency else (),
+    )
+
+
+def turn_cost(_state: SessionState, _turn: int) -> float | None:
+    """The turn's cost in US dollars, once pricing lands (``pipeline.pricing``); None until then."""
+    return None
+
+
+def fold(events: tuple[ev.Event, ...]) -> SessionState:
+    state = initial_state()
+    for event in events:
+        state = reduce(state, event)
+    return state
+
+
+# -- rendering -------------------------------------------------------------------
+
+
+def _ms(seconds: float | None) -> str:
+    return NONE if seconds is None else f"{seconds * 1000:.0f} ms"
+
+
+def _delta(live: float | None, other: float | None, unit: float = 1000, fmt: str = ".0f") -> str:
+    if live is None or other is None:
+        return ""
+    diff = (other - live) * unit
+    sign = "+" if diff > 0 else "−" if diff < 0 else "±"
+    return f"{sign}{abs(diff):{fmt}}"
+
+
+def _cost(dollars: float | None) -> str:
+    return NONE if dollars is None else f"${dollars:.4f}"
+
+
+def _row(key: str, label: str, live: str, other: str, delta: str = "") -> str:
+    return (
+        f'<tr data-row="{key}"><th scope="row">{escape(label)}</th>'
+        f'<td data-side="live">{escape(live) or NONE}</td>'
+        f'<td data-side="other">{escape(other) or NONE}</td>'
+        f'<td class="ab-delta">{escape(delta)}</td></tr>'
+    )
+
+
+def _stages_table(live: TurnFigures, other: TurnFigures) -> str:
+    """Where each turn's voice-to-voice went, part by part (pipecat's contributions)."""
+    labels = list(dict.fromkeys(label for label, _ in (*live.contributions, *other.contributions)))
+    if not labels:
+        return ""
+    live_parts, other_parts = dict(live.contributions), dict(other.contributions)
+    rows = "".join(
+        _timing_row("part", label, live_parts.get(label), other_parts.get(label))
+        for label in labels
+    )
+    return (
+        '<table class="ab-stages"><caption>Where the voice-to-voice time went</caption>'
+        f"<tbody>{rows}</tbody></table>"
+    )
+
+
+def _timing_row(key: str, label: str, live: float | None, other: float | None) -> str:
+    delta = _delta(live, other)
+    return _row(key, label, _ms(live), _ms(other), f"{delta} ms" if delta else "")
+
+
+def render_comparison(
+    live: TurnFigures, other: TurnFigures, *, seconds: float, error: str | None = None
+) -> str:
+    """Both turns side by side: what each heard and said, and each figure with the difference."""
+    rows = "".join(
+        (
+            _row("stack", "Stack (STT · LLM · TTS)", live.stack, other.stack),
+            _row("heard", "Heard", live.heard, other.heard),
+            _row("reply", "Reply", live.reply, other.reply),
+            _timing_row("v2v", "Voice-to-voice", live.v2v, other.v2v),
+            _timing_row("stt", "STT", live.stt, other.stt),
+            _timing_row("llm", "LLM TTFB", live.llm, other.llm),
+            _timing_row("tts", "TTS TTFB", live.tts, other.tts),
+            _row("cost", "Cost", _cost(live.cost), _cost(other.cost)),
+        )
+    )
+    problem = f'<div class="ab-error" role="alert">{escape(error)}</div>' if error else ""
+    return (
+        f'<div class="ab-comparison" data-state="{"error" if error else "done"}">'
+        f'<div class="ab-title">The same {seconds:.1f} s of your speech, two stacks</div>'
+        f"{problem}"
+        '<table class="ab-table"><thead><tr><th></th><th data-side="live">Live call</th>'
+        '<th data-side="other">Other stack</th><th>difference</th></tr></thead>'
+        f"<tbody>{rows}</tbody></table>{_stages_table(live, other)}</div>"
+    )
+
+
+def render_message(message: str, state: str = "error") -> str:
+    """A refusal, an error or a progress line in place of the comparison."""
+    role = ' role="alert"' if state == "error" else ' role="status"'
+    return (
+        f'<div class="ab-comparison" data-state="{state}">'
+        f'<div class="ab-{state}"{role}>{escape(message)}</div></div>'
+    )
+
+
+# -- the run ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Comparison:
+    live: TurnFigures
+    other: TurnFigures
+    seconds: float
+    result: HeadlessResult
+
+    def render(self) -> str:
+        return render_comparison(
+            self.live, self.other, seconds=self.seconds, error=self.result.error
+        )
+
+
+async def compare(
+    session: VoiceSession,
+    choices: dict[Stage, StageChoice],
+    keys: ProviderKeys,
+    models: LocalModels,
+    timeout: float = AB_TIMEOUT_SECS,
+) -> Comparison:
+    """Run the session's last utterance through ``choices``; raises ABRefused with the reason.
+
+    Runs on the live calls' event loop only to read the session; the other
+    stack runs on a thread and loop of its own.
+    """
+    utterance = session.utterance.last
+    if utterance is None:
+        raise ABRefused("Say something first: there is no utterance to compare yet.")
+    if utterance.too_long:
+        raise ABRefused(
+            f"Your last utterance ran over {MAX_UTTERANCE_SECS:.0f} s: "
+            "the comparison takes shorter ones. Say something shorter and try again."
+        )
+    if session in _running:
+        raise ABRefused("A comparison is already running for this call: wait for it to finish.")
+    config = headless_config(session.config, choices, keys)
+    if session.key_budget.spent and (stages := config.server_key_stages()):
+        raise ABRefused(
+            f"Your time on this server's keys is used up ({', '.join(s.upper() for s in stages)}):"
+            " type your own API key to compare with that provider."
+        )
+    generation = session.voice
+    history = history_before(generation.context.messages, utterance.turn) if generation else []
+    _running.add(session)
+    try:
+        result = await run_apart(
+            lambda: run_headless(config, models, utterance, history, timeout=timeout)
+        )
+    finally:
+        _running.discard(session)
+    # Read after the run: the live turn has had the same time to finish.
+    return Comparison(
+        live=turn_figures(session.state, utterance.turn),
+        other=turn_figures(fold(result.events), 1),
+        seconds=utterance.seconds,
+        result=result,
+    )
+
+
+# -- the panel -------------------------------------------------------------------
+
+
+@dataclass
+class ABPanel:
+    pickers: dict[Stage, tuple[gr.Dropdown, gr.Dropdown]]
+    button: gr.Button
+    result: gr.HTML
+
+
+def build_ab_panel() -> ABPanel:
+    """The controls, in the current Blocks context: the other stack, a button, the result."""
+    pickers: dict[Stage, tuple[gr.Dropdown, gr.Dropdown]] = {}
+    with gr.Accordion("Same words, other stack", open=False, elem_id="ab-panel"):
+        gr.Markdown(
+            "Runs your last utterance, as the server heard it, through the stack picked here "
+            "(your keys, the same settings), without touching the call, and shows both turns "
+            "side by side.",
+            elem_classes=["settings-hint"],
+        )
+        with gr.Row():
+            for stage in STAGES:
+                start = offline_choice(stage)
+                with gr.Column(min_width=160):
+                    provider = gr.Dropdown(
+                        [(p.label, p.id) for p in providers_for(stage)],
+                        value=start.provider,
+                        label=f"{settings_panel.STAGE_TITLES[stage]} provider",
+                        elem_id=f"ab-{stage}-provider",
+                    )
+                    model = gr.Dropdown(
+                        list(PROVIDERS[start.provider].catalogs[stage].models),
+                        value=start.model,
+                        label="Model",
+                        allow_custom_value=True,
+                        elem_id=f"ab-{stage}-model",
+                    )
+                pickers[stage] = (provider, model)
+        button = gr.Button("Same words, other stack", elem_id="ab-button", size="sm")
+        result = gr.HTML("", elem_id="ab-comparison")
+    return ABPanel(pickers, button, result)
+
+
+def _choices(picked: list) -> dict[Stage, StageChoice]:
+    """The dropdowns' values (provider, model per stage) as stage choices; ABRefused if unknown."""
+    choices = {}
+    for index, stage in enumerate(STAGES):
+        provider, model = picked[2 * index], picked[2 * index + 1]
+        if provider not in PROVIDERS or stage not in PROVIDERS[provider].stages:
+            raise ABRefused(f"Pick a {settings_panel.STAGE_TITLES[stage]} provider.")
+        model = model if isinstance(model, str) and model.strip() else None
+        choices[stage] = choice_for(provider, stage, model)
+    return choices
+
+
+def wire_ab_panel(
+    panel: ABPanel, audio: gr.components.Component, settings: gr.State, guard: WebRTCGuard
+) -> None:
+    """The model lists follow the provider; the button compares this visitor's own call only."""
+    for stage, (provider, model) in panel.pickers.items():
+
+        async def on_provider(values: dict, provider_id: str, stage=stage):
+            if provider_id not in PROVIDERS or stage not in PROVIDERS[provider_id].stages:
+                return gr.update()
+            found = await settings_panel.catalog(provider_id, stage, values.get("keys", {}))
+            return gr.update(choices=list(found.models), value=found.default_model)
+
+        provider.input(on_provider, [settings, provider], model, show_api=False)
+
+    async def on_click(
+        connection,
+        values: dict,
+        stt_provider: str,
+        stt_model: str,
+        llm_provider: str,
+        llm_model: str,
+        tts_provider: str,
+        tts_model: str,
+        request: gr.Request,
+    ) -> AsyncIterator[str]:
+        picked = [stt_provider, stt_model, llm_provider, llm_model, tts_provider, tts_model]
+        connection_id = webrtc_id_of(connection)
+        session = audio.handlers.get(connection_id) if connection_id else None
+        if not guard.owns(connection_id, request.session_hash) or not isinstance(
+            session, VoiceSession
+        ):
+            yield render_message("Press Record and say something first: no call to compare yet.")
+            return
+        if session.finished.is_set():
+            yield render_message("The call has ended: press Record, say something, then compare.")
+            return
+        keys = keys_from_environment().with_overrides((values or {}).get("keys", {}))
+        try:
+            choices = _choices(picked)
+            utterance = session.utterance.last
+            if utterance is not None and not utterance.too_long:
+                yield render_message(
+                    f"Running your last {utterance.seconds:.1f} s of speech through "
+                    f"{' · '.join(c.label for c in choices.values())}…",
+                    "running",
+                )
+            comparison = await compare(session, choices, keys, shared_models())
+        except ABRefused as e:
+            yield render_message(str(e))
+            return
+        yield comparison.render()
+
+    inputs = [audio, settings, *(c for pair in panel.pickers.values() for c in pair)]
+    panel.button.click(
+        on_click,
+        inputs=inputs,
+        outputs=[panel.result],
+        concurrency_limit=AB_CONCURRENCY,
+        concurrency_id="ab-comparison",
+        show_api=False,
+    )
