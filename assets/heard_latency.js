@@ -98,8 +98,9 @@
     const s = state;
 
     if (voiced) {
-      // Voice starting while the bot is heard: a barge-in, timed from this tick.
-      if (!s.micWasVoiced && !s.bargeIn && now - s.lastBotAt < 2 * TICK_MS + 10) {
+      // Voice starting while the bot speaks (heard within a between-words pause):
+      // a barge-in, timed from this tick.
+      if (!s.micWasVoiced && !s.bargeIn && now - s.lastBotAt < NEW_REPLY_GAP_MS) {
         s.bargeIn = { onsetAt: now, voicedMs: 0 };
       }
       if (s.bargeIn) s.bargeIn.voicedMs += TICK_MS;

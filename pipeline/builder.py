@@ -43,6 +43,7 @@ from pipeline.providers.local.models import LocalModels
 from pipeline.providers.registry import PROVIDERS, capabilities
 from pipeline.switcher import TurnActivity
 from pipeline.transport import FastRTCTransport, SessionOutbox
+from pipeline.vad_trace import record_vad_confidence
 
 
 def transport_params(config: SessionConfig) -> TransportParams:
@@ -134,6 +135,7 @@ def build_generation(
     transport = FastRTCTransport(transport_params(config), outbox, config.output_lead_secs)
     context = context or LLMContext()
     vad = SileroVADAnalyzer(params=VADParams(stop_secs=config.vad_stop_secs))
+    record_vad_confidence(vad, sink)  # the timeline's VAD lane
     strategies, smart_turn = _turn_strategies(config)
     aggregators = LLMContextAggregatorPair(
         context,

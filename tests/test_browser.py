@@ -430,3 +430,32 @@ def test_a_crashing_local_llm_leaves_the_page_up_and_a_cloud_llm_answering(pw, g
                 re.compile("you asked.*capital", re.I), timeout=REPLY_TIMEOUT_MS
             )
         assert "crashed (SIGSEGV)" in crashed_app.log_since()
+
+
+def test_the_page_measures_the_reply_as_heard_next_to_the_servers_v2v(pw, app, tmp_path):
+    """#heard-latency: mic quiet -> bot audible, timed in the page and filed with the turn."""
+    silent_mic = quiet_mic(tmp_path)
+    question = speech_pcm("What is the capital of France?")
+    with open_app(pw, app, tmp_path, fake_mic=silent_mic) as page:
+        press_record(page)
+        wait_until_listening(page)
+        spoke_at = speak(page, tmp_path / "question.wav", np.concatenate([question, silence(0.5)]))
+        voiced = np.flatnonzero(np.abs(question) > 1000)
+        speech_ends_at = spoke_at + (voiced[-1] - voiced[0]) / SAMPLE_RATE * 1000
+
+        row = page.locator("#heard-latency tr[data-measure=reply]").first
+        expect(row).to_contain_text(re.compile(r"\d+ ms"), timeout=REPLY_TIMEOUT_MS)
+        shown = row.inner_text()
+        expect(page.locator("#latency-stats")).to_contain_text("heard p50")
+        sent = page.evaluate("__heardLatency.sent")
+        levels = page.evaluate("__voiceProbe.levels")
+
+    assert sent and sent[0][0] == "reply", sent
+    heard_ms = sent[0][1]
+    assert f"{heard_ms:.0f} ms" in shown, (shown, sent)
+    # The probe's own reading (20 ms RMS samples of the remote track; the speech's
+    # end from the clip) agrees with what the page's script measured and sent.
+    first_audible = next(t for t, rms in levels if t > speech_ends_at and rms > AUDIBLE_RMS)
+    probe_ms = first_audible - speech_ends_at
+    assert abs(heard_ms - probe_ms) < 150, f"page {heard_ms} ms, probe {probe_ms:.0f} ms"
+
