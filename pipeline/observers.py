@@ -23,11 +23,22 @@ from pipecat.frames.frames import (
     LLMTextFrame,
     MetricsFrame,
     TranscriptionFrame,
+    TTSAudioRawFrame,
+    TTSStoppedFrame,
     TTSTextFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
 )
-from pipecat.metrics.metrics import LLMUsageMetricsData, TTFBMetricsData, TTSUsageMetricsData
+from pipecat.metrics.metrics import (
+    LLMUsageMetricsData,
+    MetricsData,
+    STTUsageMetricsData,
+    TTFBMetricsData,
+    TTSUsageMetricsData,
+    TurnMetricsData,
+)
 from pipecat.observers.base_observer import BaseObserver, FrameProcessed, FramePushed
 from pipecat.observers.user_bot_latency_observer import (
     LatencyBreakdown,
@@ -161,12 +172,101 @@ class UIEventObserver(BaseObserver):
         return events
 
 
+# pipecat's breakdown labels -> the timeline lane they belong to ("pipeline" is
+# spread over the whole interval, so it has no place on a timeline).
+BREAKDOWN_LANES = {
+    "endpointing_wait": "vad",
+    "transcription": "stt",
+    "turn_detection": "turn",
+    "llm_inference": "llm",
+    "awaiting_speakable_text": "llm",
+    "turn_completion": "llm",
+    "sentence_aggregation": "llm",
+    "llm_tool_call": "llm",
+    "function_handler": "tools",
+    "speech_synthesis": "tts",
+    "output_transport": "playback",
+}
+
+
+class OutputGapMetricsData(MetricsData):
+    """The output transport's report of an underrun: ``value`` seconds with nothing to play."""
+
+    value: float
+
+
+class TimelineLatencyObserver(UserBotLatencyObserver):
+    """pipecat's voice-to-voice observer, also reporting what the per-turn timeline draws.
+
+    Besides each turn's breakdown (:class:`~pipeline.events.LatencyMeasured`)
+    it reports the breakdown's parts with their start times
+    (:class:`~pipeline.events.StageSpan`), each stretch of the user's speech as
+    the VAD judged it, the TTS's synthesis from first to last audio, Smart
+    Turn's verdicts, billable usage and the output's underruns. Every one is
+    a handful of events per turn: per audio frame it only notes a time.
+    """
+
+    def __init__(self, sink: EventSink, clock: Callable[[], float] = time.time, **kwargs):
+        super().__init__(**kwargs)
+        self._sink = sink
+        self._clock = clock
+        self._speech_from: float | None = None
+        self._synthesis: list[float] | None = None
+
+    async def on_push_frame(self, data: FramePushed):
+        await super().on_push_frame(data)
+        if data.direction != FrameDirection.DOWNSTREAM:
+            return
+        frame = data.frame
+        if isinstance(frame, TTSAudioRawFrame):
+            now = self._clock()
+            if self._synthesis is None:
+                self._synthesis = [now, now]
+            self._synthesis[1] = now
+        elif isinstance(frame, VADUserStartedSpeakingFrame):
+            self._speech_from = frame.timestamp - frame.start_secs
+        elif isinstance(frame, VADUserStoppedSpeakingFrame):
+            silence = frame.timestamp - frame.stop_secs
+            if self._speech_from is not None:
+                self._span("user", self._speech_from, silence, "speech")
+            self._span("vad", silence, frame.timestamp, "silence before the VAD stop")
+            self._speech_from = None
+        elif isinstance(frame, TTSStoppedFrame | InterruptionFrame) and self._synthesis:
+            self._span("tts", *self._synthesis, "synthesis")
+            self._synthesis = None
+        elif isinstance(frame, MetricsFrame):
+            for metric in frame.data:
+                self._metric(metric)
+
+    def _span(self, lane: str, start: float, end: float, label: str) -> None:
+        self._sink(ev.StageSpan(self._clock(), lane, start, end, label))
+
+    def _metric(self, data: MetricsData) -> None:
+        now = self._clock()
+        match data:
+            case TurnMetricsData():
+                self._sink(
+                    ev.TurnDecision(
+                        now, data.is_complete, data.probability, data.e2e_processing_time_ms
+                    )
+                )
+            case LLMUsageMetricsData():
+                self._sink(ev.UsageAmount(now, "llm_input_tokens", data.value.prompt_tokens))
+                self._sink(ev.UsageAmount(now, "llm_output_tokens", data.value.completion_tokens))
+            case TTSUsageMetricsData():
+                self._sink(ev.UsageAmount(now, "tts_characters", data.value))
+            case STTUsageMetricsData():
+                self._sink(ev.UsageAmount(now, "stt_audio_secs", data.value.audio_seconds))
+            case OutputGapMetricsData():
+                self._sink(ev.OutputGap(now, data.value))
+
+
 def latency_observer(sink: EventSink) -> UserBotLatencyObserver:
-    """pipecat's voice-to-voice observer, reporting each turn's breakdown as an event.
+    """pipecat's voice-to-voice observer, reporting each turn's breakdown and timeline as events.
 
     The pipeline worker only creates one when tracing is on, so we make our own.
     """
-    observer = UserBotLatencyObserver()
+    observer = TimelineLatencyObserver(sink)
 
     @observer.event_handler("on_latency_breakdown")
     async def _on_breakdown(_observer, breakdown: LatencyBreakdown):
@@ -174,6 +274,11 @@ def latency_observer(sink: EventSink) -> UserBotLatencyObserver:
             return
         contributions = tuple((c.label, c.duration_secs) for c in breakdown.contributions)
         sink(ev.LatencyMeasured(time.time(), breakdown.total_secs, contributions))
+        for c in breakdown.contributions:
+            lane = BREAKDOWN_LANES.get(c.key)
+            if lane is not None:
+                end = c.start_time + c.duration_secs
+                sink(ev.StageSpan(time.time(), lane, c.start_time, end, c.label))
 
     return observer
 

@@ -26,13 +26,17 @@ from pipecat.frames.frames import (
     Frame,
     InputAudioRawFrame,
     InterruptionFrame,
+    MetricsFrame,
     OutputAudioRawFrame,
     StartFrame,
+    UserStartedSpeakingFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.transports.base_input import BaseInputTransport
 from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import BaseTransport, TransportParams
+
+from pipeline.observers import OutputGapMetricsData
 
 AudioChunk = tuple[int, np.ndarray]
 
@@ -90,6 +94,13 @@ class PlaybackClock:
         """Audio handed over but not yet heard."""
         return max(0.0, self._play_until - self._now())
 
+    @property
+    def dry_secs(self) -> float:
+        """How long playback has had nothing to play (0 while audio is queued or never started)."""
+        if not self._play_until:
+            return 0.0
+        return max(0.0, self._now() - self._play_until)
+
     def schedule(self, duration_secs: float) -> float:
         """Account for a chunk; returns how long to wait before taking the next one."""
         now = self._now()
@@ -140,12 +151,21 @@ class FastRTCInputTransport(BaseInputTransport):
 
 
 class FastRTCOutputTransport(BaseOutputTransport):
-    """Pipeline audio out to the session's outbox, paced in real time."""
+    """Pipeline audio out to the session's outbox, paced in real time.
+
+    It also reports underruns: a write that finds playback ran dry for at least
+    ``MIN_GAP_SECS`` in the middle of a reply (the reply's first audio, after
+    the user spoke or interrupted, starts from silence by definition) goes out
+    as a :class:`~pipeline.observers.OutputGapMetricsData` metric.
+    """
+
+    MIN_GAP_SECS = 0.05
 
     def __init__(self, params: TransportParams, outbox: SessionOutbox, clock: PlaybackClock, **kw):
         super().__init__(params, **kw)
         self._outbox = outbox
         self._clock = clock
+        self._replying = False
 
     async def start(self, frame: StartFrame):
         await super().start(frame)
@@ -156,8 +176,15 @@ class FastRTCOutputTransport(BaseOutputTransport):
         if isinstance(frame, InterruptionFrame):
             self._outbox.clear_audio()
             self._clock.reset()
+        if isinstance(frame, InterruptionFrame | UserStartedSpeakingFrame):
+            self._replying = False
 
     async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
+        dry = self._clock.dry_secs
+        if self._replying and dry >= self.MIN_GAP_SECS:
+            gap = OutputGapMetricsData(processor=self.name, value=dry)
+            await self.push_frame(MetricsFrame(data=[gap]))
+        self._replying = True
         samples = np.frombuffer(frame.audio, dtype=np.int16)
         self._outbox.put((frame.sample_rate, samples))
         wait = self._clock.schedule(len(samples) / frame.sample_rate / frame.num_channels)

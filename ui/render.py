@@ -9,6 +9,7 @@ from html import escape
 
 from ui.heard import heard_stat_cells
 from ui.state import TTFB, BotReply, SessionState, TurnLatency, pending_text, percentile
+from ui.turnlog import health_cells
 
 # The page keeps the most recent turns; older ones are summarised in one line
 # so a long session does not grow what is sent to the browser on every update.
@@ -135,6 +136,7 @@ def render_stats(state: SessionState) -> str:
         ("TTS characters", str(state.usage.tts_characters)),
     ]
     cells += heard_stat_cells(state)
+    cells += health_cells(state.turn_logs)
     grid = "".join(
         f'<div class="stat"><div class="stat-value">{value}</div>'
         f'<div class="stat-label">{label}</div></div>'

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from pipeline import events as ev
+from ui.turnlog import TurnLogs, fold
 
 Status = Literal[
     "idle",
@@ -157,6 +158,8 @@ class SessionState:
     server_barge_ins: tuple[ServerBargeIn, ...] = ()
     # When the server detected the user's voice over the bot (None: no barge-in pending).
     barge_in_detected_at: float | None = None
+    # Per-turn records for the timeline, the cost and the output health (ui.turnlog).
+    turn_logs: TurnLogs = field(default_factory=TurnLogs)
 
 
 def initial_state() -> SessionState:
@@ -166,6 +169,7 @@ def initial_state() -> SessionState:
 def reduce(state: SessionState, event: ev.Event) -> SessionState:
     """Fold one event into the state."""
     state = _track_barge_in(state, event)
+    state = _fold_turn_logs(state, event)
     match event:
         case ev.SessionStarted():
             return replace(state, status="listening", error=None)
@@ -323,3 +327,16 @@ def _join(left: str, right: str) -> str:
 def _capped(text: str) -> str:
     """``text`` cut to MAX_TEXT_CHARS, so appending to it costs at most a constant."""
     return text[:MAX_TEXT_CHARS]
+
+
+def _fold_turn_logs(state: SessionState, event: ev.Event) -> SessionState:
+    """The per-turn records (ui.turnlog), folded before the event changes the state."""
+    providers = state.providers
+    logs = fold(
+        state.turn_logs,
+        event,
+        speaking=state.status == "speaking",
+        stack=(providers.stt, providers.llm, providers.tts) if providers else None,
+        turn=state.user_turns,
+    )
+    return state if logs is state.turn_logs else replace(state, turn_logs=logs)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import gradio as gr
 
-from ui import charts, heard, render
+from ui import charts, cost, heard, render, timeline
 from ui.state import SessionState
 
 Column = Literal["talk", "dashboard"]
@@ -45,6 +45,8 @@ VIEWS: tuple[View, ...] = (
     View("latency-breakdown", charts.breakdown_figure, "dashboard", chart=True),
     View("ttfb-chart", charts.ttfb_figure, "dashboard", chart=True),
     View("heard-latency", heard.render_heard, "dashboard"),
+    View("turn-timeline", timeline.timeline_figure, "dashboard", chart=True),
+    View("cost", cost.render_cost, "dashboard"),
 )
 
 

@@ -1,0 +1,127 @@
+"""The cost panel (#cost): dollars per turn and per minute of conversation, live.
+
+Usage comes from pipecat's usage metrics (LLM tokens in and out, TTS
+characters, STT audio seconds; the user's speech time where an STT reports no
+audio), priced by :mod:`pipeline.pricing` on the stack each turn ran on. The
+same usage priced on a few other stacks shows what the conversation would
+have cost there. Cheap: a few multiplications per update.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+from pipeline import pricing
+from ui.state import SessionState
+from ui.timeline import turn_usage
+from ui.turnlog import Spend
+
+# Stacks the session's usage is also priced on, as (name, stt, llm, tts).
+OTHER_STACKS = (
+    ("All local", "Local whisper-tiny.en", "Local SmolLM2-135M-Instruct", "Local piper-joe-medium"),
+    (
+        "Groq + ElevenLabs",
+        "Groq whisper-large-v3-turbo",
+        "Groq llama-3.1-8b-instant",
+        "ElevenLabs eleven_flash_v2_5",
+    ),
+    (
+        "All Groq",
+        "Groq whisper-large-v3-turbo",
+        "Groq llama-3.1-8b-instant",
+        "Groq canopylabs/orpheus-v1-english",
+    ),
+    (
+        "ElevenLabs + Groq 70B",
+        "ElevenLabs scribe_v2_realtime",
+        "Groq llama-3.3-70b-versatile",
+        "ElevenLabs eleven_multilingual_v2",
+    ),
+)
+# Shorter than this, a per-minute figure would mostly be noise.
+MIN_MINUTES = 0.1
+
+
+def _stack(labels: tuple[str, str, str]) -> dict[str, str]:
+    return dict(zip(("stt", "llm", "tts"), labels, strict=True))
+
+
+def _billed(entry: Spend) -> pricing.Usage:
+    if entry.usage.stt_audio_secs or not entry.speech_secs:
+        return entry.usage
+    return entry.usage + pricing.Usage(stt_audio_secs=entry.speech_secs)
+
+
+def session_usage(state: SessionState) -> pricing.Usage:
+    """Everything the session used, over every stack it ran on."""
+    total = pricing.Usage()
+    for entry in state.turn_logs.spend:
+        total = total + _billed(entry)
+    return total
+
+
+def session_cost(state: SessionState) -> float:
+    """The session's dollars, each stack's usage priced on that stack."""
+    return sum(pricing.cost_of(_billed(e), _stack(e.stack)) for e in state.turn_logs.spend)
+
+
+def conversation_minutes(state: SessionState) -> float:
+    logs = state.turn_logs
+    if logs.started is None or logs.last is None:
+        return 0.0
+    return max(0.0, logs.last - logs.started) / 60
+
+
+def _usd(value: float) -> str:
+    return f"${value:.4f}" if value < 1 else f"${value:.2f}"
+
+
+def render_cost(state: SessionState) -> str:
+    logs = state.turn_logs
+    total = session_cost(state)
+    minutes = conversation_minutes(state)
+    last = logs.current
+    last_cost = pricing.cost_of(turn_usage(last), _stack(last.stack)) if last is not None else None
+    per_minute = _usd(total / minutes) if minutes >= MIN_MINUTES else "–"
+    cells = [
+        ("this turn", _usd(last_cost) if last_cost is not None else "–"),
+        ("per turn (mean)", _usd(total / state.user_turns) if state.user_turns else "–"),
+        ("per minute", per_minute),
+        ("session", _usd(total)),
+    ]
+    grid = "".join(
+        f'<div class="stat"><div class="stat-value">{escape(value)}</div>'
+        f'<div class="stat-label">{label}</div></div>'
+        for label, value in cells
+    )
+    usage = session_usage(state)
+    rows = []
+    for name, *labels in OTHER_STACKS:
+        there = pricing.cost_of(usage, _stack(tuple(labels)))
+        there_per_minute = _usd(there / minutes) if minutes >= MIN_MINUTES else "–"
+        rows.append(
+            f"<tr><td>{escape(name)}</td><td>{_usd(there)}</td><td>{there_per_minute}</td></tr>"
+        )
+    current = state.providers
+    stack_line = ""
+    missing: list[str] = []
+    if current is not None:
+        stack_line = f'<div class="cost-stack">Priced on {escape(current.label)}</div>'
+        missing = pricing.unpriced(_stack((current.stt, current.llm, current.tts)))
+    warning = (
+        f'<div class="cost-unpriced">No price known for {escape(", ".join(missing))}: '
+        "counted as $0.</div>"
+        if missing
+        else ""
+    )
+    return (
+        '<div class="cost"><div class="stats-title">Cost</div>'
+        f'<div class="stat-grid">{grid}</div>{stack_line}{warning}'
+        '<table class="by-setup"><thead><tr><th>This conversation on</th><th>total</th>'
+        f"<th>per minute</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        '<div class="cost-note">Usage: '
+        f"{usage.llm_input_tokens:.0f} LLM tokens in, {usage.llm_output_tokens:.0f} out, "
+        f"{usage.tts_characters:.0f} TTS characters, {usage.stt_audio_secs:.1f} s of STT audio. "
+        f"Prices as read on {pricing.READ_ON} (sources in pipeline/pricing.py; "
+        "VOICE_LAB_PRICE_* variables override them). Local models cost $0.</div></div>"
+    )
