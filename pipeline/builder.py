@@ -28,6 +28,7 @@ from pipecat.processors.aggregators.llm_response_universal import (
     LLMUserAggregatorParams,
 )
 from pipecat.processors.filters.function_filter import FunctionFilter
+from pipecat.services.llm_service import LLMService
 from pipecat.transports.base_transport import TransportParams
 from pipecat.turns.user_stop import (
     SpeechTimeoutUserTurnStopStrategy,
@@ -41,7 +42,17 @@ from pipeline.config import SessionConfig
 from pipeline.observers import EventSink, SessionObservers, UIEventObserver, latency_observer
 from pipeline.providers.local.models import LocalModels
 from pipeline.providers.registry import PROVIDERS, capabilities
+from pipeline.speculation import (
+    EagerFromPartials,
+    LedgerSpeculationGate,
+    PauseAwareSileroVAD,
+    SpeculationLedger,
+    SpeculativeSmartTurnStopStrategy,
+    UserPausedFrame,
+    UserResumedFrame,
+)
 from pipeline.switcher import TurnActivity
+from pipeline.tools.installer import attach as attach_tools
 from pipeline.transport import FastRTCTransport, SessionOutbox
 from pipeline.vad_trace import record_vad_confidence
 
@@ -58,14 +69,17 @@ def transport_params(config: SessionConfig) -> TransportParams:
 
 
 def _turn_strategies(
-    config: SessionConfig,
+    config: SessionConfig, ledger: SpeculationLedger
 ) -> tuple[UserTurnStrategies, LocalSmartTurnAnalyzerV3 | None]:
     analyzer = None
     if config.smart_turn:
         analyzer = LocalSmartTurnAnalyzerV3(
             params=SmartTurnParams(stop_secs=config.turn_fallback_secs)
         )
-        stop = TurnAnalyzerUserTurnStopStrategy(turn_analyzer=analyzer)
+        if config.speculative:
+            stop = SpeculativeSmartTurnStopStrategy(turn_analyzer=analyzer, ledger=ledger)
+        else:
+            stop = TurnAnalyzerUserTurnStopStrategy(turn_analyzer=analyzer)
     else:
         stop = SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=config.vad_stop_secs)
     return UserTurnStrategies(stop=[stop]), analyzer
@@ -132,11 +146,31 @@ def build_generation(
         for stage, choice in config.choices().items()
     }
     stt, llm, tts = services["stt"], services["llm"], services["tts"]
+    stt_streams = capabilities("stt", config.stt).streaming
     transport = FastRTCTransport(transport_params(config), outbox, config.output_lead_secs)
     context = context or LLMContext()
-    vad = SileroVADAnalyzer(params=VADParams(stop_secs=config.vad_stop_secs))
+    attach_tools(config, llm, context, sink)  # the demo tools, if this LLM calls them
+    ledger = SpeculationLedger(sink)
+    strategies, smart_turn = _turn_strategies(config, ledger)
+    speculating = isinstance(strategies.stop[0], SpeculativeSmartTurnStopStrategy)
+    vad_params = VADParams(stop_secs=config.vad_stop_secs)
+    if speculating:
+
+        async def _paused():
+            await strategies.stop[0].user_paused()
+            await user.broadcast_frame(UserPausedFrame)
+
+        async def _resumed():
+            await strategies.stop[0].user_resumed()
+            await user.broadcast_frame(UserResumedFrame)
+
+        vad = PauseAwareSileroVAD(params=vad_params, on_pause=_paused, on_resume=_resumed)
+        if isinstance(llm, LLMService):
+            # pipecat builds its own gate in LLMService.__init__ and takes none.
+            llm._speculation_gate = LedgerSpeculationGate(ledger, name=f"{llm}::SpeculationGate")
+    else:
+        vad = SileroVADAnalyzer(params=vad_params)
     record_vad_confidence(vad, sink)  # the timeline's VAD lane
-    strategies, smart_turn = _turn_strategies(config)
     aggregators = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(vad_analyzer=vad, user_turn_strategies=strategies),
@@ -156,6 +190,7 @@ def build_generation(
         [
             transport.input(),
             stt,
+            *([EagerFromPartials()] if speculating and stt_streams else []),
             user,
             _microphone_stops_here(),
             llm,

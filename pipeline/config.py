@@ -24,6 +24,11 @@ def _env_float(name: str, default: float) -> float:
     return float(value) if value else default
 
 
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    return value not in ("0", "false", "no", "off") if value else default
+
+
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name, "").strip()
     return int(value) if value else default
@@ -51,6 +56,12 @@ class SessionConfig:
     )
     vad_stop_secs: float = field(default_factory=lambda: _env_float("VOICE_LAB_VAD_STOP_SECS", 0.2))
     smart_turn: bool = True
+    # Start the reply when the user falls silent, hold it until Smart Turn
+    # confirms the turn, drop it if they go on (pipeline/speculation.py).
+    speculative: bool = field(default_factory=lambda: _env_flag("VOICE_LAB_SPECULATIVE", True))
+    # Offer the demo tools (pipeline/tools) to an LLM that can call them;
+    # VOICE_LAB_TOOLS=0 turns them off for every session.
+    tools: bool = field(default_factory=lambda: tools_allowed())
     turn_fallback_secs: float = 2.0
     llm_max_tokens: int = field(default_factory=lambda: _env_int("VOICE_LAB_LLM_MAX_TOKENS", 80))
     input_sample_rate: int = 16000
@@ -141,3 +152,8 @@ def trust_forwarded_for() -> bool:
     if value:
         return value in ("1", "true", "yes")
     return bool(os.environ.get("SPACE_ID"))
+
+
+def tools_allowed() -> bool:
+    """Whether this server offers tools at all (``VOICE_LAB_TOOLS=0``: never, whatever the page)."""
+    return os.environ.get("VOICE_LAB_TOOLS", "").strip().lower() not in ("0", "false", "no", "off")

@@ -182,6 +182,50 @@ class HeardLatency(Event):
 
 
 @dataclass(frozen=True)
+class SpeculationStarted(Event):
+    """A reply began on an eager transcript, before the turn was confirmed (held until it is)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class SpeculationEnded(Event):
+    """The turn settled a speculation: adopted (its reply is the answer) or discarded.
+
+    ``reason``: "confirmed", "resumed", "transcript changed", "interrupted",
+    "turn ended" or "tool call". ``wasted_tokens``: reply tokens a discarded
+    speculation generated; ``wasted_chars``: TTS characters it synthesised (0:
+    the TTS only receives released text). ``saved_ms``: how much earlier an
+    adopted reply started than the turn's confirmation.
+    """
+
+    adopted: bool
+    reason: str
+    wasted_tokens: int = 0
+    wasted_chars: int = 0
+    saved_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class ToolCallStarted(Event):
+    """The LLM called a tool; ``arguments`` is its JSON text, anything secret-shaped masked."""
+
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class ToolCallFinished(Event):
+    """A tool call ended: ``result`` is the speakable fact the LLM was given, or what went wrong."""
+
+    call_id: str
+    name: str
+    ok: bool
+    result: str
+
+
+@dataclass(frozen=True)
 class StageSpan(Event):
     """A stretch of one turn's work, on the events' clock: where it sits on the timeline.
 

@@ -114,6 +114,9 @@ class Capabilities:
 
     # Sends interim text while the user is still speaking (else only the final transcript).
     interim_text: bool = field(default=False, metadata={"stage": "stt"})
+    # Transcribes as the audio streams in: its latest partial already covers the
+    # utterance when the user falls silent (else it transcribes whole segments).
+    streaming: bool = field(default=False, metadata={"stage": "stt"})
     # Calls tools (function calling) when the context offers them.
     tools: bool = field(default=False, metadata={"stage": "llm"})
     # Reports when each word starts playing (else only whole sentences).

@@ -170,7 +170,7 @@ PROVIDER = Provider(
     # Scribe realtime streams partial transcripts; the TTS websocket sends
     # character timings, from which each word's start is known.
     capabilities={
-        "stt": Capabilities(interim_text=True),
+        "stt": Capabilities(interim_text=True, streaming=True),
         "tts": Capabilities(word_timing=True),
     },
     # Flash with word timing is the fastest voice; Scribe comes after Groq's Whisper.

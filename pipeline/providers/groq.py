@@ -20,6 +20,7 @@ from pipecat.services.groq.tts import GroqTTSService
 from pipecat.transcriptions.language import Language
 
 from pipeline.providers.base import Capabilities, Catalog, Provider, Stage
+from pipeline.speculation import EagerSegmentsMixin
 
 DEFAULT_BASE_URL = "https://api.groq.com"
 BASE_URL_ENV = "GROQ_BASE_URL"
@@ -67,8 +68,8 @@ class VoiceLabGroqLLMService(GroqLLMService):
         await self._client.close()  # pipecat leaves its keep-alive sockets to the GC
 
 
-class VoiceLabGroqSTTService(GroqSTTService):
-    """Groq Whisper, failing fast instead of retrying."""
+class VoiceLabGroqSTTService(EagerSegmentsMixin, GroqSTTService):
+    """Groq Whisper, failing fast instead of retrying; transcribes early when the user pauses."""
 
     def __init__(self, *, api_key: str, **kwargs):
         super().__init__(api_key=api_key, base_url=openai_base_url(), **kwargs)

@@ -35,12 +35,17 @@ from pipecat.transcriptions.language import Language
 from pipecat.utils.time import time_now_iso8601
 
 from pipeline.providers.local.models import LLM_LABEL, PIPER_LABEL, WHISPER_LABEL, LocalModels
+from pipeline.speculation import EagerSegment, EagerSegmentsMixin
 
 # Keep the prompt well inside the 2048-token window of the local model (about
 # four characters a token). When the history outgrows the budget the oldest half
 # is dropped in one go, not one message per turn: llama.cpp reuses the evaluated
 # prompt prefix, and a window sliding every turn would re-evaluate it all.
 HISTORY_BUDGET_CHARS = 4000
+
+# An interim pass whose audio ended at most this long before a pause heard the
+# whole utterance: its text answers the pause without another Whisper pass.
+INTERIM_COVERS_SECS = 0.1
 
 
 class _Block:
@@ -81,7 +86,7 @@ def quiet_point(pcm16: bytes, sample_rate: int) -> int:
     return (best + 2) * frame + frame // 2
 
 
-class LocalWhisperSTTService(SegmentedSTTService):
+class LocalWhisperSTTService(EagerSegmentsMixin, SegmentedSTTService):
     """Whisper tiny.en, greedy decoding, on the shared model.
 
     Whisper is segmented (it transcribes a finished utterance), so interim
@@ -127,6 +132,8 @@ class LocalWhisperSTTService(SegmentedSTTService):
         self._utterance = 0
         self._blocks: list[_Block] = []
         self._open_text = ""
+        # Bytes of the open block the latest interim text was transcribed from.
+        self._open_covers = 0
         self._open_block = 0
         self._shown = ""
         # Final texts of closed blocks, in queue order, awaiting the utterance's last segment.
@@ -202,6 +209,7 @@ class LocalWhisperSTTService(SegmentedSTTService):
         text = await asyncio.to_thread(self._models.transcribe_interim, audio, self.sample_rate)
         if text is not None and block == self._open_block and self._user_speaking:
             self._open_text = text
+            self._open_covers = len(audio)
             await self._show_interim()
 
     async def _show_interim(self) -> None:
@@ -226,6 +234,16 @@ class LocalWhisperSTTService(SegmentedSTTService):
         await self._cancel_interim()
         await super().stop(frame)
 
+    async def eager_transcript(self, audio: bytes) -> str:
+        """The open block's words at a pause: the latest interim text if it heard them all."""
+        uncovered = len(self._audio_buffer) - self._open_covers
+        if self._open_text and uncovered <= INTERIM_COVERS_SECS * 2 * self.sample_rate:
+            return self._open_text
+        return await asyncio.to_thread(self._models.transcribe, audio, self.sample_rate)
+
+    def eager_frame_text(self, text: str) -> str:
+        return " ".join(t for t in [*(b.text for b in self._blocks), text] if t)
+
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame, None]:
         if isinstance(audio, _DropBlocks):
             self._final_blocks.clear()
@@ -239,7 +257,10 @@ class LocalWhisperSTTService(SegmentedSTTService):
                 await self._show_interim()
             return
         await self.start_processing_metrics()
-        text = await asyncio.to_thread(self._models.transcribe, audio, self.sample_rate)
+        if isinstance(audio, EagerSegment):  # transcribed when the user paused
+            text = await self.committed_text(audio)
+        else:
+            text = await asyncio.to_thread(self._models.transcribe, audio, self.sample_rate)
         await self.stop_processing_metrics()
         text = " ".join(t for t in [*self._final_blocks, text] if t)
         self._final_blocks.clear()
