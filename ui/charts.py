@@ -27,6 +27,9 @@ CONTRIBUTION_COLOURS = {
     "transcription": "#3b82f6",
     "turn detection": "#06b6d4",
     "LLM inference": "#f59e0b",
+    "LLM tool call": "#fb923c",
+    # The turn's tool calls (TurnLatency.tool_seconds), in place of pipecat's "function handler".
+    "tool": "#10b981",
     "sentence aggregation": "#eab308",
     "speech synthesis": "#8b5cf6",
     "output transport": "#ec4899",
@@ -83,6 +86,10 @@ def breakdown_figure(state: SessionState) -> go.Figure:
         seconds: dict[str, float] = {}
         for name, s in turn.contributions:
             seconds[name] = seconds.get(name, 0.0) + s
+        # The tool's whole time, also what ran on while the waiting phrase played.
+        seconds.pop("function handler", None)
+        if turn.tool_seconds:
+            seconds["tool"] = turn.tool_seconds
         per_turn.append(seconds)
     bars = []
     for label in labels:

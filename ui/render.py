@@ -8,7 +8,15 @@ from __future__ import annotations
 from html import escape
 
 from ui.heard import heard_stat_cells
-from ui.state import TTFB, BotReply, SessionState, TurnLatency, pending_text, percentile
+from ui.state import (
+    TTFB,
+    BotReply,
+    SessionState,
+    ToolCall,
+    TurnLatency,
+    pending_text,
+    percentile,
+)
 from ui.turnlog import health_cells
 
 # The page keeps the most recent turns; older ones are summarised in one line
@@ -81,7 +89,8 @@ def render_conversation(state: SessionState) -> str:
     parts = []
     if hidden:
         parts.append(f'<div class="turn-summary">{hidden} earlier turns</div>')
-    for turn in turns:
+    cards = _tool_cards(state, hidden)
+    for number, turn in enumerate(turns, hidden + 1):
         body = escape(turn.text)
         if turn.unspoken:
             body += f' <s class="unspoken" title="never spoken">{escape(turn.unspoken)}</s>'
@@ -89,11 +98,39 @@ def render_conversation(state: SessionState) -> str:
             body += ' <span class="turn-flag">(interrupted)</span>'
         providers = turn.providers.label if turn.providers else ""
         parts.append(_bubble(turn.role, turn.role, body, providers=providers))
+        parts.extend(cards.pop(number, ()))
+    # Calls made since the last committed turn: the reply they serve is in progress.
+    parts.extend(card for _, later in sorted(cards.items()) for card in later)
     if state.bot is not None and state.bot.generated:
         parts.append(_bubble("bot", "bot-live", _live_reply(state.bot), "turn-live"))
     if not parts:
         parts.append('<div class="turn-empty">The conversation will appear here.</div>')
     return '<div class="conversation">' + "".join(parts) + "</div>"
+
+
+def _tool_cards(state: SessionState, hidden: int) -> dict[int, list[str]]:
+    """Each visible tool call as a card, by the number of turns it follows."""
+    cards: dict[int, list[str]] = {}
+    for call in state.tool_calls:
+        if call.after_turns > hidden:
+            cards.setdefault(call.after_turns, []).append(render_tool_card(call))
+    return cards
+
+
+def render_tool_card(call: ToolCall) -> str:
+    """A small card: the tool, its arguments, how long it took, what it answered."""
+    if call.ok is None:
+        outcome, took = "running", "running…"
+    else:
+        outcome, took = ("ok" if call.ok else "failed"), _ms(call.seconds)
+    result = f'<span class="tool-result">{escape(call.result)}</span>' if call.result else ""
+    return (
+        f'<div class="turn turn-tool tool-{outcome}" data-role="tool" '
+        f'data-tool="{escape(call.name)}"><span class="turn-who">Tool</span>'
+        f'<code class="tool-name">{escape(call.name)}</code> '
+        f'<code class="tool-args">{escape(call.arguments)}</code> '
+        f'<span class="tool-time">{took}</span>{result}</div>'
+    )
 
 
 def render_user_live(state: SessionState) -> str:

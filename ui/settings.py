@@ -16,14 +16,16 @@ from dataclasses import replace
 
 import gradio as gr
 
-from pipeline.config import SessionConfig
+from pipeline.config import SessionConfig, tools_allowed
 from pipeline.providers.base import STAGES, Catalog, Provider, Stage
 from pipeline.providers.registry import (
     PROVIDERS,
+    capabilities,
     choice_for,
     keys_from_environment,
     providers_for,
 )
+from pipeline.tools.catalog import schemas as tool_schemas
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ def initial_settings() -> dict:
         vad_stop_secs=config.vad_stop_secs,
         smart_turn=config.smart_turn,
         system_prompt=config.system_prompt,
+        tools=config.tools,
     )
     return values
 
@@ -79,6 +82,7 @@ def config_from_settings(values: dict) -> SessionConfig:
         vad_stop_secs=min(max(vad_stop, low), high) if vad_stop == vad_stop else low,
         smart_turn=bool(values.get("smart_turn", config.smart_turn)),
         system_prompt=prompt.strip() or config.system_prompt,
+        tools=tools_allowed() and bool(values.get("tools", config.tools)),
     )
 
 
@@ -114,6 +118,29 @@ def _key_status(provider_id: str, typed: dict) -> str:
     if keys_from_environment().get(provider_id):
         return f"{provider.label}: the server's key"
     return f"{provider.label}: no key"
+
+
+def _tools_control(values: dict, llm_provider: str) -> dict:
+    """The tools toggle for this LLM: usable only if it calls tools (the registry says)."""
+    if llm_provider not in PROVIDERS or "llm" not in PROVIDERS[llm_provider].stages:
+        llm_provider = values["llm"]["provider"]
+    choice = choice_for(llm_provider, "llm")
+    can_call = capabilities("llm", choice).tools
+    if not tools_allowed():
+        info = "Turned off on this server (VOICE_LAB_TOOLS=0)."
+    elif not can_call:
+        info = (
+            f"{PROVIDERS[llm_provider].label} {choice.model} cannot call tools: none are offered."
+        )
+    else:
+        info = "Look up an order (try 1234 or 4821), cancel one not shipped, or ask a city's time."
+    return {
+        "value": bool(values.get("tools")) and can_call and tools_allowed(),
+        "interactive": can_call and tools_allowed(),
+        "label": "Tools",
+        "info": info,
+        "elem_id": "tools-toggle",
+    }
 
 
 def build_settings_panel() -> gr.State:
@@ -189,6 +216,9 @@ def build_settings_panel() -> gr.State:
                 info="Judge whether you finished; off: end on silence alone",
                 elem_id="smart-turn",
             )
+            tools = gr.Checkbox(**_tools_control(start, start["llm"]["provider"]))
+            with gr.Accordion("Tool schemas: what the LLM is told", open=False):
+                gr.JSON(tool_schemas(), show_label=False, elem_id="tool-schemas")
         system_prompt = gr.Textbox(
             value=start["system_prompt"],
             label="System prompt",
@@ -208,6 +238,14 @@ def build_settings_panel() -> gr.State:
 
     vad_stop.release(set_knob("vad_stop_secs"), [settings, vad_stop], settings, queue=False)
     smart_turn.change(set_knob("smart_turn"), [settings, smart_turn], settings, queue=False)
+    # ``input``: only the visitor's clicks are a preference, not the updates below.
+    tools.input(set_knob("tools"), [settings, tools], settings, queue=False)
+    pickers["llm"][0].input(
+        lambda values, provider_id: gr.update(**_tools_control(values, provider_id)),
+        [settings, pickers["llm"][0]],
+        tools,
+        queue=False,
+    )
     system_prompt.blur(set_knob("system_prompt"), [settings, system_prompt], settings, queue=False)
     system_prompt.submit(
         set_knob("system_prompt"), [settings, system_prompt], settings, queue=False

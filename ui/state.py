@@ -41,6 +41,8 @@ HEARD_MEASURES = ("reply", "barge-in")
 # Longest text the reducer grows by appending (a reply token by token, the
 # words of a user turn): about ten minutes of speech.
 MAX_TEXT_CHARS = 10_000
+# Tool calls kept in the state (the conversation shows those of its visible turns).
+KEPT_TOOL_CALLS = 200
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class TurnLatency:
     contributions: tuple[tuple[str, float], ...]
     interrupted: bool = False
     providers: Providers | None = None
+    # Wall-clock seconds the turn's tool calls ran (overlapping calls counted once).
+    tool_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,29 @@ class ServerBargeIn:
 
     turn: int
     seconds: float
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A tool the LLM called: shown as a card in the conversation, its time in the turn's figures.
+
+    ``after_turns``: how many turns the conversation held when it was called, which
+    is where its card goes. ``ok`` is None while it runs.
+    """
+
+    call_id: str
+    name: str
+    arguments: str
+    turn: int
+    after_turns: int
+    started: float
+    finished: float | None = None
+    ok: bool | None = None
+    result: str = ""
+
+    @property
+    def seconds(self) -> float | None:
+        return None if self.finished is None else max(0.0, self.finished - self.started)
 
 
 @dataclass(frozen=True)
@@ -158,6 +185,8 @@ class SessionState:
     server_barge_ins: tuple[ServerBargeIn, ...] = ()
     # When the server detected the user's voice over the bot (None: no barge-in pending).
     barge_in_detected_at: float | None = None
+    # The most recent tool calls, oldest first.
+    tool_calls: tuple[ToolCall, ...] = ()
     # Per-turn records for the timeline, the cost and the output health (ui.turnlog).
     turn_logs: TurnLogs = field(default_factory=TurnLogs)
 
@@ -169,6 +198,7 @@ def initial_state() -> SessionState:
 def reduce(state: SessionState, event: ev.Event) -> SessionState:
     """Fold one event into the state."""
     state = _track_barge_in(state, event)
+    state = _fold_tool_calls(state, event)
     state = _fold_turn_logs(state, event)
     match event:
         case ev.SessionStarted():
@@ -215,6 +245,7 @@ def reduce(state: SessionState, event: ev.Event) -> SessionState:
             return _bot_turn_done(state, event)
         case ev.LatencyMeasured(seconds=seconds, contributions=contributions):
             entry = TurnLatency(state.user_turns, seconds, contributions, False, state.providers)
+            entry = replace(entry, tool_seconds=tool_seconds(state.tool_calls, entry.turn))
             return _charts_changed(state, latency=(*state.latency, entry)[-STATS_TURNS:])
         case ev.ServiceTTFB():
             return replace(state, ttfb=(*state.ttfb, _ttfb(state, event))[-STATS_TURNS * 3 :])
@@ -340,3 +371,38 @@ def _fold_turn_logs(state: SessionState, event: ev.Event) -> SessionState:
         turn=state.user_turns,
     )
     return state if logs is state.turn_logs else replace(state, turn_logs=logs)
+
+
+def _fold_tool_calls(state: SessionState, event: ev.Event) -> SessionState:
+    """Tool calls: a card per call, and each call's time added to its turn's figures."""
+    match event:
+        case ev.ToolCallStarted(t=t, call_id=call_id, name=name, arguments=arguments):
+            call = ToolCall(call_id, name, arguments, state.user_turns, state.turn_count, t)
+            return replace(state, tool_calls=(*state.tool_calls, call)[-KEPT_TOOL_CALLS:])
+        case ev.ToolCallFinished(t=t, call_id=call_id, name=name, ok=ok, result=result):
+            calls = list(state.tool_calls)
+            index = next(
+                (i for i in range(len(calls) - 1, -1, -1) if calls[i].call_id == call_id), None
+            )
+            if index is None:  # its start is older than what the state keeps
+                calls.append(ToolCall(call_id, name, "", state.user_turns, state.turn_count, t))
+                index = len(calls) - 1
+            call = calls[index] = replace(calls[index], finished=t, ok=ok, result=result)
+            state = replace(state, tool_calls=tuple(calls[-KEPT_TOOL_CALLS:]))
+            latency = state.latency
+            if latency and latency[-1].turn == call.turn:
+                # A call that outlasted the first audio (the waiting phrase) still counts.
+                entry = replace(latency[-1], tool_seconds=tool_seconds(state.tool_calls, call.turn))
+                return _charts_changed(state, latency=(*latency[:-1], entry))
+    return state
+
+
+def tool_seconds(calls: tuple[ToolCall, ...], turn: int) -> float:
+    """Wall-clock time ``turn``'s finished tool calls ran, overlapping calls counted once."""
+    spans = sorted((c.started, c.finished) for c in calls if c.turn == turn and c.finished)
+    total, reached = 0.0, float("-inf")
+    for start, end in spans:
+        if end > reached:
+            total += end - max(start, reached)
+            reached = end
+    return total
