@@ -185,10 +185,10 @@ class SessionState:
     server_barge_ins: tuple[ServerBargeIn, ...] = ()
     # When the server detected the user's voice over the bot (None: no barge-in pending).
     barge_in_detected_at: float | None = None
-    # The most recent tool calls, oldest first.
-    tool_calls: tuple[ToolCall, ...] = ()
     # Per-turn records for the timeline, the cost and the output health (ui.turnlog).
     turn_logs: TurnLogs = field(default_factory=TurnLogs)
+    # The most recent tool calls, oldest first.
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 def initial_state() -> SessionState:
@@ -198,8 +198,8 @@ def initial_state() -> SessionState:
 def reduce(state: SessionState, event: ev.Event) -> SessionState:
     """Fold one event into the state."""
     state = _track_barge_in(state, event)
-    state = _fold_tool_calls(state, event)
     state = _fold_turn_logs(state, event)
+    state = _fold_tool_calls(state, event)
     match event:
         case ev.SessionStarted():
             return replace(state, status="listening", error=None)
