@@ -42,10 +42,13 @@ def test_a_typed_key_overrides_the_servers_for_that_session_only(monkeypatch):
 
 def test_knobs_and_models_come_from_the_page():
     values = initial_settings()
-    values.update(vad_stop_secs=0.35, smart_turn=False, system_prompt="Be a pirate.")
+    assert initial_settings()["speculative"] is True  # on by default
+    values.update(
+        vad_stop_secs=0.35, smart_turn=False, speculative=False, system_prompt="Be a pirate."
+    )
     values["llm"] = {"provider": "groq", "model": "openai/gpt-oss-20b", "voice": None}
     config = config_from_settings(values)
-    assert (config.vad_stop_secs, config.smart_turn) == (0.35, False)
+    assert (config.vad_stop_secs, config.smart_turn, config.speculative) == (0.35, False, False)
     assert config.system_prompt == "Be a pirate."
     assert config.llm.label == "Groq openai/gpt-oss-20b"
 

@@ -47,6 +47,7 @@ def initial_settings() -> dict:
     values.update(
         vad_stop_secs=config.vad_stop_secs,
         smart_turn=config.smart_turn,
+        speculative=config.speculative,
         system_prompt=config.system_prompt,
         tools=config.tools,
     )
@@ -81,6 +82,7 @@ def config_from_settings(values: dict) -> SessionConfig:
         config,
         vad_stop_secs=min(max(vad_stop, low), high) if vad_stop == vad_stop else low,
         smart_turn=bool(values.get("smart_turn", config.smart_turn)),
+        speculative=bool(values.get("speculative", config.speculative)),
         system_prompt=prompt.strip() or config.system_prompt,
         tools=tools_allowed() and bool(values.get("tools", config.tools)),
     )
@@ -216,6 +218,12 @@ def build_settings_panel() -> gr.State:
                 info="Judge whether you finished; off: end on silence alone",
                 elem_id="smart-turn",
             )
+            speculative = gr.Checkbox(
+                value=start["speculative"],
+                label="Speculative turns",
+                info="Answer while Smart Turn decides; dropped if you go on",
+                elem_id="speculative",
+            )
             tools = gr.Checkbox(**_tools_control(start, start["llm"]["provider"]))
             with gr.Accordion("Tool schemas: what the LLM is told", open=False):
                 gr.JSON(tool_schemas(), show_label=False, elem_id="tool-schemas")
@@ -238,6 +246,7 @@ def build_settings_panel() -> gr.State:
 
     vad_stop.release(set_knob("vad_stop_secs"), [settings, vad_stop], settings, queue=False)
     smart_turn.change(set_knob("smart_turn"), [settings, smart_turn], settings, queue=False)
+    speculative.change(set_knob("speculative"), [settings, speculative], settings, queue=False)
     # ``input``: only the visitor's clicks are a preference, not the updates below.
     tools.input(set_knob("tools"), [settings, tools], settings, queue=False)
     pickers["llm"][0].input(
