@@ -447,3 +447,35 @@ def test_the_retention_settings_are_documented():
     documented = (Path(__file__).parent.parent / ".env.example").read_text()
     assert "VOICE_LAB_EXPORT_MAX_FILES=200" in documented
     assert "VOICE_LAB_EXPORT_MAX_AGE_SECS=3600" in documented
+
+
+# --------------------------------------------------------------------------- every view
+
+
+def _drawn(value):
+    """A view's output in comparable form (a figure as its JSON)."""
+    return value.to_plotly_json() if hasattr(value, "to_plotly_json") else value
+
+
+def test_a_replayed_export_reproduces_every_view(tmp_path):
+    from tests.test_timeline import T0, spoken_turn
+    from ui import views
+
+    bot_talking = spoken_turn(T0)[:-4]
+    cough = [ev.UserStartedSpeaking(T0 + 3.3), ev.Interrupted(T0 + 3.3)]
+    cough += [ev.UserTranscript(T0 + 3.9, "", final=True), ev.UserStoppedSpeaking(T0 + 4.0)]
+    events = [ev.SessionStarted(T0 - 1)]
+    events += [ev.ProvidersChanged(T0 - 1, "Groq whisper-large-v3-turbo", "Groq x", "ElevenLabs y")]
+    events += [*bot_talking, *cough, *spoken_turn(T0 + 10, "And Spain?")]
+    live = fold(state.reduce, events, state.initial_state())
+    assert live.turn_logs.gaps and live.turn_logs.false_interruptions == 1
+
+    replayed = export.load_replay(export.write_export(events, tmp_path))
+
+    for view, shown, again in zip(
+        views.VIEWS, views.render_all(live), views.render_all(replayed), strict=True
+    ):
+        assert _drawn(again) == _drawn(shown), f"#{view.name} differs after replay"
+    metrics = json.loads(next(tmp_path.glob(export.EXPORT_GLOB)).read_text())["metrics"]
+    assert metrics["output_health"]["false_interruptions"] == 1
+    assert metrics["cost_usd"]["session"] > 0

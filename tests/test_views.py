@@ -46,3 +46,15 @@ def test_the_page_lists_no_api_and_bounds_its_queue_and_uploads():
     assert all(not fn.show_api for fn in demo.fns.values())
     assert demo._queue.max_size is not None and demo._queue.max_size <= 100
     assert demo.delete_cache is not None  # Gradio's upload cache is pruned
+
+
+def test_the_turn_timeline_is_a_chart_redrawn_per_turn_and_the_cost_a_live_panel():
+    by_name = {view.name: view for view in views.VIEWS}
+    assert by_name["turn-timeline"].chart and by_name["turn-timeline"].column == "dashboard"
+    assert not by_name["cost"].chart and by_name["cost"].column == "dashboard"
+    before = state.initial_state()
+    spending = state.reduce(before, ev.UsageAmount(1.0, "tts_characters", 10))
+    names = [view.name for view in views.VIEWS]
+    update = dict(zip(names, views.render_update(before, spending), strict=True))
+    assert isinstance(update["turn-timeline"], type(gr.skip()))
+    assert "Cost" in update["cost"]

@@ -65,6 +65,18 @@ def session_cost(state: SessionState) -> float:
     return sum(pricing.cost_of(_billed(e), _stack(e.stack)) for e in state.turn_logs.spend)
 
 
+def turn_cost(state: SessionState, turn: int) -> float | None:
+    """Turn ``turn``'s dollars on the stack it ran on; None if its record is gone or never was.
+
+    A turn's record is its last one with that number (a barge-in without
+    words keeps the number for the turn that follows).
+    """
+    for log in reversed(state.turn_logs.turns):
+        if log.number == turn:
+            return pricing.cost_of(turn_usage(log), _stack(log.stack))
+    return None
+
+
 def conversation_minutes(state: SessionState) -> float:
     logs = state.turn_logs
     if logs.started is None or logs.last is None:

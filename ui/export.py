@@ -23,7 +23,9 @@ from html import escape
 from pathlib import Path
 
 from pipeline import events as ev
+from ui.cost import conversation_minutes, session_cost, turn_cost
 from ui.state import SessionState, initial_state, reduce
+from ui.turnlog import false_interruptions
 
 FORMAT = "voice-lab-session/1"
 # A session keeps its last 5,000 events (``pipeline.session.EVENT_LOG_LIMIT``),
@@ -65,8 +67,35 @@ def export_session(events: list[ev.Event]) -> dict:
             "ttfb": [asdict(point) for point in final.ttfb],
             "usage": asdict(final.usage),
             "interruptions": final.interruptions,
+            "cost_usd": cost_summary(final),
+            "output_health": health_summary(final),
         },
         "events": [event.to_dict() for event in events],
+    }
+
+
+def cost_summary(final: SessionState) -> dict:
+    """The session's dollars, per minute, and per turn (the turns the state still holds)."""
+    minutes = conversation_minutes(final)
+    total = session_cost(final)
+    return {
+        "session": total,
+        "per_minute": total / minutes if minutes else None,
+        "per_turn": [
+            {"turn": log.number, "usd": turn_cost(final, log.number), "stack": list(log.stack)}
+            for log in final.turn_logs.turns
+        ],
+    }
+
+
+def health_summary(final: SessionState) -> dict:
+    """Underruns and false interruptions over the whole session."""
+    logs = final.turn_logs
+    return {
+        "output_gaps": logs.gaps,
+        "output_gap_secs": logs.gap_secs,
+        "barge_ins": logs.barge_ins,
+        "false_interruptions": false_interruptions(logs),
     }
 
 
