@@ -68,6 +68,10 @@ def _figure(data: list[dict], layout: dict) -> go.Figure:
     return go.Figure({"data": data, "layout": layout}, _validate=False)
 
 
+# Tick marks for a turn's speculation: its early reply kept, or only dropped ones.
+SPECULATION_MARKS = {"adopted": " ⚡", "discarded": " ↺"}
+
+
 def breakdown_figure(state: SessionState) -> go.Figure:
     """One stacked bar per turn: where each millisecond of voice-to-voice went."""
     turns = state.latency[-CHART_TURNS:]
@@ -76,7 +80,7 @@ def breakdown_figure(state: SessionState) -> go.Figure:
         labels.update(dict.fromkeys(label for label, _ in turn.contributions))
     # Each tick names the providers the turn ran on, so a switch shows on the axis.
     x = [
-        f"{t.turn}{' ✂' if t.interrupted else ''}"
+        f"{t.turn}{' ✂' if t.interrupted else ''}{SPECULATION_MARKS.get(t.speculation, '')}"
         + (f"<br><sub>{chart_text(t.providers.short)}</sub>" if t.providers else "")
         for t in turns
     ]

@@ -174,6 +174,7 @@ def render_stats(state: SessionState) -> str:
     ]
     cells += heard_stat_cells(state)
     cells += health_cells(state.turn_logs)
+    cells += _speculation_cells(state)
     grid = "".join(
         f'<div class="stat"><div class="stat-value">{value}</div>'
         f'<div class="stat-label">{label}</div></div>'
@@ -186,6 +187,20 @@ def render_stats(state: SessionState) -> str:
         f'<div class="stats-ttfb">{escape(ttfb)}</div>'
         f"{_by_setup(state.latency)}</div>"
     )
+
+
+def _speculation_cells(state: SessionState) -> list[tuple[str, str]]:
+    """Speculative turns: how often the early reply was kept, what the dropped ones cost."""
+    counts = state.speculation
+    if not counts.started:
+        return []
+    saved = [o.saved_ms / 1000 for o in state.speculations if o.adopted]
+    return [
+        ("speculated", str(counts.started)),
+        ("adopted · discarded", f"{counts.adopted} · {counts.discarded}"),
+        ("tokens wasted", str(counts.wasted_tokens)),
+        ("head start p50", _ms(percentile(saved, 50))),
+    ]
 
 
 def _by_setup(latency: tuple[TurnLatency, ...]) -> str:

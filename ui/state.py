@@ -91,6 +91,9 @@ class TurnLatency:
     providers: Providers | None = None
     # Wall-clock seconds the turn's tool calls ran (overlapping calls counted once).
     tool_seconds: float = 0.0
+    # "adopted": the reply was generated before the turn was confirmed;
+    # "discarded": only discarded speculation(s); "": none.
+    speculation: str = ""
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,28 @@ class ToolCall:
 
 
 @dataclass(frozen=True)
+class Speculation:
+    """How one speculation ended (``SpeculationEnded``), attributed to the user turn it answered."""
+
+    turn: int
+    adopted: bool
+    reason: str
+    wasted_tokens: int = 0
+    saved_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class SpeculationCounts:
+    """The session's running count: every speculation started, and how each one ended."""
+
+    started: int = 0
+    adopted: int = 0
+    discarded: int = 0
+    wasted_tokens: int = 0
+    wasted_chars: int = 0
+
+
+@dataclass(frozen=True)
 class Usage:
     llm_tokens: int = 0
     tts_characters: int = 0
@@ -189,6 +214,9 @@ class SessionState:
     turn_logs: TurnLogs = field(default_factory=TurnLogs)
     # The most recent tool calls, oldest first.
     tool_calls: tuple[ToolCall, ...] = ()
+    # Speculative turn-taking: the running count, and the latest outcomes by turn.
+    speculation: SpeculationCounts = field(default_factory=SpeculationCounts)
+    speculations: tuple[Speculation, ...] = ()
 
 
 def initial_state() -> SessionState:
@@ -245,7 +273,11 @@ def reduce(state: SessionState, event: ev.Event) -> SessionState:
             return _bot_turn_done(state, event)
         case ev.LatencyMeasured(seconds=seconds, contributions=contributions):
             entry = TurnLatency(state.user_turns, seconds, contributions, False, state.providers)
-            entry = replace(entry, tool_seconds=tool_seconds(state.tool_calls, entry.turn))
+            entry = replace(
+                entry,
+                tool_seconds=tool_seconds(state.tool_calls, entry.turn),
+                speculation=speculation_mark(state.speculations, entry.turn),
+            )
             return _charts_changed(state, latency=(*state.latency, entry)[-STATS_TURNS:])
         case ev.ServiceTTFB():
             return replace(state, ttfb=(*state.ttfb, _ttfb(state, event))[-STATS_TURNS * 3 :])
@@ -255,6 +287,11 @@ def reduce(state: SessionState, event: ev.Event) -> SessionState:
         case ev.UsageReported(stage="tts", amount=amount):
             usage = replace(state.usage, tts_characters=state.usage.tts_characters + amount)
             return replace(state, usage=usage)
+        case ev.SpeculationStarted():
+            counts = replace(state.speculation, started=state.speculation.started + 1)
+            return replace(state, speculation=counts)
+        case ev.SpeculationEnded():
+            return _speculation_ended(state, event)
         case ev.ServerKeyTime(remaining=remaining):
             return replace(state, server_key_remaining=remaining)
         case ev.HeardLatency(measure=measure, ms=ms) if measure in HEARD_MEASURES:
@@ -286,6 +323,31 @@ def _track_barge_in(state: SessionState, event: ev.Event) -> SessionState:
         case ev.BotStartedSpeaking() | ev.SessionEnded():
             return replace(state, barge_in_detected_at=None)
     return state
+
+
+def _speculation_ended(state: SessionState, event: ev.SpeculationEnded) -> SessionState:
+    counts = state.speculation
+    counts = replace(
+        counts,
+        adopted=counts.adopted + event.adopted,
+        discarded=counts.discarded + (not event.adopted),
+        wasted_tokens=counts.wasted_tokens + max(0, event.wasted_tokens),
+        wasted_chars=counts.wasted_chars + max(0, event.wasted_chars),
+    )
+    # A speculation answers the turn being spoken (settled before it is committed).
+    turn = state.user_turns + 1 if state.user_turn_open else state.user_turns
+    outcome = Speculation(turn, event.adopted, event.reason, event.wasted_tokens, event.saved_ms)
+    return replace(
+        state, speculation=counts, speculations=(*state.speculations, outcome)[-STATS_TURNS:]
+    )
+
+
+def speculation_mark(outcomes: tuple[Speculation, ...], turn: int) -> str:
+    """ "adopted", "discarded" or "" for one turn's speculation."""
+    mine = [o for o in outcomes[-16:] if o.turn == turn]
+    if any(o.adopted for o in mine):
+        return "adopted"
+    return "discarded" if mine else ""
 
 
 def _user_started(state: SessionState) -> SessionState:
