@@ -6,7 +6,9 @@
 
 ``local`` runs the embedded models; ``cloud-sim`` runs the real Groq and
 ElevenLabs pipecat services against in-process fakes with the providers'
-published latencies. Prints a summary with the targets next to the
+published latencies; ``cloud-sim-streaming`` is cloud-sim with ElevenLabs'
+streaming speech-to-text (Scribe realtime: partial transcripts while the user
+speaks) instead of Groq's segmented Whisper. Prints a summary with the targets next to the
 measurements; ``--json`` writes every figure (per turn, per session, pooled)
 with the machine load it was measured under; ``--html`` a self-contained
 report with charts.
@@ -39,7 +41,7 @@ from testkit.env import apply_offline_env, clear_provider_variables
 apply_offline_env()
 os.environ.setdefault("VOICE_LAB_LOG_LEVEL", "WARNING")
 
-PROFILES = ("local", "cloud-sim")
+PROFILES = ("local", "cloud-sim", "cloud-sim-streaming")
 
 QUICK_TURNS = 2  # one question and the barge-in turn
 
@@ -153,9 +155,9 @@ async def profile_for(args: argparse.Namespace, models):
     from bench.cloudsim import CloudFakes, InjectedLatencies, Utterances
 
     utterances = Utterances()
-    async with CloudFakes(utterances) as fakes:
+    async with CloudFakes(utterances, streaming=args.profile == "cloud-sim-streaming") as fakes:
         yield Profile(
-            name="cloud-sim",
+            name=args.profile,
             new_session=lambda i: session(lambda: fakes.session_config(i, **knobs)),
             say=lambda text, key: utterances.say(text, key, speech_pcm(text)),
             connections_opened=fakes.tts_connections_between,
@@ -262,7 +264,7 @@ async def main(argv: list[str]) -> int:
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "startup_seconds": startup,
         "model_load_seconds": dataclasses.asdict(models.load_times),
-        "provider_latencies": published_latencies() if args.profile == "cloud-sim" else None,
+        "provider_latencies": published_latencies() if args.profile != "local" else None,
         **run,  # the last (or only) level's figures
         "machine": {
             "loadavg_before": load_before,

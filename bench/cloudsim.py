@@ -44,6 +44,9 @@ ELEVEN_KEY = "el_bench_fake_key_0123456789abcdef"
 STT = ("groq", "whisper-large-v3-turbo")
 LLM = ("groq", "llama-3.1-8b-instant")
 TTS = ("elevenlabs", "eleven_flash_v2_5")
+# The cloud-sim-streaming profile's speech-to-text: Scribe realtime streams partial
+# transcripts while the user speaks, and commits when our VAD says they stopped.
+STREAMING_STT = ("elevenlabs", "scribe_v2_realtime")
 
 
 # Provider latencies from their published figures (median, p95 in seconds).
@@ -54,6 +57,9 @@ LLM_TTFT = Latency(0.29, 0.36)
 LLM_TOKEN_INTERVAL = 0.004
 # ElevenLabs Flash v2.5 over the websocket: first audio median 170 ms, p95 190 ms.
 TTS_FIRST_AUDIO = Latency(0.17, 0.19)
+# ElevenLabs Scribe v2 realtime: ~150 ms published; the committed transcript of
+# an utterance whose partial is already there, after the commit.
+STREAMING_STT_FINAL = Latency(0.15, 0.20)
 
 
 def published_latencies() -> dict:
@@ -63,6 +69,10 @@ def published_latencies() -> dict:
         "llm_ttft": {"median": LLM_TTFT.median, "p95": LLM_TTFT.p95},
         "llm_token_interval": LLM_TOKEN_INTERVAL,
         "tts_first_audio": {"median": TTS_FIRST_AUDIO.median, "p95": TTS_FIRST_AUDIO.p95},
+        "streaming_stt_final": {
+            "median": STREAMING_STT_FINAL.median,
+            "p95": STREAMING_STT_FINAL.p95,
+        },
     }
 
 
@@ -224,11 +234,14 @@ class CloudFakes:
     (sessions built here get the keys in :meth:`session_config`);
     :meth:`app_environment` does the same for ``python app.py``. Without
     ``utterances`` the fakes transcribe every upload as their default question
-    (audio that went through Opus carries no watermark).
+    (audio that went through Opus carries no watermark). With ``streaming``
+    the sessions transcribe with Scribe realtime (``STREAMING_STT``) instead of
+    Groq's segmented Whisper.
     """
 
-    def __init__(self, utterances: Utterances | None = None):
+    def __init__(self, utterances: Utterances | None = None, streaming: bool = False):
         self.utterances = utterances
+        self.streaming = streaming
         transcript = utterances.transcript if utterances else None
         self.groq = FakeGroq(
             api_key=GROQ_KEY,
@@ -239,7 +252,10 @@ class CloudFakes:
             reply=answer,
         )
         self.elevenlabs = FakeElevenLabs(
-            api_key=ELEVEN_KEY, tts_first_audio=TTS_FIRST_AUDIO, transcript=transcript
+            api_key=ELEVEN_KEY,
+            tts_first_audio=TTS_FIRST_AUDIO,
+            stt_final=STREAMING_STT_FINAL,
+            transcript=transcript,
         )
         self._stack = contextlib.AsyncExitStack()
 
@@ -261,11 +277,11 @@ class CloudFakes:
         await self._stack.aclose()
 
     def tts_connections_between(self, start: float, end: float) -> set[int]:
-        """ElevenLabs TTS websockets opened in [start, end] (time.monotonic())."""
+        """ElevenLabs websockets (TTS; streaming STT) opened in [start, end] (time.monotonic())."""
         return {
             r["connection"]
             for r in list(self.elevenlabs.requests)
-            if r["endpoint"] == "tts" and start <= r["time"] <= end and "connection" in r
+            if r["endpoint"] in ("tts", "stt") and start <= r["time"] <= end and "connection" in r
         }
 
     def session_config(self, session: int, **knobs):
@@ -273,9 +289,10 @@ class CloudFakes:
         from pipeline.providers.base import ProviderKeys
         from pipeline.providers.registry import choice_for
 
+        stt = STREAMING_STT if self.streaming else STT
         return SessionConfig(
             keys=ProviderKeys({"groq": GROQ_KEY, "elevenlabs": ELEVEN_KEY}),
-            stt=choice_for(STT[0], "stt", STT[1]),
+            stt=choice_for(stt[0], "stt", stt[1]),
             llm=choice_for(LLM[0], "llm", LLM[1]),
             tts=choice_for(TTS[0], "tts", TTS[1]),
             system_prompt=system_prompt_for(session),
@@ -312,12 +329,14 @@ class InjectedLatencies:
             if r.endpoint == "chat" and r.injected_delay is not None
         ]
         self._tts = list(fakes.elevenlabs.tts_generations)
+        self._streaming_stt = list(fakes.elevenlabs.stt_commits)
 
     def for_turn(self, window: TurnWindow, tts_connections: set[int]) -> dict[str, float | None]:
         """The STT delay, LLM TTFT and TTS first-audio latency injected for one turn.
 
         STT: the last transcription of the turn's utterance (a question split
-        into two VAD segments is answered after the second). LLM: the
+        into two VAD segments is answered after the second); streaming, the
+        last commit on the session's Scribe websocket in the window. LLM: the
         session's first chat request in the window. TTS: the first generation
         on the session's websocket in the window.
         """
@@ -332,8 +351,17 @@ class InjectedLatencies:
             for g in self._tts
             if g["connection"] in tts_connections and window.start <= g["at"] <= window.end
         ]
+        commits = [
+            c
+            for c in self._streaming_stt
+            if c["connection"] in tts_connections and window.start <= c["at"] <= window.end
+        ]
+        if commits:
+            stt_delay = max(commits, key=lambda c: c["at"])["injected_delay"]
+        else:
+            stt_delay = max(stt, key=lambda r: r.received_at).injected_delay if stt else None
         return {
-            "stt": max(stt, key=lambda r: r.received_at).injected_delay if stt else None,
+            "stt": stt_delay,
             "llm": min(chat, key=lambda r: r.received_at).injected_delay if chat else None,
             "tts": min(tts, key=lambda g: g["at"])["injected_delay"] if tts else None,
         }

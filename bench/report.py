@@ -222,7 +222,7 @@ def format_summary(result: dict) -> str:
     ]
     for label, figures in result["contributions"].items():
         lines.append(_line(f"  {label}", figures))
-    if result["profile"] == "cloud-sim":
+    if result["profile"].startswith("cloud-sim"):
         lines.append(_line("pipeline overhead", result["pipeline_overhead"]))
         lines.append(_line("  w/o turn fallbacks", result["pipeline_overhead_without_fallback"]))
         for stage, figures in result["injected"].items():
@@ -347,7 +347,7 @@ def _ttfb_chart(result: dict):
     for stage, values in result["ttfb_samples"].items():
         services = ", ".join(result["ttfb"][stage]["services"])
         fig.add_trace(go.Box(name=f"{stage}: {services}", x=[stage] * len(values), y=values))
-    if result["profile"] == "cloud-sim":
+    if result["profile"].startswith("cloud-sim"):
         injected = {k: v for k, v in result["injected"].items() if v["n"]}
         fig.add_trace(
             go.Scatter(
