@@ -459,3 +459,43 @@ def test_the_page_measures_the_reply_as_heard_next_to_the_servers_v2v(pw, app, t
     probe_ms = first_audible - speech_ends_at
     assert abs(heard_ms - probe_ms) < 150, f"page {heard_ms} ms, probe {probe_ms:.0f} ms"
 
+
+def test_same_words_other_stack_compares_the_last_turn_with_groq(pw, app, groq, tmp_path):
+    """#ab-comparison: the turn just spoken on the local stack, replayed through Groq's LLM."""
+    with open_app(pw, app, tmp_path, fake_mic=quiet_mic(tmp_path)) as page:
+        press_record(page)
+        wait_until_listening(page)
+        question = np.concatenate([speech_pcm("What is the capital of France?"), silence(0.5)])
+        speak(page, tmp_path / "question.wav", question)
+        expect(page.locator("#conversation [data-role=bot]").first).to_contain_text(
+            re.compile(r"\w{2,}"), timeout=REPLY_TIMEOUT_MS
+        )
+        chats_before = len(groq.requests_to("chat"))
+
+        page.locator("#groq-key input").fill(GROQ_KEY)
+        page.locator("#groq-key input").press("Enter")
+        expect(page.locator("#settings")).to_contain_text("Groq: your key (this session only)")
+        page.get_by_text("Same words, other stack (A/B)").click()
+        page.locator("#ab-llm-provider input").click()
+        page.get_by_role("option", name="Groq").click()
+        expect(page.locator("#ab-llm-model input")).to_have_value("llama-3.1-8b-instant")
+        page.locator("#ab-button").click()
+
+        comparison = page.locator("#ab-comparison")
+        expect(comparison.locator("[data-state=done]")).to_be_visible(timeout=REPLY_TIMEOUT_MS)
+        stack = comparison.locator("tr[data-row=stack]")
+        expect(stack.locator("[data-side=live]")).to_contain_text("Local SmolLM2")
+        expect(stack.locator("[data-side=other]")).to_contain_text("Groq llama-3.1-8b-instant")
+        for row in ("v2v", "stt", "llm", "tts"):
+            for side in ("live", "other"):
+                expect(comparison.locator(f"tr[data-row={row}] [data-side={side}]")).to_have_text(
+                    re.compile(r"^\d+ ms$")
+                )
+        # The Groq fake's answer quotes what it was asked: the words the call heard.
+        heard = comparison.locator("tr[data-row=heard] [data-side=live]").inner_text()
+        expect(comparison.locator("tr[data-row=reply] [data-side=other]")).to_contain_text(
+            heard.strip().rstrip("?.!")
+        )
+        # The live call was not touched: its conversation holds only the one turn.
+        expect(page.locator("#conversation [data-role=user]")).to_have_count(1)
+    assert len(groq.requests_to("chat")) == chats_before + 1

@@ -118,6 +118,12 @@ def fold(events: tuple[ev.Event, ...]) -> SessionState:
 # -- rendering -------------------------------------------------------------------
 
 
+HEADER = (
+    '<thead><tr><th></th><th data-side="live">Live call</th>'
+    '<th data-side="other">Other stack</th><th>difference</th></tr></thead>'
+)
+
+
 def _ms(seconds: float | None) -> str:
     return NONE if seconds is None else f"{seconds * 1000:.0f} ms"
 
@@ -155,7 +161,7 @@ def _stages_table(live: TurnFigures, other: TurnFigures) -> str:
     )
     return (
         '<table class="ab-stages"><caption>Where the voice-to-voice time went</caption>'
-        f"<tbody>{rows}</tbody></table>"
+        f"{HEADER}<tbody>{rows}</tbody></table>"
     )
 
 
@@ -185,9 +191,8 @@ def render_comparison(
         f'<div class="ab-comparison" data-state="{"error" if error else "done"}">'
         f'<div class="ab-title">The same {seconds:.1f} s of your speech, two stacks</div>'
         f"{problem}"
-        '<table class="ab-table"><thead><tr><th></th><th data-side="live">Live call</th>'
-        '<th data-side="other">Other stack</th><th>difference</th></tr></thead>'
-        f"<tbody>{rows}</tbody></table>{_stages_table(live, other)}</div>"
+        f'<table class="ab-table">{HEADER}<tbody>{rows}</tbody></table>'
+        f"{_stages_table(live, other)}</div>"
     )
 
 
@@ -275,7 +280,7 @@ class ABPanel:
 def build_ab_panel() -> ABPanel:
     """The controls, in the current Blocks context: the other stack, a button, the result."""
     pickers: dict[Stage, tuple[gr.Dropdown, gr.Dropdown]] = {}
-    with gr.Accordion("Same words, other stack", open=False, elem_id="ab-panel"):
+    with gr.Accordion("Same words, other stack (A/B)", open=False, elem_id="ab-panel"):
         gr.Markdown(
             "Runs your last utterance, as the server heard it, through the stack picked here "
             "(your keys, the same settings), without touching the call, and shows both turns "
