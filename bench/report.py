@@ -85,6 +85,25 @@ def _turn_figures(turns) -> dict:
     }
 
 
+def speculation_figures(results) -> dict:
+    """Speculative turns: started, adopted or discarded (and why), tokens wasted, head start."""
+    ended = [e for r in results for e in r.speculations]
+    reasons: dict[str, int] = defaultdict(int)
+    for e in ended:
+        if not e.adopted:
+            reasons[e.reason] += 1
+    return {
+        "started": sum(r.speculations_started for r in results),
+        "adopted": sum(1 for e in ended if e.adopted),
+        "discarded": sum(1 for e in ended if not e.adopted),
+        "discard_reasons": dict(sorted(reasons.items())),
+        "wasted_tokens": sum(e.wasted_tokens for e in ended),
+        "wasted_tts_chars": sum(e.wasted_chars for e in ended),
+        # Seconds an adopted reply started before its turn was confirmed.
+        "head_start": summarize([e.saved_ms / 1000 for e in ended if e.adopted]),
+    }
+
+
 def pooled_figures(results) -> dict:
     """Every figure over all sessions' turns together."""
     turns = [t for r in results for t in r.turns]
@@ -96,6 +115,7 @@ def pooled_figures(results) -> dict:
         "session_startup": summarize([r.startup_seconds for r in results]),
         "turns_completed": sum(1 for t in turns if t.voice_to_voice is not None),
         "errors": [e for r in results for e in r.errors],
+        "speculation": speculation_figures(results),
     }
 
 
@@ -108,6 +128,7 @@ def session_figures(result) -> dict:
         "ttfb": _ttfb(result.ttfb),
         "ui_event_delay": summarize(result.ui_delays),
         "errors": result.errors,
+        "speculation": speculation_figures([result]),
     }
 
 
@@ -230,6 +251,14 @@ def format_summary(result: dict) -> str:
     for stage, figures in result["ttfb"].items():
         lines.append(_line(f"TTFB {stage}", figures) + f"  ({', '.join(figures['services'])})")
     lines.append(_line("barge-in stop", result["barge_in_stop"]))
+    if spec := result.get("speculation"):
+        reasons = ", ".join(f"{n} {why}" for why, n in spec["discard_reasons"].items())
+        lines.append(
+            f"speculation              {spec['started']} started, {spec['adopted']} adopted, "
+            f"{spec['discarded']} discarded{f' ({reasons})' if reasons else ''}, "
+            f"{spec['wasted_tokens']} tokens wasted"
+        )
+        lines.append(_line("  head start (adopted)", spec["head_start"]))
     lines.append(
         f"Smart Turn fallbacks     {result['smart_turn_fallbacks']} of "
         f"{len(result['turns'])} turns (the turn waited out the fallback timeout)"

@@ -13,10 +13,13 @@ Per turn we read:
 - ``first_audio``: what the client saw, from the last frame of speech sent to
   the first audible reply chunk out of ``emit()`` (includes the trailing
   silence in the question audio, so it reads a little higher);
-- ``pipeline_overhead`` (cloud-sim): voice-to-voice minus the endpointing
-  wait and the STT, LLM and TTS latencies the fakes injected for the turn
-  (also given without the turns Smart Turn held for its fallback timeout:
-  a verdict, not overhead);
+- ``pipeline_overhead`` (cloud-sim): voice-to-voice minus the provider
+  floor: the STT, LLM and TTS latencies the fakes injected for the turn, and
+  the endpointing that cannot overlap them. Serial turns wait out the whole
+  endpointing first; speculative ones start transcribing at the pause, so
+  their floor is max(endpointing, pause detection + STT) + LLM + TTS (also
+  given without the turns Smart Turn held for its fallback timeout: a
+  verdict, not overhead);
 - ``barge_in_stop`` (barge-in turn): from the onset of the user's voice to
   the end of the last reply audio the client received;
 - ``underruns``: gaps in the reply's paced audio (see :func:`figures.underruns`).
@@ -35,7 +38,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from bench import figures
+from pipeline.config import SessionConfig
 from pipeline.observers import UIEventObserver
+from pipeline.speculation import PAUSE_WINDOWS, SILERO_WINDOW_SECS
 from testkit.driver import SessionDriver
 from testkit.speech import SAMPLE_RATE, silence, speech_pcm
 
@@ -121,6 +126,9 @@ class SessionResult:
     startup_seconds: float | None = None
     tts_connections: set[int] = field(default_factory=set)
     errors: list[str] = field(default_factory=list)
+    # Speculative turns: how many started, and each one's end (SpeculationEnded events).
+    speculations_started: int = 0
+    speculations: list = field(default_factory=list)
 
 
 # -- one turn ------------------------------------------------------------------------------
@@ -260,6 +268,8 @@ async def run_session(
             (e.stage, e.service, e.model, e.seconds) for e in driver.events("ServiceTTFB")
         ]
         result.errors += [e.message for e in driver.events("ErrorReported")]
+        result.speculations_started = len(driver.events("SpeculationStarted"))
+        result.speculations = driver.events("SpeculationEnded")
         await driver.close()
     return result
 
@@ -296,9 +306,21 @@ def _attribute(profile: Profile, results: list[SessionResult]) -> None:
         for turn in session.turns:
             window = TurnWindow(session.index, turn.key, *turn.window)
             turn.injected = injected.for_turn(window, session.tts_connections)
-            parts = [turn.contributions.get("endpointing wait"), *turn.injected.values()]
-            if turn.voice_to_voice is not None and all(p is not None for p in parts):
-                turn.pipeline_overhead = turn.voice_to_voice - sum(parts)
+            floor = provider_floor(turn.contributions.get("endpointing wait"), turn.injected)
+            if turn.voice_to_voice is not None and floor is not None:
+                turn.pipeline_overhead = turn.voice_to_voice - floor
+
+
+def provider_floor(endpointing: float | None, injected: dict) -> float | None:
+    """The least voice-to-voice the injected latencies allow (None if one is unknown)."""
+    if endpointing is None or any(v is None for v in injected.values()):
+        return None
+    if SessionConfig().speculative:
+        heard_pause = PAUSE_WINDOWS * SILERO_WINDOW_SECS
+        before_llm = max(endpointing, heard_pause + injected["stt"])
+    else:
+        before_llm = endpointing + injected["stt"]
+    return before_llm + injected["llm"] + injected["tts"]
 
 
 async def run_sessions(profile: Profile, sessions: int, turns: int) -> dict:

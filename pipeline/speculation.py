@@ -68,6 +68,7 @@ EventSink = Callable[[ev.Event], None]
 # common, two in a row much less so. Speculating on the second keeps the head
 # start (the VAD stop comes at 0.2 s) without transcribing every breath.
 PAUSE_WINDOWS = 2
+SILERO_WINDOW_SECS = 512 / 16000
 
 
 @dataclass

@@ -81,6 +81,15 @@ def assert_common_schema(result: dict, sessions: int, turns: int) -> None:
         "n/a",
         "not measured",
     }
+    spec = result["speculation"]
+    assert {"started", "adopted", "discarded"} <= set(spec)
+    # Every speculation that started ended one way or the other (a session's
+    # last one may still be open when it closes).
+    assert (
+        spec["adopted"] + spec["discarded"]
+        <= spec["started"]
+        <= spec["adopted"] + spec["discarded"] + sessions
+    )
     barge_ins = [t for t in result["turns"] if t["kind"] == "barge-in"]
     assert len(barge_ins) == sessions
     assert all("long story" in t["question"] and t["barge_in_stop"] >= 0 for t in barge_ins)
@@ -117,6 +126,7 @@ def test_quick_cloud_sim_with_two_sessions_attributes_every_turn_and_writes_html
     )
     assert "pipeline overhead" in run.stdout
     result = json.loads(out.read_text())
+    assert "speculation" in page.read_text()
 
     assert result["profile"] == "cloud-sim"
     assert_common_schema(result, sessions=2, turns=2)
