@@ -15,6 +15,7 @@ quotes them, named in ``source``. Prices change: check before relying on one.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -155,3 +156,13 @@ def cost_of(usage: Usage, stack: Mapping[str, str]) -> float:
         if price is not None:
             total += amount / UNIT_SIZE[measure] * price.current()
     return total
+
+
+def format_usd(value: float) -> str:
+    """Dollars to two significant figures however small: "$0.0000031", "$0.042", "$1.20"."""
+    if value <= 0:
+        return "$0"
+    if value >= 1:
+        return f"${value:.2f}"
+    decimals = max(2, 1 - math.floor(math.log10(value)))
+    return f"${value:.{decimals}f}"

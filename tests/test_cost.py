@@ -83,8 +83,8 @@ def test_the_panel_shows_dollars_per_turn_and_per_minute_on_a_cloud_stack():
     assert cost.turn_cost(current, 2) == pytest.approx(expected_turn)
     assert cost.session_cost(current) == pytest.approx(2 * expected_turn)
     minutes = (T0 + 30 + 3.8 - (T0 - 1)) / 60
-    assert f"${2 * expected_turn / minutes:.4f}" in html  # per minute of conversation
-    assert f"${expected_turn:.4f}" in html  # this turn
+    assert pricing.format_usd(2 * expected_turn / minutes) in html  # per minute of conversation
+    assert pricing.format_usd(expected_turn) in html  # this turn
     assert "Priced on Groq whisper-large-v3-turbo" in html
 
 
@@ -94,7 +94,7 @@ def test_a_local_stack_costs_nothing_but_shows_what_the_cloud_would_cost():
     html = cost.render_cost(current)
     assert cost.session_cost(current) == 0.0
     rows = dict(re.findall(r"<tr><td>([^<]+)</td><td>(\$[0-9.]+)</td>", html))
-    assert rows["All local"] == "$0.0000"
+    assert rows["All local"] == "$0"
     assert float(rows["Groq + ElevenLabs"][1:]) > 0
 
 
@@ -109,3 +109,11 @@ def test_stt_audio_comes_from_the_users_speech_when_the_stt_reports_none():
 def test_usage_before_any_turn_still_counts_for_the_session():
     current = cloud_session(ev.UsageAmount(T0, "tts_characters", 1000))
     assert cost.session_cost(current) == pytest.approx(0.05)
+
+
+def test_small_amounts_keep_two_significant_figures():
+    assert pricing.format_usd(0.0000031) == "$0.0000031"
+    assert pricing.format_usd(0.042) == "$0.042"
+    assert pricing.format_usd(0.5) == "$0.50"
+    assert pricing.format_usd(1.2) == "$1.20"
+    assert pricing.format_usd(0) == "$0"

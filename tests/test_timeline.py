@@ -93,7 +93,7 @@ def bars(figure, lane: str) -> list[tuple[float, float, str]]:
     """(start ms, end ms, hover text) of the visible bars in ``lane``."""
     y = timeline.LANE_Y[lane]
     found = []
-    for trace in figure.to_plotly_json()["data"]:
+    for trace in figure["data"]:
         if trace["type"] != "bar" or not trace["visible"]:
             continue
         for ty, base, x, text in zip(
@@ -106,7 +106,7 @@ def bars(figure, lane: str) -> list[tuple[float, float, str]]:
 
 def marks(figure, lane: str) -> list[tuple[float, str]]:
     y = timeline.LANE_Y[lane]
-    data = figure.to_plotly_json()["data"]
+    data = figure["data"]
     return [
         (x, text)
         for trace in data
@@ -121,8 +121,8 @@ def labelled(spans, words: str) -> list[tuple[float, float, str]]:
 
 
 def test_every_lane_is_drawn_on_one_axis_from_the_speech_onset():
-    figure = timeline.timeline_figure(run(*spoken_turn()))
-    layout = figure.to_plotly_json()["layout"]
+    figure = timeline.timeline_spec(run(*spoken_turn()))
+    layout = figure["layout"]
     assert layout["yaxis"]["ticktext"] == [label for _, label in timeline.LANES]
     # Zero is the user's speech onset: the first speech span starts there.
     (speech,) = bars(figure, "user")
@@ -142,7 +142,7 @@ def test_every_lane_is_drawn_on_one_axis_from_the_speech_onset():
 
 
 def test_overlapping_work_shows_as_overlap_across_lanes():
-    figure = timeline.timeline_figure(run(*spoken_turn()))
+    figure = timeline.timeline_spec(run(*spoken_turn()))
     (smart_turn,) = bars(figure, "turn")
     (transcription,) = labelled(bars(figure, "stt"), "transcription")
     # Smart Turn judged the pause while Whisper was still transcribing it.
@@ -153,8 +153,8 @@ def test_overlapping_work_shows_as_overlap_across_lanes():
 
 
 def test_the_vad_lane_draws_the_speech_probability_within_its_lane():
-    figure = timeline.timeline_figure(run(*spoken_turn()))
-    (line,) = [t for t in figure.to_plotly_json()["data"] if t.get("mode") == "lines"]
+    figure = timeline.timeline_spec(run(*spoken_turn()))
+    (line,) = [t for t in figure["data"] if t.get("mode") == "lines"]
     ys = [y for y in line["y"] if y is not None]
     lane = timeline.LANE_Y["vad"]
     assert len(ys) == 41  # one point per 32 ms window
@@ -163,17 +163,17 @@ def test_the_vad_lane_draws_the_speech_probability_within_its_lane():
 
 
 def test_the_view_ends_with_the_bots_first_sentence():
-    figure = timeline.timeline_figure(run(*spoken_turn()))
-    low, high = figure.to_plotly_json()["layout"]["xaxis"]["range"]
+    figure = timeline.timeline_spec(run(*spoken_turn()))
+    low, high = figure["layout"]["xaxis"]["range"]
     assert low < 0 and 3050 < high < 3100 * 1.05  # first BotSpoken at +3.1 s
 
 
 def test_underruns_show_in_the_bots_audio_lane_and_the_stats():
     current = run(*spoken_turn())
-    figure = timeline.timeline_figure(current)
+    figure = timeline.timeline_spec(current)
     (gap,) = labelled(bars(figure, "playback"), "underrun")
     assert gap[:2] == pytest.approx((2730, 2850))
-    assert "1 output gap (120 ms)" in figure.to_plotly_json()["layout"]["title"]["text"]
+    assert "1 output gap (120 ms)" in figure["layout"]["title"]["text"]
     assert "output gaps" in render.render_stats(current) and "1 (120 ms)" in render.render_stats(
         current
     )
@@ -181,7 +181,7 @@ def test_underruns_show_in_the_bots_audio_lane_and_the_stats():
 
 def test_a_dropdown_picks_a_turn_and_the_newest_is_shown_first():
     current = run(*spoken_turn(T0), *spoken_turn(T0 + 10, "And of Spain?"))
-    figure = timeline.timeline_figure(current).to_plotly_json()
+    figure = timeline.timeline_spec(current)
     (menu,) = figure["layout"]["updatemenus"]
     assert [b["label"] for b in menu["buttons"]] == ["Turn 1", "Turn 2"]
     assert menu["active"] == 1
@@ -203,7 +203,7 @@ def test_speculation_and_tool_lanes_draw_the_agreed_events():
         ToolCallStarted(T0 + 1.8, "call-1", "lookup", '{"city": "Paris"}'),
         ToolCallFinished(T0 + 1.85, "call-1", "lookup", True, "Paris is the capital"),
     ]
-    figure = timeline.timeline_figure(run(*events))
+    figure = timeline.timeline_spec(run(*events))
     discarded, adopted = bars(figure, "speculation")
     assert "discarded (transcript changed)" in discarded[2] and "4 tokens" in discarded[2]
     assert "adopted" in adopted[2] and "310 ms earlier" in adopted[2]
@@ -226,7 +226,9 @@ def test_a_barge_in_without_words_is_a_false_interruption():
     assert ">0 (0%)<" in render.render_stats(real)
     later = run(*speaking, *cough, *spoken_turn(T0 + 10))
     assert later.turn_logs.false_interruptions == 1
-    labels = [b["label"] for b in timeline.timeline_figure(later).layout.updatemenus[0].buttons]
+    labels = [
+        b["label"] for b in timeline.timeline_spec(later)["layout"]["updatemenus"][0]["buttons"]
+    ]
     assert labels == ["Turn 1", "Turn 2 (no words)", "Turn 2"]
 
 
@@ -241,7 +243,7 @@ def test_records_are_bounded_however_long_the_session():
 
 def test_event_text_is_escaped_in_the_figure():
     hostile = "<img src=x onerror=alert(1)> %{customdata}"
-    figure = timeline.timeline_figure(run(*spoken_turn(text=hostile)))
+    figure = timeline.timeline_spec(run(*spoken_turn(text=hostile)))
     texts = [text for _, text in marks(figure, "stt")]
     assert any("&lt;img" in text for text in texts)
     assert not any("<img" in text or "%{" in text for text in texts)
@@ -258,7 +260,7 @@ async def test_a_spoken_turn_reports_every_lane_the_timeline_needs(models):
     async with SessionDriver(session) as d:
         await d.play(speech_pcm("What is the capital of France?"))
         await d.play_silence_until(lambda: d.events("BotTurnText"), timeout=40)
-        figure = timeline.timeline_figure(session.snapshot())
+        figure = timeline.timeline_spec(session.snapshot())
 
     lanes = {lane for lane, _ in timeline.LANES if bars(figure, lane) or marks(figure, lane)}
     assert {"user", "vad", "turn", "stt", "llm", "tts", "playback"} <= lanes

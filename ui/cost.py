@@ -84,22 +84,21 @@ def conversation_minutes(state: SessionState) -> float:
     return max(0.0, logs.last - logs.started) / 60
 
 
-def _usd(value: float) -> str:
-    return f"${value:.4f}" if value < 1 else f"${value:.2f}"
-
-
 def render_cost(state: SessionState) -> str:
     logs = state.turn_logs
     total = session_cost(state)
     minutes = conversation_minutes(state)
     last = logs.current
     last_cost = pricing.cost_of(turn_usage(last), _stack(last.stack)) if last is not None else None
-    per_minute = _usd(total / minutes) if minutes >= MIN_MINUTES else "–"
+    per_minute = pricing.format_usd(total / minutes) if minutes >= MIN_MINUTES else "–"
     cells = [
-        ("this turn", _usd(last_cost) if last_cost is not None else "–"),
-        ("per turn (mean)", _usd(total / state.user_turns) if state.user_turns else "–"),
+        ("this turn", pricing.format_usd(last_cost) if last_cost is not None else "–"),
+        (
+            "per turn (mean)",
+            pricing.format_usd(total / state.user_turns) if state.user_turns else "–",
+        ),
         ("per minute", per_minute),
-        ("session", _usd(total)),
+        ("session", pricing.format_usd(total)),
     ]
     grid = "".join(
         f'<div class="stat"><div class="stat-value">{escape(value)}</div>'
@@ -110,9 +109,9 @@ def render_cost(state: SessionState) -> str:
     rows = []
     for name, *labels in OTHER_STACKS:
         there = pricing.cost_of(usage, _stack(tuple(labels)))
-        there_per_minute = _usd(there / minutes) if minutes >= MIN_MINUTES else "–"
+        there_per_minute = pricing.format_usd(there / minutes) if minutes >= MIN_MINUTES else "–"
         rows.append(
-            f"<tr><td>{escape(name)}</td><td>{_usd(there)}</td><td>{there_per_minute}</td></tr>"
+            f"<tr><td>{escape(name)}</td><td>{pricing.format_usd(there)}</td><td>{there_per_minute}</td></tr>"
         )
     current = state.providers
     stack_line = ""

@@ -5,15 +5,19 @@ each for the user's speech, the VAD (its speech probability per window), Smart
 Turn, STT, LLM, TTS, the bot's paced audio, speculation and tools. Every
 recent turn is in the figure; a dropdown in the figure picks one (the newest
 shows first), so choosing costs no round trip and a replayed file's figure
-works the same. Built from plain dicts like :mod:`ui.charts`, once per turn.
+works the same. Built once per turn as plain JSON for Gradio (no plotly
+Figure: with a few dozen traces its copying cost ~7 ms a redraw, on the event
+loop that paces every session's audio).
 """
 
 from __future__ import annotations
 
+import json
 import re
 
-import plotly.graph_objects as go
+from gradio.components.plot import PlotData
 
+from pipeline import events as ev
 from pipeline import pricing
 from ui.charts import chart_text
 from ui.state import SessionState
@@ -130,6 +134,7 @@ def _draw(turn: TurnLog) -> _Drawing:
     speaking_from: float | None = None
     speculating: tuple[float, str] | None = None
     tools: dict[str, tuple[float, str]] = {}
+    gaps: list[ev.OutputGap] = []
     for e in turn.events:
         match e.kind:
             case "StageSpan" if e.label not in DUPLICATES and e.stage in LANE_Y:
@@ -162,8 +167,7 @@ def _draw(turn: TurnLog) -> _Drawing:
             case "BotSentenceStarted":
                 drawing.mark("playback", e.t, "playback", f"plays: {e.text}", "line-ns-open")
             case "OutputGap":
-                text = f"underrun: nothing to play for {e.secs * 1000:.0f} ms"
-                drawing.bar("playback", e.t - e.secs, e.t, "gap", text)
+                gaps.append(e)
             case "SpeculationStarted":
                 speculating = (e.t, e.text)
             case "SpeculationEnded" if speculating is not None:
@@ -195,6 +199,10 @@ def _draw(turn: TurnLog) -> _Drawing:
         drawing.bar("speculation", speculating[0], end, "discarded", "speculation (open)")
     for start, call in tools.values():
         drawing.bar("tools", start, end, "tool", f"{call} (running)")
+    # Over the bot's audio, which is drawn once it stops.
+    for gap in gaps:
+        text = f"underrun: nothing to play for {gap.secs * 1000:.0f} ms"
+        drawing.bar("playback", gap.t - gap.secs, gap.t, "gap", text)
     return drawing
 
 
@@ -257,7 +265,7 @@ def turn_title(turn: TurnLog, latency: float | None) -> str:
         parts.append(f"{latency * 1000:.0f} ms voice-to-voice")
     stack = dict(zip(("stt", "llm", "tts"), turn.stack, strict=True))
     cost = pricing.cost_of(turn_usage(turn), stack)
-    parts.append(f"${cost:.5f}")
+    parts.append(pricing.format_usd(cost))
     if turn.gaps:
         parts.append(
             f"{turn.gaps} output gap{'s' * (turn.gaps > 1)} ({turn.gap_secs * 1000:.0f} ms)"
@@ -285,8 +293,13 @@ def _range(drawing: _Drawing, turn: TurnLog) -> list[float]:
     return [max(-MAX_LEAD_IN_MS, min(first, 0.0)) - 0.03 * stop, stop * 1.04]
 
 
-def timeline_figure(state: SessionState) -> go.Figure:
-    """Each recent turn's lanes; a dropdown picks the turn, the newest first."""
+def timeline_figure(state: SessionState) -> PlotData:
+    """The timeline as Gradio's plot value (Plotly JSON)."""
+    return PlotData(type="plotly", plot=json.dumps(timeline_spec(state)))
+
+
+def timeline_spec(state: SessionState) -> dict:
+    """Each recent turn's lanes as a Plotly figure dict; a dropdown picks the turn, newest first."""
     turns = state.turn_logs.turns
     latency = {entry.turn: entry.seconds for entry in state.latency}
     data: list[dict] = []
@@ -341,4 +354,4 @@ def timeline_figure(state: SessionState) -> go.Figure:
                 "showactive": True,
             }
         ]
-    return go.Figure({"data": data, "layout": layout}, _validate=False)
+    return {"data": data, "layout": layout}

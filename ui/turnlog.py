@@ -122,7 +122,8 @@ def fold(logs: TurnLogs, event: ev.Event, *, speaking: bool, stack: Stack | None
     if kind == "SessionStarted":
         return replace(logs, started=logs.started if logs.started is not None else event.t)
     if kind == "SessionEnded":
-        return replace(_closed(logs), last=event.t)
+        # The conversation's length is its last activity, not when the tab closed.
+        return _closed(logs)
     current = logs.current
     if kind == "UsageAmount" and event.measure in MEASURES:
         return _spent(logs, stack, Usage(**{event.measure: event.amount}), 0.0)
