@@ -10,23 +10,25 @@ the tool's time on the dashboard.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sqlite3
 
 import pytest
+from pipecat.services.llm_service import LLMService
+from pipecat.utils.types import NOT_GIVEN
 
 from pipeline.config import SessionConfig
 from pipeline.providers.base import ProviderKeys
 from pipeline.providers.registry import choice_for
 from pipeline.session import VoiceSession
 from pipeline.tools import catalog
-from pipeline.tools.installer import database_of
+from pipeline.tools.installer import database_of, offered
 from testkit.driver import SessionDriver
 from testkit.fakes.groq import FakeGroq
 from testkit.speech import speech_pcm
-from ui import state
-from ui.settings import config_from_settings
-
-pytestmark = pytest.mark.slow
+from ui import export, render, state
+from ui.settings import _tools_control, config_from_settings, initial_settings
 
 GROQ_KEY = "gsk_fake_valid_key_for_tool_tests_0123"
 ORDER_QUESTION = "Where is my order 1234?"
@@ -52,6 +54,10 @@ async def groq(monkeypatch):
 
 
 def config(llm: str = "groq", **knobs) -> SessionConfig:
+    # Tools x speculative turns (a speculative inference that wants a tool call is
+    # withdrawn, the confirmed turn runs it) is tested with speculation, in
+    # tests/test_speculation.py; here each turn is answered once it is confirmed.
+    knobs.setdefault("speculative", False)
     return SessionConfig(
         keys=ProviderKeys({"groq": GROQ_KEY}),
         stt=choice_for("groq", "stt"),
@@ -81,9 +87,10 @@ async def say(d: SessionDriver, text: str, timeout: float = 30) -> None:
 
 
 def spoken(d: SessionDriver) -> str:
-    return " ".join(e.text for e in d.events("BotTurnText"))
+    return " ".join(e.text for e in d.events("BotTurnText") if e.text)
 
 
+@pytest.mark.slow
 async def test_a_spoken_order_number_is_looked_up_and_its_status_spoken(models, groq):
     groq.transcript = Transcripts(ORDER_QUESTION)
     async with SessionDriver(session_with(models, config())) as d:
@@ -116,3 +123,149 @@ async def test_a_spoken_order_number_is_looked_up_and_its_status_spoken(models, 
         assert call.name == "lookup_order" and call.ok and call.seconds is not None
         assert shown.latency[-1].tool_seconds == pytest.approx(call.seconds, abs=1e-6)
         assert not d.events("ErrorReported")
+        page = render.render_conversation(shown)
+        assert 'data-tool="lookup_order"' in page and "tool-ok" in page
+        # An exported session replays the call, its card and its time.
+        replayed = export.replay(
+            json.loads(json.dumps(export.export_session(list(d.session.events))))
+        )
+        assert replayed.tool_calls == shown.tool_calls
+        assert replayed.latency[-1].tool_seconds == shown.latency[-1].tool_seconds
+        assert render.render_conversation(replayed) == page
+
+
+@pytest.mark.slow
+async def test_the_waiting_phrase_is_heard_while_slow_tools_work(models, groq, monkeypatch):
+    """Two slow lookups in one turn: one waiting phrase, then both answers."""
+    monkeypatch.setenv("VOICE_LAB_TOOL_LATENCY_SECS", "1.6")
+    groq.transcript = Transcripts("Where are my orders 1234 and 5150?")
+    async with SessionDriver(session_with(models, config())) as d:
+        await say(d, "Where are my orders one two three four and five one five zero?")
+        await d.play_silence_until(lambda: "running shoes" in spoken(d), 15)
+
+        started, finished = d.events("ToolCallStarted"), d.events("ToolCallFinished")
+        assert [e.name for e in started] == ["lookup_order", "lookup_order"]
+        phrase = next(e for e in d.events("BotSentenceStarted") if "check" in e.text)
+        assert phrase.text == "Let me check that for you."
+        # Heard after the threshold, while the tools were still working.
+        assert 0.7 < phrase.t - started[0].t < 1.4
+        assert phrase.t < min(e.t for e in finished)
+        assert spoken(d).count("Let me check") == 1
+        assert "wireless headphones" in spoken(d) and "running shoes" in spoken(d)
+        # Voice-to-voice ends at the phrase; the turn's tool time is the calls' wall clock.
+        shown = d.session.snapshot()
+        assert shown.latency[0].seconds < 1.6
+        assert 1.55 < shown.latency[0].tool_seconds < 2.5
+
+
+@pytest.mark.slow
+async def test_a_cancellation_survives_a_barge_in_exactly_once(models, groq, monkeypatch):
+    """Spoken over while cancelling: the order is cancelled once, and the question answered."""
+    monkeypatch.setenv("VOICE_LAB_TOOL_LATENCY_SECS", "2.5")
+    texts = [CANCEL_REQUEST, TIME_QUESTION]
+    async with SessionDriver(session_with(models, config())) as d:
+        # What the fake Whisper hears depends on the turn, however often it is asked.
+        groq.transcript = lambda _wav: texts[min(len(d.events("UserTurnText")), 1)]
+        await d.play(speech_pcm("Please cancel my order four eight two one."))
+        await d.play_silence_until(lambda: d.events("BotStartedSpeaking"), 15)
+        assert not d.events("ToolCallFinished"), "the cancellation answered before the barge-in"
+        await d.play(speech_pcm("What time is it in Tokyo?"))
+        await d.play_silence_until(
+            lambda: "Tokyo" in spoken(d) and "is now cancelled" in spoken(d), 20
+        )
+
+        cancel = [e for e in d.events("ToolCallStarted") if e.name == "cancel_order"]
+        done = [e for e in d.events("ToolCallFinished") if e.name == "cancel_order"]
+        assert len(cancel) == 1 and len(done) == 1 and done[0].ok
+        interrupted = d.events("Interrupted")
+        assert any(cancel[0].t < e.t < done[0].t for e in interrupted), "no barge-in mid-call"
+        db = database_of(d.session.voice.context)
+        assert db.execute("SELECT status FROM orders WHERE number = '4821'").fetchone()[0] == (
+            "cancelled"
+        )
+        assert (
+            db.execute("SELECT count(*) FROM actions WHERE order_number = '4821'").fetchone()[0]
+            == 1
+        )
+        # The context records the cancellation, and the interruption was answered.
+        context = json.dumps(d.session.voice.context.get_messages())
+        assert "is now cancelled" in context
+        asked = d.events("UserTurnText")[-1]
+        assert "Tokyo" in asked.text
+        assert any("Tokyo" in e.text for e in d.events("BotTurnText") if e.t > asked.t)
+        assert not d.events("ErrorReported")
+
+
+def _failing(name: str, error: Exception):
+    def run(*_args):
+        raise error
+
+    return tuple(dataclasses.replace(t, run=run) if t.name == name else t for t in catalog.TOOLS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failure", ["exception", "timeout", "unknown order"])
+async def test_a_failing_tool_is_apologised_for_and_shown(models, groq, monkeypatch, failure):
+    question = ORDER_QUESTION
+    if failure == "exception":
+        monkeypatch.setattr(
+            catalog, "TOOLS", _failing("lookup_order", sqlite3.OperationalError("disk I/O error"))
+        )
+    elif failure == "timeout":
+        monkeypatch.setenv("VOICE_LAB_TOOL_TIMEOUT_SECS", "0.5")
+        monkeypatch.setenv("VOICE_LAB_TOOL_WAIT_PHRASE_SECS", "5")
+        monkeypatch.setenv("VOICE_LAB_TOOL_LATENCY_SECS", "3")
+    else:
+        question = "Where is my order 999?"
+    groq.transcript = Transcripts(question)
+    async with SessionDriver(session_with(models, config())) as d:
+        await say(d, "Where is my order one two three four?")
+
+        finished = d.events("ToolCallFinished")
+        assert len(finished) == 1 and not finished[0].ok
+        reply = spoken(d)
+        if failure == "unknown order":
+            assert "can't find an order number 9 9 9" in reply
+            assert not d.events("ErrorReported")
+        else:
+            assert reply.startswith("Sorry, I couldn't reach the order system")
+            message = d.events("ErrorReported")[-1].message
+            assert "lookup_order" in message and "apologised" in message
+            assert ("disk I/O error" if failure == "exception" else "0.5 s") in message
+        card = render.render_conversation(d.session.snapshot())
+        assert "tool-failed" in card and "running" not in card
+
+
+@pytest.mark.slow
+async def test_tools_are_never_offered_to_the_local_llm(models, groq):
+    """Not at the start, and not after a switch from an LLM that had them."""
+    groq.transcript = Transcripts(ORDER_QUESTION)
+    async with SessionDriver(session_with(models, config(llm="local"))) as d:
+        assert d.session.voice.context.tools is NOT_GIVEN
+        processors = d.session.voice.worker.pipeline.processors_with_metrics()
+        llms = [p for p in processors if isinstance(p, LLMService)]
+        assert llms and not any(llm.has_function(t.name) for llm in llms for t in catalog.TOOLS)
+
+    async with SessionDriver(session_with(models, config())) as d:
+        await say(d, "Where is my order one two three four?")
+        assert d.events("ToolCallFinished")
+        d.session.request_config(config(llm="local"))
+        await d.play_silence_until(lambda: len(d.events("ProvidersChanged")) == 2, 10)
+        assert d.session.voice.context.tools is NOT_GIVEN
+        await say(d, "Thank you, that is all.", timeout=45)
+        assert len(d.events("ToolCallStarted")) == 1
+        assert len(groq.requests_to("chat")) == 2
+
+
+def test_the_registry_decides_who_gets_tools_and_the_server_can_turn_them_off(monkeypatch):
+    """The capability flag, never a provider's name; VOICE_LAB_TOOLS=0 overrides the page."""
+    assert offered(config()) and not offered(config(llm="local"))
+    assert not offered(dataclasses.replace(config(), tools=False))
+    values = initial_settings()
+    assert _tools_control(values, "local")["interactive"] is False
+    assert "cannot call tools" in _tools_control(values, "local")["info"]
+    assert _tools_control({**values, "tools": True}, "groq")["interactive"] is True
+    monkeypatch.setenv("VOICE_LAB_TOOLS", "0")
+    assert not offered(config())
+    assert config_from_settings({**initial_settings(), "tools": True}).tools is False
+    assert _tools_control({**values, "tools": True}, "groq")["interactive"] is False
