@@ -22,6 +22,7 @@ from pipeline import events as ev
 
 # 20 s of speech at 32 ms a window: a long monologue keeps its last 20 s.
 MAX_WINDOWS = 625
+# The window that left QUIET and the two before it.
 PRE_ROLL_WINDOWS = 3
 
 

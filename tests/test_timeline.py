@@ -270,3 +270,73 @@ async def test_a_spoken_turn_reports_every_lane_the_timeline_needs(models):
     assert d.events("TurnDecision"), "Smart Turn's verdict was not reported"
     measures = {e.measure for e in d.events("UsageAmount")}
     assert {"llm_input_tokens", "llm_output_tokens", "tts_characters"} <= measures
+
+
+# --------------------------------------------------------------------------- the events' sources
+
+
+async def test_the_output_reports_an_underrun_mid_reply_but_not_the_replys_first_audio():
+    from pipecat.frames.frames import (
+        MetricsFrame,
+        TTSAudioRawFrame,
+        TTSStartedFrame,
+        UserStartedSpeakingFrame,
+    )
+    from pipecat.tests.utils import SleepFrame, run_test
+
+    from pipeline.observers import OutputGapMetricsData
+    from tests.test_transport import RATE, make_transport, tone
+
+    def audio(seconds: float) -> TTSAudioRawFrame:
+        return TTSAudioRawFrame(tone(seconds), RATE, 1, context_id="c")
+
+    transport, _outbox, _ = make_transport()
+    frames = [TTSStartedFrame(context_id="c"), audio(0.2), SleepFrame(sleep=0.5), audio(0.2)]
+    # A new turn: its reply's first audio comes after silence by definition.
+    frames += [UserStartedSpeakingFrame(), SleepFrame(sleep=0.5), audio(0.2), SleepFrame(0.3)]
+    down, _ = await run_test(transport.output(), frames_to_send=frames)
+    gaps = [
+        data.value
+        for frame in down
+        if isinstance(frame, MetricsFrame)
+        for data in frame.data
+        if isinstance(data, OutputGapMetricsData)
+    ]
+    # 0.5 s of sleep minus the 0.2 s of audio still playing (and its lead): ~0.3 s dry.
+    assert len(gaps) == 1 and 0.2 < gaps[0] < 0.45
+
+
+async def test_the_vad_keeps_each_stretch_of_speechs_probability_and_reports_it_once():
+    from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams, VADState
+
+    class ScriptedVAD(VADAnalyzer):
+        """Confidences from a script, one per 32 ms window (16 kHz)."""
+
+        def __init__(self, script):
+            params = VADParams(start_secs=0.064, stop_secs=0.064, min_volume=0.0)
+            super().__init__(sample_rate=16000, params=params)
+            self.script = iter(script)
+
+        def num_frames_required(self) -> int:
+            return 512
+
+        def voice_confidence(self, buffer) -> float:
+            return next(self.script)
+
+    from pipeline.vad_trace import record_vad_confidence
+
+    script = [0.0] * 5 + [0.9] * 10 + [0.1] * 4 + [0.8, 0.0] + [0.0] * 4
+    vad = ScriptedVAD(script)
+    vad.set_sample_rate(16000)
+    reported = []
+    record_vad_confidence(vad, reported.append, clock=lambda: 50.0)
+    window = b"\0\0" * 512
+    states = [await vad.analyze_audio(window) for _ in script]
+    assert VADState.SPEAKING in states and states[-1] == VADState.QUIET
+    (trace,) = reported  # the blip at the end never became speech: not reported
+    levels = [int(trace.levels[i : i + 2], 16) for i in range(0, len(trace.levels), 2)]
+    assert levels[:2] == [0, 0]  # a little of the quiet before
+    assert levels[2:12] == [229] * 10 and max(levels[12:]) < 30
+    assert trace.step == pytest.approx(0.032) and trace.start == pytest.approx(
+        50.0 - len(levels) * 0.032
+    )
