@@ -11,6 +11,7 @@ the tool's time on the dashboard.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import sqlite3
 
@@ -18,16 +19,18 @@ import pytest
 from pipecat.services.llm_service import LLMService
 from pipecat.utils.types import NOT_GIVEN
 
+from pipeline import events as ev
 from pipeline.config import SessionConfig
 from pipeline.providers.base import ProviderKeys
 from pipeline.providers.registry import choice_for
 from pipeline.session import VoiceSession
 from pipeline.tools import catalog
-from pipeline.tools.installer import database_of, offered
+from pipeline.tools.db import session_database
+from pipeline.tools.installer import ToolRunner, database_of, offered
 from testkit.driver import SessionDriver
 from testkit.fakes.groq import FakeGroq
 from testkit.speech import speech_pcm
-from ui import export, render, state
+from ui import charts, export, render, state
 from ui.settings import _tools_control, config_from_settings, initial_settings
 
 GROQ_KEY = "gsk_fake_valid_key_for_tool_tests_0123"
@@ -269,3 +272,92 @@ def test_the_registry_decides_who_gets_tools_and_the_server_can_turn_them_off(mo
     assert not offered(config())
     assert config_from_settings({**initial_settings(), "tools": True}).tools is False
     assert _tools_control({**values, "tools": True}, "groq")["interactive"] is False
+
+
+# --------------------------------------------------------------------------- without speech
+
+
+def _call(t: float, call_id: str, name: str = "lookup_order", secs: float = 0.5, ok: bool = True):
+    return [
+        ev.ToolCallStarted(t, call_id, name, '{"order_number": "1234"}'),
+        ev.ToolCallFinished(t + secs, call_id, name, ok, f"{name} answered"),
+    ]
+
+
+def _fold(events) -> state.SessionState:
+    shown = state.initial_state()
+    for event in events:
+        shown = state.reduce(shown, event)
+    return shown
+
+
+def test_tool_time_is_its_own_part_of_the_turn_and_of_its_chart_bar():
+    """Parallel calls count once; a call that outlasted the first audio still counts."""
+    events = [
+        ev.SessionStarted(0.0),
+        ev.UserTurnText(1.0, "Where are orders 1234 and 5150?"),
+        *_call(1.2, "a", secs=0.6),
+        *_call(1.3, "b", secs=0.6)[:1],
+        ev.LatencyMeasured(1.5, 0.9, (("LLM inference", 0.2), ("pipeline", 0.7))),
+        _call(1.3, "b", secs=1.0)[1],
+        ev.BotTurnText(3.0, "Both are on their way."),
+    ]
+    shown = _fold(events)
+    assert [c.call_id for c in shown.tool_calls] == ["a", "b"]
+    assert shown.latency[-1].tool_seconds == pytest.approx(1.1)  # 1.2 -> 2.3, not 0.6 + 1.0
+    bars = {trace["name"]: trace["y"] for trace in charts.breakdown_figure(shown).data}
+    assert list(bars["tool"]) == [pytest.approx(1100)]
+
+
+def test_tool_cards_sit_after_the_turn_that_asked_and_show_what_happened():
+    events = [
+        ev.SessionStarted(0.0),
+        ev.UserTurnText(1.0, "Where is order 1234?"),
+        *_call(1.2, "a"),
+        ev.BotTurnText(2.0, "It ships tomorrow."),
+        ev.UserTurnText(3.0, "Cancel order <b>9</b>."),
+        *_call(3.2, "b", "cancel_order", ok=False)[:1],
+    ]
+    shown = _fold(events)
+    page = render.render_conversation(shown)
+    order = [page.index(text) for text in ("Where is order", "tool-ok", "It ships", "Cancel")]
+    assert order == sorted(order)
+    assert page.index("tool-running") > page.index("Cancel") and "<b>9" not in page
+    finished = _fold([*events, _call(3.2, "b", "cancel_order", ok=False)[1]])
+    card = render.render_tool_card(finished.tool_calls[-1])
+    assert "tool-failed" in card and "500 ms" in card and "cancel_order answered" in card
+
+
+class _Params:
+    """What pipecat hands a tool handler, as far as the runner reads it."""
+
+    def __init__(self, arguments: dict):
+        self.tool_call_id, self.arguments, self.llm = "call_x", arguments, None
+
+
+async def test_arguments_that_look_like_secrets_never_reach_the_page():
+    seen: list[ev.Event] = []
+    runner = ToolRunner(session_database(), seen.append)
+    await runner.call(catalog.TOOLS[0], _Params({"order_number": "gsk_" + "a1" * 12}))
+    shown = next(e for e in seen if isinstance(e, ev.ToolCallStarted)).arguments
+    assert "gsk_" not in shown and "***" in shown
+    finished = next(e for e in seen if isinstance(e, ev.ToolCallFinished))
+    assert not finished.ok and "I can't find an order number" in finished.result
+
+
+def test_each_session_gets_its_own_orders():
+    first, second = session_database(), session_database()
+    now = dt.datetime.now().astimezone()
+    catalog.cancel_order(first, {"order_number": "4821"}, "call_1", now)
+    assert first.execute("SELECT status FROM orders WHERE number = '4821'").fetchone()[0] == (
+        "cancelled"
+    )
+    assert second.execute("SELECT status FROM orders WHERE number = '4821'").fetchone()[0] == (
+        "processing"
+    )
+    # The same call again changes nothing and says the same; another call is refused.
+    again = catalog.cancel_order(first, {"order_number": "4821"}, "call_1", now)
+    assert "is now cancelled" in again
+    with pytest.raises(catalog.ToolRefusal, match="already cancelled"):
+        catalog.cancel_order(first, {"order_number": "4821"}, "call_2", now)
+    assert first.execute("SELECT count(*) FROM actions").fetchone()[0] == 1

@@ -97,7 +97,9 @@ def spoken_time(moment: dt.datetime) -> str:
         return "midday"
     hour = moment.hour % 12 or 12
     clock = f"{hour} o'clock" if moment.minute == 0 else f"{hour}:{moment.minute:02d}"
-    if moment.hour < 12:
+    if moment.hour < 5:
+        part = "at night"
+    elif moment.hour < 12:
         part = "in the morning"
     elif moment.hour < 18:
         part = "in the afternoon"
