@@ -30,7 +30,7 @@ from pipeline.tools.installer import ToolRunner, database_of, offered
 from testkit.driver import SessionDriver
 from testkit.fakes.groq import FakeGroq
 from testkit.speech import speech_pcm
-from ui import charts, export, render, state
+from ui import charts, export, render, state, timeline
 from ui.settings import _tools_control, config_from_settings, initial_settings
 
 GROQ_KEY = "gsk_fake_valid_key_for_tool_tests_0123"
@@ -128,6 +128,8 @@ async def test_a_spoken_order_number_is_looked_up_and_its_status_spoken(models, 
         assert not d.events("ErrorReported")
         page = render.render_conversation(shown)
         assert 'data-tool="lookup_order"' in page and "tool-ok" in page
+        # The turn timeline's tool lane has the call (ui.timeline draws it from the events).
+        assert "lookup_order" in json.dumps(timeline.timeline_spec(shown))
         # An exported session replays the call, its card and its time.
         replayed = export.replay(
             json.loads(json.dumps(export.export_session(list(d.session.events))))
