@@ -499,3 +499,113 @@ def test_same_words_other_stack_compares_the_last_turn_with_groq(pw, app, groq, 
         # The live call was not touched: its conversation holds only the one turn.
         expect(page.locator("#conversation [data-role=user]")).to_have_count(1)
     assert len(groq.requests_to("chat")) == chats_before + 1
+
+
+# --------------------------------------------------------------------------- latency lab
+
+
+def test_settings_labels_read_on_one_line_wide_and_fit_a_phone(pw, app, tmp_path):
+    """Each knob's label is one line at 1400 px; at phone width nothing spills sideways."""
+    with open_app(pw, app, tmp_path) as page:
+        page.set_viewport_size({"width": 1400, "height": 900})
+        settings = page.locator("#settings")
+        expect(settings).to_contain_text("VAD stop (s)")
+        heights = page.evaluate(
+            """() => [...document.querySelectorAll(
+                 '#settings [data-testid=block-info], #settings label > span')]
+               .filter(l => l.offsetParent && l.innerText.trim())
+               .map(l => [l.innerText.trim(), l.getBoundingClientRect().height,
+                          parseFloat(getComputedStyle(l).lineHeight) || 20])"""
+        )
+        assert heights, "no labels found in the settings panel"
+        wrapped = [text for text, height, line in heights if height > 1.6 * line]
+        assert not wrapped, f"labels wrap at 1400 px: {wrapped}"
+        page.set_viewport_size({"width": 390, "height": 800})
+        overflow = page.evaluate(
+            """() => [...document.querySelectorAll('#settings *')]
+               .filter(e => e.offsetParent && e.getBoundingClientRect().right
+                            > document.documentElement.clientWidth + 1)
+               .map(e => e.tagName + '.' + e.className).slice(0, 5)"""
+        )
+        assert not overflow, f"settings controls overflow a phone-width window: {overflow}"
+        vad = page.locator("#vad-stop input[type=number]")
+        expect(vad).to_be_visible()
+
+
+def plot_summary(page: Page, name: str) -> dict:
+    """What a chart shows: its title, its turn menu, and the points of each visible trace."""
+    return page.evaluate(
+        """name => {
+             const plot = document.querySelector(`#${name} .js-plotly-plot`);
+             if (!plot || !plot.data) return null;
+             const menu = (plot.layout.updatemenus || [])[0];
+             return {
+               title: (plot.layout.title || {}).text || '',
+               menu: menu ? menu.buttons.map(b => b.label) : [],
+               points: plot.data.filter(t => t.visible !== false)
+                                .map(t => (t.x || []).filter(x => x !== null).length),
+             };
+           }""",
+        name,
+    )
+
+
+def test_a_spoken_turn_fills_the_timeline_and_a_cloud_llm_costs_dollars(pw, app, groq, tmp_path):
+    """After a turn on Groq's LLM (the fake): the timeline has its lanes, #cost a $ figure,
+    and replaying the exported session brings every dashboard view back the same."""
+    with open_app(pw, app, tmp_path, fake_mic=quiet_mic(tmp_path)) as page:
+        page.set_viewport_size({"width": 1400, "height": 1000})
+        page.locator("#groq-key input").fill(GROQ_KEY)
+        page.locator("#groq-key input").press("Enter")
+        expect(page.locator("#settings")).to_contain_text("Groq: your key (this session only)")
+        page.locator("#llm-provider input").click()
+        page.get_by_role("option", name="Groq").click()
+        press_record(page)
+        wait_until_listening(page)
+        expect(page.locator("#status")).to_contain_text("Groq", timeout=REPLY_TIMEOUT_MS)
+        question = np.concatenate([speech_pcm("What is the capital of France?"), silence(0.5)])
+        speak(page, tmp_path / "question.wav", question)
+        expect(page.locator("#conversation [data-role=bot]").first).to_contain_text(
+            re.compile(r"\w{2,}"), timeout=REPLY_TIMEOUT_MS
+        )
+
+        timeline = page.locator("#turn-timeline")
+        for lane in ("You", "VAD", "Smart Turn", "STT", "LLM", "TTS", "Bot audio"):
+            expect(timeline.locator(".ytick text", has_text=lane)).to_have_count(1)
+        wait_in_page(
+            page,
+            "document.querySelectorAll('#turn-timeline .barlayer .point').length >= 6"
+            " && document.querySelector('#turn-timeline .scatterlayer .js-line')",
+            10_000,
+            "the timeline drew no bars or no VAD line for the turn",
+        )
+        expect(timeline).to_contain_text("Turn 1")  # the turn menu and the title
+        # A cloud LLM's tokens are priced: a dollar figure above zero for this turn.
+        this_turn = page.locator("#cost .stat", has_text="this turn").locator(".stat-value")
+        expect(this_turn).to_have_text(re.compile(r"^\$0\.0*[1-9]\d*$"), timeout=10_000)
+        expect(page.locator("#cost")).to_contain_text("Priced on")
+
+        page.locator("#voice button", has_text="Stop").click()
+        expect(page.locator("#status")).to_contain_text("ended", timeout=10_000)
+        shown = {name: page.locator(f"#{name}").inner_text() for name in HTML_VIEWS}
+        charts = {name: plot_summary(page, name) for name in CHART_VIEWS}
+
+        page.locator("#export-button").click()
+        link = page.locator("#export-file a").first
+        expect(link).to_be_visible(timeout=10_000)
+        with page.expect_download() as download:
+            link.click()
+        exported = tmp_path / "session.json"
+        download.value.save_as(exported)
+        page.reload()
+        expect(page.locator("#turn-timeline")).to_contain_text("speak to see one")
+        page.locator("input[type=file][accept*='.json']").set_input_files(str(exported))
+        expect(page.locator("#turn-timeline")).to_contain_text("Turn 1", timeout=10_000)
+        for name in HTML_VIEWS:
+            assert page.locator(f"#{name}").inner_text() == shown[name], f"#{name} differs"
+        for name in CHART_VIEWS:
+            assert plot_summary(page, name) == charts[name], f"#{name} differs after replay"
+
+
+HTML_VIEWS = ("conversation", "latency-stats", "cost")
+CHART_VIEWS = ("latency-breakdown", "ttfb-chart", "turn-timeline")
