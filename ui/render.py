@@ -123,13 +123,13 @@ def render_tool_card(call: ToolCall) -> str:
         outcome, took = "running", "running…"
     else:
         outcome, took = ("ok" if call.ok else "failed"), _ms(call.seconds)
-    result = f'<span class="tool-result">{escape(call.result)}</span>' if call.result else ""
+    result = f'<div class="tool-result">{escape(call.result)}</div>' if call.result else ""
     return (
         f'<div class="turn turn-tool tool-{outcome}" data-role="tool" '
         f'data-tool="{escape(call.name)}"><span class="turn-who">Tool</span>'
         f'<code class="tool-name">{escape(call.name)}</code> '
         f'<code class="tool-args">{escape(call.arguments)}</code> '
-        f'<span class="tool-time">{took}</span>{result}</div>'
+        f'<span class="tool-time">· {took}</span>{result}</div>'
     )
 
 
