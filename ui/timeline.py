@@ -75,13 +75,14 @@ class _Drawing:
         self.times: list[float] = []
 
     def ms(self, t: float) -> float:
-        return (t - self.origin) * 1000
+        # A tenth of a millisecond is finer than any screen: shorter JSON per redraw.
+        return round((t - self.origin) * 1000, 1)
 
     def bar(self, lane: str, start: float, end: float, colour: str, text: str, thin=False):
         target = self.thin if thin else self.bars
         target["y"].append(LANE_Y[lane])
         target["base"].append(self.ms(start))
-        target["x"].append(max(1.0, (end - start) * 1000))
+        target["x"].append(max(1.0, round((end - start) * 1000, 1)))
         target["color"].append(COLOURS[colour])
         duration = f"{(end - start) * 1000:.0f} ms"
         target["text"].append(f"{chart_text(text, 120)} ({duration})")
@@ -104,7 +105,7 @@ class _Drawing:
             except ValueError:
                 continue
             self.lines["x"].append(self.ms(start + (index // 2 + 0.5) * step))
-            self.lines["y"].append(y0 + 0.8 * value)
+            self.lines["y"].append(round(y0 + 0.8 * value, 3))
         self.times += [start, start + len(levels) // 2 * step]
         self.lines["x"].append(None)
         self.lines["y"].append(None)
