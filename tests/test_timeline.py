@@ -340,3 +340,65 @@ async def test_the_vad_keeps_each_stretch_of_speechs_probability_and_reports_it_
     assert trace.step == pytest.approx(0.032) and trace.start == pytest.approx(
         50.0 - len(levels) * 0.032
     )
+
+
+async def test_the_latency_observer_reports_speech_synthesis_verdicts_usage_and_gaps():
+    from pipecat.frames.frames import (
+        MetricsFrame,
+        TTSAudioRawFrame,
+        TTSStoppedFrame,
+        VADUserStartedSpeakingFrame,
+        VADUserStoppedSpeakingFrame,
+    )
+    from pipecat.metrics.metrics import (
+        LLMTokenUsage,
+        LLMUsageMetricsData,
+        STTUsage,
+        STTUsageMetricsData,
+        TTSUsageMetricsData,
+        TurnMetricsData,
+    )
+    from pipecat.processors.filters.identity_filter import IdentityFilter
+    from pipecat.tests.utils import run_test
+
+    from pipeline.observers import OutputGapMetricsData, latency_observer
+
+    seen: list[ev.Event] = []
+    metrics = [
+        TurnMetricsData(
+            processor="t", is_complete=False, probability=0.3, e2e_processing_time_ms=80
+        ),
+        LLMUsageMetricsData(
+            processor="llm",
+            value=LLMTokenUsage(prompt_tokens=50, completion_tokens=7, total_tokens=57),
+        ),
+        STTUsageMetricsData(processor="stt", value=STTUsage(audio_seconds=1.5)),
+        TTSUsageMetricsData(processor="tts", value=42),
+        OutputGapMetricsData(processor="out", value=0.2),
+    ]
+    audio = TTSAudioRawFrame(b"\0\0" * 240, 24000, 1, context_id="c")
+    await run_test(
+        IdentityFilter(),
+        frames_to_send=[
+            VADUserStartedSpeakingFrame(start_secs=0.2, timestamp=100.0),
+            VADUserStoppedSpeakingFrame(stop_secs=0.2, timestamp=101.5),
+            MetricsFrame(data=metrics),
+            audio,
+            TTSStoppedFrame(context_id="c"),
+        ],
+        observers=[latency_observer(seen.append)],
+    )
+    spans = {(e.stage, e.label): (e.start, e.end) for e in seen if e.kind == "StageSpan"}
+    assert spans[("user", "speech")] == pytest.approx((99.8, 101.3))
+    assert spans[("vad", "silence before the VAD stop")] == pytest.approx((101.3, 101.5))
+    assert ("tts", "synthesis") in spans
+    (decision,) = [e for e in seen if e.kind == "TurnDecision"]
+    assert (decision.complete, decision.probability, decision.ms) == (False, 0.3, 80)
+    usage = {e.measure: e.amount for e in seen if e.kind == "UsageAmount"}
+    assert usage == {
+        "llm_input_tokens": 50,
+        "llm_output_tokens": 7,
+        "stt_audio_secs": 1.5,
+        "tts_characters": 42,
+    }
+    assert [e.secs for e in seen if e.kind == "OutputGap"] == [0.2]
