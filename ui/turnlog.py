@@ -50,6 +50,33 @@ DRAWN = frozenset(
 
 Stack = tuple[str, str, str]
 
+# A barge-in that says only these is a backchannel, not a turn: "uh huh", "mm-hmm", "yeah".
+BACKCHANNEL = frozenset(
+    [
+        "uh",
+        "um",
+        "uhm",
+        "er",
+        "ah",
+        "oh",
+        "mm",
+        "mmm",
+        "hm",
+        "hmm",
+        "mhm",
+        "huh",
+        "uh-huh",
+        "mm-hmm",
+        "yeah",
+        "yep",
+        "yes",
+        "ok",
+        "okay",
+        "right",
+        "sure",
+    ]
+)
+
 
 @dataclass(frozen=True)
 class TurnLog:
@@ -72,7 +99,7 @@ class TurnLog:
 
     @property
     def false_interruption(self) -> bool:
-        """A barge-in that produced no words (a cough, an "uh huh")."""
+        """A barge-in that produced no words (a cough) or only a backchannel ("uh huh")."""
         return self.barge_in and not self.words
 
 
@@ -137,7 +164,7 @@ def fold(logs: TurnLogs, event: ev.Event, *, speaking: bool, stack: Stack | None
     turn_log = current
     if len(turn_log.events) < MAX_TURN_EVENTS:
         turn_log = replace(turn_log, events=(*turn_log.events, event))
-    if kind in ("UserTranscript", "UserTurnText") and event.text.strip():
+    if kind in ("UserTranscript", "UserTurnText") and says_something(event.text):
         turn_log = replace(turn_log, words=True)
     if kind == "OutputGap":
         turn_log = replace(
@@ -149,6 +176,12 @@ def fold(logs: TurnLogs, event: ev.Event, *, speaking: bool, stack: Stack | None
         turn_log = replace(turn_log, speech_secs=turn_log.speech_secs + speech)
         logs = _spent(logs, stack, Usage(), speech)
     return _with_turn(logs, turn_log, event.t)
+
+
+def says_something(text: str) -> bool:
+    """Whether ``text`` holds a word beyond backchannels and fillers ("Uh-huh." does not)."""
+    words = (w.strip(".,!?;:'\"…").lower() for w in text.split())
+    return any(w and w not in BACKCHANNEL for w in words)
 
 
 def _with_turn(logs: TurnLogs, turn_log: TurnLog, t: float) -> TurnLogs:
