@@ -402,3 +402,11 @@ async def test_the_latency_observer_reports_speech_synthesis_verdicts_usage_and_
         "tts_characters": 42,
     }
     assert [e.secs for e in seen if e.kind == "OutputGap"] == [0.2]
+
+
+def test_a_backchannel_over_the_bot_counts_as_a_false_interruption():
+    speaking = spoken_turn()[:-4]
+    for said, false in (("Uh-huh.", True), ("Mm-hmm, yeah.", True), ("Okay, stop.", False)):
+        barge_in = [ev.UserStartedSpeaking(T0 + 3.3), ev.UserTranscript(T0 + 3.9, said)]
+        current = run(*speaking, *barge_in, ev.UserStoppedSpeaking(T0 + 4.0))
+        assert current.turn_logs.current.false_interruption is false, said
