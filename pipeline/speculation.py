@@ -213,6 +213,8 @@ class SpeculativeSmartTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
         # Whether the user is silent since a pause: an eager transcript that
         # arrives after they spoke again answers words they have not finished.
         self._paused = False
+        # This turn's words asked for a tool: it is answered once confirmed.
+        self._wants_tools = False
 
     async def user_paused(self) -> None:
         self._paused = True
@@ -228,6 +230,12 @@ class SpeculativeSmartTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
             self._committed = _join(self._committed, frame.text)
         elif isinstance(frame, VADUserStartedSpeakingFrame):
             await self.withdraw("resumed")
+        elif isinstance(frame, EagerEndOfTurnCancelFrame):
+            # The LLM service withdrew the speculation itself (it wanted a
+            # tool call): the confirmed turn must run its own inference, and
+            # guessing again this turn would only ask for the tool again.
+            self._speculation = None
+            self._wants_tools = True
         result = await super().process_frame(frame)
         if isinstance(frame, EagerTranscriptionFrame) and self._paused:
             await self._speculate(_join(self._committed, frame.text))
@@ -255,7 +263,7 @@ class SpeculativeSmartTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
             await self._speculate(self._committed)
 
     async def _speculate(self, text: str) -> None:
-        if not text.strip():
+        if not text.strip() or self._wants_tools:
             return
         if self._speculation is not None:
             if self._match_policy.matches(self._speculation.text, text):
@@ -295,6 +303,7 @@ class SpeculativeSmartTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
     async def _reset(self):
         await super()._reset()
         self._committed = ""
+        self._wants_tools = False
         # A turn that ended some other way (the stop watchdog, an
         # interruption, the session's end) leaves nothing to answer.
         await self.withdraw("turn ended")

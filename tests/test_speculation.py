@@ -79,13 +79,14 @@ async def answered(d: SessionDriver, replies: int = 0, timeout: float = 30) -> N
 
 
 async def test_a_speculation_is_adopted_and_its_reply_is_the_answer(models, groq):
-    # Whisper answers well inside the VAD's 0.2 s stop window, so the reply
-    # starts before the turn is confirmed; the model takes 0.3 s to a first token.
+    # Whisper answers well inside the VAD's stop window (0.5 s here, so that a
+    # loaded machine cannot miss it), so the reply starts before the turn is
+    # confirmed; the model takes 0.3 s to a first token.
     groq.stt_latency = Latency(0.03)
     groq.llm_ttft = Latency(0.3)
     groq.transcript = lambda _wav: WHOLE
     groq.reply = echo
-    async with SessionDriver(session_with(models, groq_stack())) as d:
+    async with SessionDriver(session_with(models, groq_stack(vad_stop_secs=0.5))) as d:
         await d.play(speech_pcm("What is the capital of France?"))
         await answered(d)
 
@@ -205,3 +206,27 @@ async def test_switching_speculation_off_restores_the_serial_turn(models, groq):
         asked = groq.requests_to("chat")[0].received_at - time.monotonic() + time.time()
         assert asked >= confirmed, "the LLM was asked before the turn was confirmed"
         assert bot_messages(d) == [echo([{"role": "user", "content": WHOLE}])]
+
+
+async def test_a_tool_call_never_runs_speculatively(models, groq):
+    """A speculative reply that wants a tool is withdrawn; the confirmed turn runs the tool once."""
+    from pipeline.tools.installer import database_of
+
+    # Whisper answers inside the VAD's stop window, so the inference that
+    # wants the tool starts before the turn is confirmed.
+    groq.stt_latency = Latency(0.03)
+    groq.transcript = lambda _wav: "Please cancel my order 4821."
+    async with SessionDriver(session_with(models, groq_stack(vad_stop_secs=0.5))) as d:
+        await d.play(speech_pcm("Please cancel my order four eight two one."))
+        await d.play_silence_until(
+            lambda: any("cancelled" in e.text for e in d.events("BotTurnText")), 45
+        )
+
+        reasons = [(e.adopted, e.reason) for e in d.events("SpeculationEnded")]
+        assert (False, "tool call") in reasons, reasons
+        calls = [e for e in d.events("ToolCallStarted") if e.name == "cancel_order"]
+        assert len(calls) == 1
+        assert calls[0].t >= d.events("UserStoppedSpeaking")[0].t, "the tool ran speculatively"
+        db = database_of(d.session.voice.context)
+        done = db.execute("SELECT count(*) FROM actions WHERE order_number = '4821'")
+        assert done.fetchone()[0] == 1
