@@ -34,6 +34,12 @@ NUMBER_WORDS = {
 }
 
 
+# The LLM writes the arguments, and a visitor can talk it into anything: what a
+# refusal repeats back stays short.
+MAX_ORDER_DIGITS = 12
+MAX_CITY_CHARS = 60
+
+
 class ToolRefusal(Exception):
     """The tool ran but could not do what was asked; the message is the sentence to say."""
 
@@ -109,7 +115,7 @@ def spoken_time(moment: dt.datetime) -> str:
 
 
 def _find_order(db: sqlite3.Connection, raw: object) -> sqlite3.Row:
-    number = order_number(raw)
+    number = order_number(raw)[:MAX_ORDER_DIGITS]
     if not number:
         raise ToolRefusal("I need the order number to look that up.")
     row = db.execute("SELECT * FROM orders WHERE number = ?", (number,)).fetchone()
@@ -175,7 +181,7 @@ def cancel_order(db: sqlite3.Connection, args: Mapping, call_id: str, now: dt.da
 
 
 def time_in_city(db: sqlite3.Connection, args: Mapping, _call_id: str, now: dt.datetime) -> str:
-    city = " ".join(str(args.get("city") or "").split()).strip(" .?!,")
+    city = " ".join(str(args.get("city") or "").split()).strip(" .?!,")[:MAX_CITY_CHARS]
     if not city:
         raise ToolRefusal("Which city do you mean?")
     row = db.execute("SELECT name, time_zone FROM cities WHERE name = ?", (city,)).fetchone()
