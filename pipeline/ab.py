@@ -52,6 +52,9 @@ FRAME_SECS = 0.02
 AB_TIMEOUT_SECS = 60.0
 # Silence fed after the utterance before concluding the other stack heard no words.
 NO_WORDS_SECS = 8.0
+# pipecat reports a segmented STT's time to first byte 2 s after the VAD stop
+# (``stt_ttfb_timeout``); a reply done sooner waits this long more for it.
+STT_TTFB_GRACE_SECS = 2.5
 # Output lead with no pacing: nobody listens to the other stack's reply, so its
 # audio is accounted for as fast as it is made and the turn ends when synthesis does.
 # The first audio (what voice-to-voice measures) is never held back by pacing.
@@ -254,21 +257,17 @@ async def run_headless(
     released. Never raises for what the providers do: that is in ``error``.
     """
     events: list[ev.Event] = []
-    finished = asyncio.Event()
-    heard = asyncio.Event()
+    progress = _Progress()
 
     def sink(event: ev.Event) -> None:
         events.append(event)
-        if isinstance(event, ev.UserTurnText):
-            heard.set()
-        if isinstance(event, ev.BotTurnText | ev.ErrorReported):
-            finished.set()
+        progress.note(event)
 
     outbox = _DiscardingOutbox()
     error: str | None = None
     try:
         await asyncio.wait_for(
-            _run(config, models, utterance, history, outbox, sink, finished, heard, no_words_secs),
+            _run(config, models, utterance, history, outbox, sink, progress, no_words_secs),
             timeout,
         )
     except TimeoutError:
@@ -290,8 +289,7 @@ async def _run(
     history: list,
     outbox: SessionOutbox,
     sink: Callable[[ev.Event], None],
-    finished: asyncio.Event,
-    heard: asyncio.Event,
+    progress: _Progress,
     no_words_secs: float,
 ) -> None:
     # Off this loop's thread, as the switcher does: ONNX sessions take ~70 ms to create.
@@ -313,7 +311,7 @@ async def _run(
         await _first(started.wait(), running)
         if running.done():
             raise ABRefused("The other stack's pipeline stopped before it started.")
-        await _feed(generation.transport.input(), utterance, finished, heard, no_words_secs)
+        await _feed(generation.transport.input(), utterance, progress, no_words_secs)
     finally:
         await runner.cancel(reason="A/B run over")
         await asyncio.gather(running, return_exceptions=True)
@@ -329,29 +327,53 @@ async def _first(awaitable: Awaitable, task: asyncio.Task) -> None:
         waiter.cancel()
 
 
+class _Progress:
+    """How far the other stack has got, from its events (times on their clock, ``time.time()``)."""
+
+    def __init__(self) -> None:
+        self.heard = False  # its STT heard words
+        self.failed = False
+        self.replied_at: float | None = None  # its reply is complete
+        self.stt_measured = False  # its STT's time to first byte is in
+
+    def note(self, event: ev.Event) -> None:
+        match event:
+            case ev.UserTurnText():
+                self.heard = True
+            case ev.ServiceTTFB(stage="stt"):
+                self.stt_measured = True
+            case ev.ErrorReported():
+                self.failed = True
+            case ev.BotTurnText():
+                self.replied_at = event.t
+
+    def done(self, now: float) -> bool:
+        if self.failed:
+            return True
+        if self.replied_at is None:
+            return False
+        return self.stt_measured or now - self.replied_at > STT_TTFB_GRACE_SECS
+
+
 async def _feed(
-    transport_in,
-    utterance: Utterance,
-    finished: asyncio.Event,
-    heard: asyncio.Event,
-    no_words_secs: float,
+    transport_in, utterance: Utterance, progress: _Progress, no_words_secs: float
 ) -> None:
-    """The utterance in 20 ms frames on a real-time clock, then silence until the reply is done."""
+    """The utterance in 20 ms frames on a real-time clock, then silence until the turn is done."""
     rate = utterance.sample_rate
     step = int(rate * FRAME_SECS) * 2
     silence = bytes(step)
     start = time.monotonic()
     frames = 0
     for offset in range(0, len(utterance.pcm), step):
-        if finished.is_set():
+        if progress.failed:
             return
         chunk = utterance.pcm[offset : offset + step]
         await transport_in.push_pcm(chunk.ljust(step, b"\0"), rate)
         frames += 1
         await asyncio.sleep(max(0.0, start + frames * FRAME_SECS - time.monotonic()))
     spoken_until = time.monotonic()
-    while not finished.is_set():
-        if not heard.is_set() and time.monotonic() - spoken_until > no_words_secs:
+    while not progress.done(time.time()):
+        if not progress.heard and time.monotonic() - spoken_until > no_words_secs:
             raise ABRefused("The other stack heard no words in your last utterance.")
         await transport_in.push_pcm(silence, rate)
         frames += 1

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import re
 import wave
 from functools import reduce as fold
 
+import gradio as gr
 import numpy as np
 import pytest
 
+from pipeline import ab as ab_pipeline
 from pipeline import events as ev
+from pipeline import pricing
 from pipeline.ab import (
     MAX_UTTERANCE_BYTES,
     PREROLL_SECS,
@@ -65,6 +69,11 @@ def a_turn(t0: float, heard: str, reply: str, stt: float, llm: float, tts: float
     ]
 
 
+def as_sent(figure) -> dict:
+    """The Plotly JSON the page receives for ``figure``, as Gradio's plot sends it."""
+    return json.loads(gr.Plot().postprocess(figure).plot)
+
+
 def cells(html: str, row: str) -> tuple[str, str, str]:
     """(live, other, difference) as the page shows them in the comparison's ``row``."""
     found = re.search(
@@ -87,9 +96,13 @@ def test_both_turns_side_by_side_with_their_stacks_figures_and_differences():
         *a_turn(10, "What is the capital of France?", "Paris.", 0.45, 0.12, 0.31, 1.21),
         *a_turn(20, "Thanks", "You're welcome.", 0.6, 0.2, 0.3, 1.9),
     )
+    billed = pricing.Usage(
+        llm_input_tokens=300, llm_output_tokens=20, tts_characters=120, stt_audio_secs=2.4
+    )
     other = run(
         ev.ProvidersChanged(0, *CLOUD),
         *a_turn(1, "What is the capital of France?", "It is Paris.", 0.3, 0.29, 0.17, 0.95),
+        *[ev.UsageAmount(2.9, measure, getattr(billed, measure)) for measure in pricing.MEASURES],
     )
     html = ab.render_comparison(ab.turn_figures(live, 2), ab.turn_figures(other, 1), seconds=2.4)
 
@@ -100,11 +113,35 @@ def test_both_turns_side_by_side_with_their_stacks_figures_and_differences():
     assert cells(html, "stt") == ("450 ms", "300 ms", "−150 ms")
     assert cells(html, "llm") == ("120 ms", "290 ms", "+170 ms")
     assert cells(html, "tts") == ("310 ms", "170 ms", "−140 ms")
-    assert cells(html, "cost")[:2] == ("—", "—")
+    cloud_cost = pricing.cost_of(billed, dict(zip(("stt", "llm", "tts"), CLOUD, strict=True)))
+    assert cloud_cost > 0
+    assert cells(html, "cost")[:2] == ("$0.0000", f"${cloud_cost:.4f}")
     assert "2.4 s of your speech" in html
     # Where the voice-to-voice went, part by part, for both.
     assert re.search(r"transcription.*450 ms.*300 ms", html)
     assert 'data-state="done"' in html and "ab-error" not in html
+
+
+def test_each_side_gets_the_timeline_of_its_own_turn():
+    live = run(
+        ev.ProvidersChanged(0, *LOCAL),
+        *a_turn(1, "Hello there", "Hi.", 0.5, 0.2, 0.3, 1.4),
+        *a_turn(10, "What is the capital of France?", "Paris.", 0.45, 0.12, 0.31, 1.21),
+        *a_turn(20, "Thanks", "You're welcome.", 0.6, 0.2, 0.3, 1.9),
+    )
+    figure = as_sent(ab.turn_timeline(live, 2))
+    assert figure["layout"]["title"]["text"].startswith("Turn 2 · 1210 ms voice-to-voice")
+    assert [b["label"] for b in figure["layout"]["updatemenus"][0]["buttons"]] == ["Turn 2"]
+    gone = as_sent(ab.turn_timeline(live, 7))
+    assert gone["layout"]["title"]["text"] == "Turn timeline: speak to see one"
+
+
+def test_a_speculative_llm_request_counts_for_the_turn_it_answered():
+    """An LLM asked at the pause reports its TTFB before the turn is committed."""
+    turn = a_turn(1, "Hello", "Hi.", 0.5, 0.2, 0.3, 1.4)
+    llm = turn.pop(6)
+    turn.insert(1, llm)  # before UserTurnText, while the user turn is still open
+    assert ab.turn_figures(run(*turn), 1).llm == 0.2
 
 
 def test_a_failed_other_stack_shows_its_error_and_dashes_for_what_it_never_measured():
@@ -303,7 +340,9 @@ async def test_the_cloud_stack_answers_the_same_words_while_the_local_call_goes_
         comparing = asyncio.create_task(ab.compare(d.session, cloud_choices(), keys, models))
         # The call goes on while the other stack works: a turn is still answered.
         await ask(d, "And what about Germany?")
-        comparison = await asyncio.wait_for(comparing, 60)
+        # The microphone stays open meanwhile, as a browser's does.
+        await d.play_silence_until(comparing.done, 60)
+        comparison = comparing.result()
         await ask(d, "Thank you very much.")
 
     assert comparison.result.error is None, comparison.result.error
@@ -314,10 +353,14 @@ async def test_the_cloud_stack_answers_the_same_words_while_the_local_call_goes_
     assert cells(html, "heard")[:2] == (heard_live, DEFAULT_TRANSCRIPT)
     for row in ("v2v", "stt", "llm", "tts"):
         live, other, delta = cells(html, row)
-        assert re.fullmatch(r"\d+ ms", live) and re.fullmatch(r"\d+ ms", other), (row, html)
+        assert re.fullmatch(r"\d+ ms", live) and re.fullmatch(r"\d+ ms", other), (row, live, other)
         assert re.fullmatch(r"[+−±]\d+ ms", delta)
     assert cells(html, "reply")[1] and cells(html, "reply")[0]
     assert comparison.result.reply_audio_secs > 0.5, "the other stack made no reply audio"
+    live_cost, other_cost, _ = cells(html, "cost")
+    assert live_cost == "$0.0000" and float(other_cost.lstrip("$")) > 0, (live_cost, other_cost)
+    for figure in (comparison.live_timeline, comparison.other_timeline):
+        assert as_sent(figure)["layout"]["title"]["text"].startswith("Turn 1 · ")
 
     # Same words: Groq transcribed the audio the live call heard, not something else.
     (upload,) = groq.requests_to("transcriptions")
@@ -339,3 +382,17 @@ async def test_a_run_past_its_time_limit_is_stopped_and_says_so(models):
     comparison = await ab.compare(session, local, ProviderKeys({}), models, timeout=0.5)
     assert comparison.result.error == "The other stack did not finish within 0.5 s."
     assert not ab._running, "the session stays marked as comparing"
+
+
+def test_a_quick_reply_waits_for_the_stt_figure_that_pipecat_reports_later():
+    """A segmented STT's TTFB comes 2 s after the VAD stop: a reply done sooner waits for it."""
+    progress = ab_pipeline._Progress()
+    progress.note(ev.UserTurnText(9.0, "Hello"))
+    progress.note(ev.BotTurnText(10.0, "Hi."))
+    assert not progress.done(11.0)
+    assert progress.done(10.0 + ab_pipeline.STT_TTFB_GRACE_SECS + 0.1), "waits for ever"
+    progress.note(ev.ServiceTTFB(11.0, "stt", "stt#0", None, 0.4))
+    assert progress.done(11.0)
+    failed = ab_pipeline._Progress()
+    failed.note(ev.ErrorReported(1.0, "Groq refused the API key"))
+    assert failed.done(1.0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from html import escape
 
 import gradio as gr
@@ -39,8 +39,10 @@ from pipeline.providers.registry import (
     providers_for,
 )
 from pipeline.session import VoiceSession
+from ui import cost, timeline
 from ui import settings as settings_panel
 from ui.state import SessionState, initial_state, reduce
+from ui.turnlog import TurnLog
 from ui.webrtc_guard import WebRTCGuard, webrtc_id_of
 
 log = logging.getLogger(__name__)
@@ -86,10 +88,7 @@ def turn_figures(state: SessionState, turn: int) -> TurnFigures:
         elif turn == state.user_turns and state.bot is not None:
             reply = state.bot.generated  # still being spoken
     latency = next((entry for entry in state.latency if entry.turn == turn), None)
-    ttfb = {}
-    for point in state.ttfb:
-        if point.turn == turn and not point.interrupted:
-            ttfb.setdefault(point.stage, point.seconds)
+    ttfb = _first_ttfb(state, turn)
     return TurnFigures(
         stack=stack,
         heard=heard,
@@ -98,14 +97,40 @@ def turn_figures(state: SessionState, turn: int) -> TurnFigures:
         stt=ttfb.get("stt"),
         llm=ttfb.get("llm"),
         tts=ttfb.get("tts"),
-        cost=turn_cost(state, turn),
+        cost=cost.turn_cost(state, turn),
         contributions=latency.contributions if latency else (),
     )
 
 
-def turn_cost(_state: SessionState, _turn: int) -> float | None:
-    """The turn's cost in US dollars, once pricing lands (``pipeline.pricing``); None until then."""
-    return None
+def _turn_log(state: SessionState, turn: int) -> TurnLog | None:
+    """The turn's record (its last one: a barge-in without words keeps the number)."""
+    return next((log for log in reversed(state.turn_logs.turns) if log.number == turn), None)
+
+
+def _first_ttfb(state: SessionState, turn: int) -> dict[str, float]:
+    """Each stage's first time to first byte in the turn.
+
+    From the turn's own record first: it holds what happened from the user's
+    speech onset on, so an LLM asked speculatively, before the turn was
+    committed, counts for this turn (the reducer's TTFB list files it under
+    the previous one). The TTFB list serves turns whose record is gone.
+    """
+    found: dict[str, float] = {}
+    log = _turn_log(state, turn)
+    for event in log.events if log is not None else ():
+        if isinstance(event, ev.ServiceTTFB):
+            found.setdefault(event.stage, event.seconds)
+    for point in state.ttfb:
+        if point.turn == turn and not point.interrupted:
+            found.setdefault(point.stage, point.seconds)
+    return found
+
+
+def turn_timeline(state: SessionState, turn: int):
+    """The timeline figure (:mod:`ui.timeline`) of that one turn."""
+    log = _turn_log(state, turn)
+    only = replace(state.turn_logs, turns=(log,) if log is not None else ())
+    return timeline.timeline_figure(replace(state, turn_logs=only))
 
 
 def fold(events: tuple[ev.Event, ...]) -> SessionState:
@@ -214,6 +239,9 @@ class Comparison:
     other: TurnFigures
     seconds: float
     result: HeadlessResult
+    # Both turns' timelines (Plotly figures).
+    live_timeline: object = None
+    other_timeline: object = None
 
     def render(self) -> str:
         return render_comparison(
@@ -259,11 +287,14 @@ async def compare(
     finally:
         _running.discard(session)
     # Read after the run: the live turn has had the same time to finish.
+    live, other = session.state, fold(result.events)
     return Comparison(
-        live=turn_figures(session.state, utterance.turn),
-        other=turn_figures(fold(result.events), 1),
+        live=turn_figures(live, utterance.turn),
+        other=turn_figures(other, 1),
         seconds=utterance.seconds,
         result=result,
+        live_timeline=turn_timeline(live, utterance.turn),
+        other_timeline=turn_timeline(other, 1),
     )
 
 
@@ -275,6 +306,7 @@ class ABPanel:
     pickers: dict[Stage, tuple[gr.Dropdown, gr.Dropdown]]
     button: gr.Button
     result: gr.HTML
+    timelines: tuple[gr.Plot, gr.Plot]
 
 
 def build_ab_panel() -> ABPanel:
@@ -307,7 +339,12 @@ def build_ab_panel() -> ABPanel:
                 pickers[stage] = (provider, model)
         button = gr.Button("Same words, other stack", elem_id="ab-button", size="sm")
         result = gr.HTML("", elem_id="ab-comparison")
-    return ABPanel(pickers, button, result)
+        with gr.Row():
+            timelines = (
+                gr.Plot(label="Live call", visible=False, elem_id="ab-timeline-live"),
+                gr.Plot(label="Other stack", visible=False, elem_id="ab-timeline-other"),
+            )
+    return ABPanel(pickers, button, result, timelines)
 
 
 def _choices(picked: list) -> dict[Stage, StageChoice]:
@@ -336,6 +373,11 @@ def wire_ab_panel(
 
         provider.input(on_provider, [settings, provider], model, show_api=False)
 
+    hidden = gr.update(visible=False)
+
+    def message(text: str, state: str = "error") -> tuple:
+        return render_message(text, state), hidden, hidden
+
     async def on_click(
         connection,
         values: dict,
@@ -346,39 +388,43 @@ def wire_ab_panel(
         tts_provider: str,
         tts_model: str,
         request: gr.Request,
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[tuple]:
         picked = [stt_provider, stt_model, llm_provider, llm_model, tts_provider, tts_model]
         connection_id = webrtc_id_of(connection)
         session = audio.handlers.get(connection_id) if connection_id else None
         if not guard.owns(connection_id, request.session_hash) or not isinstance(
             session, VoiceSession
         ):
-            yield render_message("Press Record and say something first: no call to compare yet.")
+            yield message("Press Record and say something first: no call to compare yet.")
             return
         if session.finished.is_set():
-            yield render_message("The call has ended: press Record, say something, then compare.")
+            yield message("The call has ended: press Record, say something, then compare.")
             return
         keys = keys_from_environment().with_overrides((values or {}).get("keys", {}))
         try:
             choices = _choices(picked)
             utterance = session.utterance.last
             if utterance is not None and not utterance.too_long:
-                yield render_message(
+                yield message(
                     f"Running your last {utterance.seconds:.1f} s of speech through "
                     f"{' · '.join(c.label for c in choices.values())}…",
                     "running",
                 )
             comparison = await compare(session, choices, keys, shared_models())
         except ABRefused as e:
-            yield render_message(str(e))
+            yield message(str(e))
             return
-        yield comparison.render()
+        yield (
+            comparison.render(),
+            gr.update(value=comparison.live_timeline, visible=True),
+            gr.update(value=comparison.other_timeline, visible=True),
+        )
 
     inputs = [audio, settings, *(c for pair in panel.pickers.values() for c in pair)]
     panel.button.click(
         on_click,
         inputs=inputs,
-        outputs=[panel.result],
+        outputs=[panel.result, *panel.timelines],
         concurrency_limit=AB_CONCURRENCY,
         concurrency_id="ab-comparison",
         show_api=False,
