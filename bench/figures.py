@@ -177,3 +177,56 @@ async def rss_sampler(every: float = 0.1):
         with contextlib.suppress(asyncio.CancelledError):
             await task
         found["peak_mb"] = max(found["peak_mb"], rss_mb())
+
+
+# -- mouth to ear (WebRTC) ---------------------------------------------------------------
+
+# Where a WebRTC turn's mouth-to-ear time goes, in order; they add up to it.
+EAR_PARTS = (
+    "uplink and voice detection",  # voice end -> the silence onset the server's V2V starts at
+    "server v2v",  # pipecat's voice-to-voice: that onset -> first reply audio to fastrtc
+    "to the first packet",  # fastrtc's queue and pacing, Opus encoding, the network
+    "client jitter buffer",  # the reply's first packet -> its first frame decoded (aiortc: 4)
+    "quiet start of the reply",  # its first frames below audible (the TTS's lead-in)
+)
+
+
+def server_replies(events: list[dict]) -> list[tuple[float, float]]:
+    """(bot started speaking, voice-to-voice seconds) per measured turn of an exported session.
+
+    ``LatencyMeasured`` is reported when the reply's first audio goes out, so
+    it belongs to the ``BotStartedSpeaking`` just before it.
+    """
+    started: float | None = None
+    found = []
+    for event in events:
+        if event.get("kind") == "BotStartedSpeaking":
+            started = event["t"]
+        elif event.get("kind") == "LatencyMeasured" and started is not None:
+            found.append((started, event["seconds"]))
+    return found
+
+
+def mouth_to_ear_parts(turn: dict, replies: list[tuple[float, float]]) -> dict | None:
+    """One WebRTC turn split into :data:`EAR_PARTS`, or None without the server's figure for it.
+
+    ``turn`` holds the client's times on the server's clock (``*_wall``, see
+    ``testkit.webrtc_client.WebRTCClient.turn``); the server's reply to it is the
+    one whose first audio went out between the end of the voice and the first
+    audible frame. Returns the server's V2V, what the listener waited beyond it,
+    and the parts.
+    """
+    end, heard = turn.get("speech_end_wall"), turn.get("first_audible_wall")
+    if end is None or heard is None:
+        return None
+    matching = [(started, v2v) for started, v2v in replies if end < started <= heard]
+    if not matching:
+        return None
+    started, v2v = matching[-1]
+    parts = {"uplink and voice detection": started - v2v - end, "server v2v": v2v}
+    packet, frame = turn.get("reply_first_packet_wall"), turn.get("reply_first_frame_wall")
+    if packet is not None and frame is not None:
+        parts["to the first packet"] = packet - started
+        parts["client jitter buffer"] = frame - packet
+        parts["quiet start of the reply"] = heard - frame
+    return {"server_v2v": v2v, "heard_minus_server": heard - end - v2v, "parts": parts}

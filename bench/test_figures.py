@@ -62,3 +62,36 @@ def test_a_transcription_upload_is_recognised_as_its_session_turn_and_words():
     tail = a[len(a) // 320 * 320 - 16 * 320 : len(a) // 320 * 320]  # the last 16 frames
     assert utterances.transcript(tail.tobytes()) == "france"
     assert utterances.transcript(bytes(3200)) == ""
+
+
+def test_mouth_to_ear_is_split_at_the_servers_own_timestamps_into_parts_that_add_up():
+    events = [
+        {"kind": "BotStartedSpeaking", "t": 5.0},
+        {"kind": "LatencyMeasured", "t": 5.01, "seconds": 0.9},
+        {"kind": "BotStartedSpeaking", "t": 20.0},
+        {"kind": "LatencyMeasured", "t": 20.01, "seconds": 1.0},
+    ]
+    replies = figures.server_replies(events)
+    assert replies == [(5.0, 0.9), (20.0, 1.0)]
+    turn = {
+        "speech_end_wall": 18.8,  # the voice ended; the server's V2V starts at 19.0
+        "reply_first_packet_wall": 20.01,
+        "reply_first_frame_wall": 20.09,  # 4 frames in the client's jitter buffer
+        "first_audible_wall": 20.13,
+    }
+    found = figures.mouth_to_ear_parts(turn, replies)
+    assert found["server_v2v"] == 1.0
+    assert found["heard_minus_server"] == pytest.approx(0.33)
+    assert found["parts"] == pytest.approx(
+        {
+            "uplink and voice detection": 0.2,
+            "server v2v": 1.0,
+            "to the first packet": 0.01,
+            "client jitter buffer": 0.08,
+            "quiet start of the reply": 0.04,
+        }
+    )
+    assert list(found["parts"]) == list(figures.EAR_PARTS)
+    assert sum(found["parts"].values()) == pytest.approx(20.13 - 18.8)
+    # A turn with no reply of the server's between its end and what was heard: no figures.
+    assert figures.mouth_to_ear_parts({**turn, "first_audible_wall": 19.5}, replies) is None

@@ -49,10 +49,19 @@ import os
 import time
 from typing import Any
 
+import aiohttp
 import numpy as np
 
 from bench.cloudsim import CloudFakes
-from bench.figures import PLAYOUT_BUFFER_SECS, cpu_seconds, playout_underruns, summarize
+from bench.figures import (
+    EAR_PARTS,
+    PLAYOUT_BUFFER_SECS,
+    cpu_seconds,
+    mouth_to_ear_parts,
+    playout_underruns,
+    server_replies,
+    summarize,
+)
 from bench.scenarios import QUESTIONS
 from testkit.app import AppProcess
 from testkit.webrtc_client import (
@@ -123,11 +132,39 @@ async def _run_client(
     for text, audio in questions:
         turns.append(heard_figures(await client.turn(text, audio)))
         await client.pause(PAUSE_BETWEEN_TURNS_SECS)
-    result["turns"] = turns
+    result["turns"] = await _with_server_figures(client, turns)
     result["late_mic_frames"] = client.mic.late_frames
     result["queue_messages"] = dict(client.queue_messages)
     result["ended"] = client.ended
     return result
+
+
+async def _with_server_figures(client: WebRTCClient, turns: list[dict]) -> list[dict]:
+    """Each turn with the server's V2V for it and the parts of the wait beyond it.
+
+    The server's figures come from the session's own export (the page's
+    "Export session" button): every event with its time on the server's clock.
+    """
+    try:
+        replies = server_replies(await client.export_events())
+    except (TimeoutError, aiohttp.ClientError) as e:
+        return [{**t, "server_figures_error": repr(e)} for t in turns]
+    return [{**t, **(mouth_to_ear_parts(t, replies) or {})} for t in turns]
+
+
+def mouth_to_ear_figures(turns: list[dict]) -> dict:
+    """Pooled: mouth-to-ear, the server's V2V for the same turns, the difference and its parts."""
+    matched = [t for t in turns if t.get("server_v2v") is not None]
+    return {
+        "mouth_to_ear": summarize([t.get("mouth_to_ear") for t in turns]),
+        "server_v2v": summarize([t["server_v2v"] for t in matched]),
+        "heard_minus_server": summarize([t["heard_minus_server"] for t in matched]),
+        "heard_parts": {
+            part: summarize([t["parts"][part] for t in matched if part in t["parts"]])
+            for part in EAR_PARTS
+        },
+        "turns_with_server_figures": len(matched),
+    }
 
 
 async def run_webrtc_scenario(
@@ -203,6 +240,7 @@ async def run_webrtc_scenario(
         "turns": turns,
         "dashboard": dashboard,
         "voice_to_voice_client": summarize(v2v),
+        **mouth_to_ear_figures(all_turns),
         "unanswered_turns": sum(1 for t in all_turns if t.get("voice_to_voice") is None),
         "per_session": per_session,
         "underruns": {
@@ -340,12 +378,23 @@ def format_scenario(result: dict) -> str:
     v2v = result["voice_to_voice_client"]
     under = result["underruns"]
     load = result["machine"]
+
+    def line(label: str, figures: dict) -> str:
+        return f"{label:<28} median {ms(figures['median'])}  p95 {ms(figures['p95'])}"
+
+    ear = [
+        line("mouth-to-ear", result["mouth_to_ear"]),
+        line("server V2V (same turns)", result["server_v2v"]),
+        line("heard minus server", result["heard_minus_server"]),
+        *(line(f"  {part}", figures) for part, figures in result["heard_parts"].items()),
+    ]
     return "\n".join(
         [
             f"webrtc {result['profile']}: {result['sessions']} session(s) x {result['turns']} "
             f"turn(s), answered {v2v['n']}, unanswered {result['unanswered_turns']}",
             f"voice-to-voice (client) median {ms(v2v['median'])}  p95 {ms(v2v['p95'])}  "
             f"max {ms(v2v['max'])}",
+            *ear,
             f"underruns {under['count']} ({under['stalled_seconds']:.2f} s stalled over "
             f"{under['reply_seconds']:.1f} s of replies), arrival gaps >100 ms "
             f"{under['arrival_gaps_over_100ms']}",

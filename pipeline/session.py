@@ -33,7 +33,7 @@ from pipeline.providers.local.models import LocalModels, LocalStageUnavailable, 
 from pipeline.publisher import StatePublisher
 from pipeline.server_keys import ServerKeyBudget
 from pipeline.switcher import GenerationSwitcher
-from pipeline.transport import SessionOutbox
+from pipeline.transport import SessionOutbox, microphone_resampler
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +254,14 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         sample_rate, samples = frame
         self.utterance.add(sample_rate, samples.reshape(-1))
         await self.switcher.push(sample_rate, np.ascontiguousarray(samples.reshape(-1), np.int16))
+
+    def resample(self, frame):
+        """fastrtc's input resampling, in 20 ms frames rather than its 60 ms (see the helper)."""
+        if self._resampler is None:
+            self._resampler = microphone_resampler(
+                frame, self.input_sample_rate, self.expected_layout
+            )
+        yield from self._resampler.resample(frame)
 
     async def emit(self):
         if self.finished.is_set() and self.outbox.empty():

@@ -166,6 +166,7 @@ class FastRTCOutputTransport(BaseOutputTransport):
         self._outbox = outbox
         self._clock = clock
         self._replying = False
+        self._lead_in = True
 
     async def start(self, frame: StartFrame):
         await super().start(frame)
@@ -178,8 +179,14 @@ class FastRTCOutputTransport(BaseOutputTransport):
             self._clock.reset()
         if isinstance(frame, InterruptionFrame | UserStartedSpeakingFrame):
             self._replying = False
+            self._lead_in = True
 
     async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
+        if self._lead_in:
+            frame = without_lead_in(frame)
+            if frame is None:
+                return True  # all of it the TTS's lead-in: nothing to hear, nothing to wait for
+            self._lead_in = False
         dry = self._clock.dry_secs
         if self._replying and dry >= self.MIN_GAP_SECS:
             gap = OutputGapMetricsData(processor=self.name, value=dry)
@@ -191,6 +198,75 @@ class FastRTCOutputTransport(BaseOutputTransport):
         if wait > 0:
             await asyncio.sleep(wait)
         return True
+
+
+# A reply's first samples below this (int16, about -40 dBFS) are the TTS's
+# lead-in (Piper ~50 ms, ElevenLabs' fake ~40 ms): sent, they would only delay
+# the first audible sample by as much, since playback is paced in real time.
+LEAD_IN_LEVEL = 330
+# Kept before the first loud sample, so the voice does not start with a click.
+LEAD_IN_KEEP_SECS = 0.005
+
+
+def without_lead_in(frame: OutputAudioRawFrame) -> OutputAudioRawFrame | None:
+    """``frame`` from just before its first audible sample (None: nothing audible in it)."""
+    samples = np.frombuffer(frame.audio, dtype=np.int16)
+    loud = np.flatnonzero(np.abs(samples) > LEAD_IN_LEVEL)
+    if not len(loud):
+        return None
+    keep = int(LEAD_IN_KEEP_SECS * frame.sample_rate) * frame.num_channels
+    start = max(0, int(loud[0]) - keep)
+    start -= start % frame.num_channels
+    if start == 0:
+        return frame
+    return OutputAudioRawFrame(
+        audio=samples[start:].tobytes(),
+        sample_rate=frame.sample_rate,
+        num_channels=frame.num_channels,
+    )
+
+
+def microphone_resampler(frame, rate: int, layout: str):
+    """A resampler to ``rate`` whose output frames last as long as ``frame`` (20 ms from a browser).
+
+    fastrtc sizes its resampler's output in *input* samples (960 at 48 kHz),
+    which at our 16 kHz is 60 ms: the pipeline got the microphone in 60 ms
+    lumps (120 ms once two were batched), so every turn's end and every
+    barge-in was seen that much later than it was spoken.
+    """
+    import av
+
+    size = max(1, round(frame.samples * rate / frame.sample_rate))
+    return av.AudioResampler(format="s16", layout=layout, rate=rate, frame_size=size)
+
+
+def tighten_audio_jitter_buffer(prefetch: int = 1) -> None:
+    """Hand the pipeline each browser audio frame as soon as it is complete.
+
+    aiortc's receiver keeps 4 audio frames in its jitter buffer before it
+    releases one (``JitterBuffer(capacity=16, prefetch=4)``), so the server
+    heard the user 80 ms late: every turn's end, and every barge-in, was
+    detected that much later than it could be. The buffer releases frames in
+    order and waits for a missing packet whatever the prefetch, so prefetching
+    protects nothing for single-packet Opus frames; one frame (the next
+    packet's arrival proves the previous frame complete) is the minimum.
+    Process-wide and idempotent.
+    """
+    from aiortc.jitterbuffer import JitterBuffer
+    from aiortc.rtcrtpreceiver import RTCRtpReceiver
+
+    if getattr(RTCRtpReceiver, "_voice_lab_prefetch", None) == prefetch:
+        return
+    original = getattr(RTCRtpReceiver, "_voice_lab_original_init", RTCRtpReceiver.__init__)
+
+    def __init__(self, kind, transport):
+        original(self, kind, transport)
+        if kind == "audio":
+            self._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=16, prefetch=prefetch)
+
+    RTCRtpReceiver._voice_lab_original_init = original
+    RTCRtpReceiver._voice_lab_prefetch = prefetch
+    RTCRtpReceiver.__init__ = __init__
 
 
 class FastRTCTransport(BaseTransport):

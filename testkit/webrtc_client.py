@@ -64,6 +64,9 @@ AUDIBLE_RMS = 100.0
 REPLY_QUIET_SECS = 1.5
 TURN_TIMEOUT = 40.0
 CONNECT_TIMEOUT = 30.0
+EXPORT_BUTTON = "export-button"
+# A microphone sample above this (int16) is voice: the end of a question is its last one.
+VOICE_LEVEL = 300
 
 
 def _loopback_only() -> None:
@@ -80,6 +83,8 @@ class PageApi:
     webrtc_id: int
     tick_fn: int
     state_change_fn: int
+    # The "Export session" button's click (None: a page without one).
+    export_fn: int | None = None
 
 
 async def page_api(http, base_url: str) -> PageApi:
@@ -93,7 +98,17 @@ async def page_api(http, base_url: str) -> PageApi:
                 return dep["id"]
         raise LookupError(f"no {event} event on the WebRTC component")
 
-    return PageApi(webrtc, dependency("tick"), dependency("state_change"))
+    ids = {c.get("props", {}).get("elem_id"): c["id"] for c in config["components"]}
+    export_button = ids.get(EXPORT_BUTTON)
+    export_fn = next(
+        (
+            dep["id"]
+            for dep in config["dependencies"]
+            if [export_button, "click"] in [list(t) for t in dep["targets"]]
+        ),
+        None,
+    )
+    return PageApi(webrtc, dependency("tick"), dependency("state_change"), export_fn)
 
 
 # --------------------------------------------------------------------------- audio
@@ -174,16 +189,26 @@ def _microphone_track_class():
 
 @dataclass
 class Heard:
-    """Arrival time and RMS of every decoded 20 ms frame of the remote track."""
+    """Arrival time and RMS of every decoded 20 ms frame of the remote track.
+
+    aiortc's receive jitter buffer hands out a frame once 4 later packets have
+    arrived, so the last 4 frames of a reply come out only when the next reply's
+    first packets arrive: decoded *after* the question, though sent before it.
+    ``sent_at`` (per frame: when its RTP packet arrived, found by its ``pts``,
+    which aiortc counts from the first packet's RTP timestamp) tells them apart.
+    """
 
     frames: list[tuple[float, float]] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    sent_at: list[float | None] = field(default_factory=list)
+    packets: dict[int, float] = field(default_factory=dict)
 
-    def first_audible_after(self, t: float, start: int = 0) -> int | None:
-        """Index of the first audible frame arriving at or after ``t``."""
+    def first_audible_sent_after(self, t: float, start: int = 0) -> int | None:
+        """Index of the first audible frame whose packet arrived at or after ``t``."""
         for index in range(start, len(self.frames)):
             arrival, rms = self.frames[index]
-            if arrival >= t and rms >= AUDIBLE_RMS:
+            packet = self.sent_at[index]
+            if (arrival if packet is None else packet) >= t and rms >= AUDIBLE_RMS:
                 return index
         return None
 
@@ -209,6 +234,12 @@ PAGE_MESSAGES = {
     "concurrency_limit_reached": "Too many concurrent connections. Please try again later!",
     "connection_already_exists": "Connection already exists",
 }
+
+
+def _trailing_silence_secs(audio: np.ndarray) -> float:
+    """How long ``audio`` (48 kHz) goes on after its last voiced sample."""
+    voiced = np.flatnonzero(np.abs(audio) > VOICE_LEVEL)
+    return (len(audio) - (voiced[-1] + 1 if len(voiced) else 0)) / SAMPLE_RATE
 
 
 def _audio_codec(sdp: str) -> str | None:
@@ -257,6 +288,10 @@ class WebRTCClient:
         self._stream: asyncio.Task | None = None
         self.codec: str | None = None
         self.queue_messages: dict[str, int] = {}
+        # time.time() - time.monotonic(): the client's times on the server's event clock.
+        self.clock_offset = time.time() - time.monotonic()
+        self._completed: dict[str, dict] = {}
+        self._completion = asyncio.Event()
 
         @self.channel.on("open")
         def _on_open():
@@ -296,7 +331,7 @@ class WebRTCClient:
         async with self.http.post(f"{self.base_url}/gradio_api/component_server", json=body) as r:
             return r.status, await r.json(content_type=None)
 
-    async def _join(self, fn_index: int, data: list) -> None:
+    async def _join(self, fn_index: int, data: list) -> str | None:
         body = {
             "data": data,
             "event_data": None,
@@ -306,11 +341,13 @@ class WebRTCClient:
         }
         async with self.http.post(f"{self.base_url}/gradio_api/queue/join", json=body) as r:
             r.raise_for_status()
+            event_id = (await r.json(content_type=None)).get("event_id")
         # As Gradio's JS client: an SSE stream per session while it has events
         # pending (it closes itself once they have all completed).
         if self._stream is None or self._stream.done():
             self._stream = asyncio.create_task(self._queue_stream(), name=f"{self.name}-sse")
             self._tasks.append(self._stream)
+        return event_id
 
     async def _queue_stream(self) -> None:
         """The page's SSE stream: dashboard updates arrive (and are dropped) here."""
@@ -324,8 +361,12 @@ class WebRTCClient:
                     if not line.startswith(b"data:"):
                         continue
                     with contextlib.suppress(ValueError):
-                        msg = str(json.loads(line[5:]).get("msg"))
+                        message = json.loads(line[5:])
+                        msg = str(message.get("msg"))
                         self.queue_messages[msg] = self.queue_messages.get(msg, 0) + 1
+                        if msg == "process_completed":
+                            self._completed[str(message.get("event_id"))] = message
+                            self._completion.set()
                         if msg == "close_stream":
                             return
 
@@ -349,7 +390,25 @@ class WebRTCClient:
             RTCSessionDescription(sdp=answer["sdp"], type=answer["type"])
         )
         self.codec = _audio_codec(answer["sdp"])
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == "audio":
+                self._time_packets(transceiver.receiver)
         await asyncio.wait_for(self.connected.wait(), CONNECT_TIMEOUT)
+
+    def _time_packets(self, receiver) -> None:
+        """Note when each RTP packet of the reply arrives, before aiortc's jitter buffer."""
+        handle = receiver._handle_rtp_packet
+        packets = self.heard.packets
+        origin: list[int] = []
+
+        async def timed(packet, arrival_time_ms: int) -> None:
+            if not origin:
+                origin.append(packet.timestamp)
+            # As aiortc numbers the decoded frame (its TimestampMapper), wrap included.
+            packets.setdefault((packet.timestamp - origin[0]) % 2**32, time.monotonic())
+            await handle(packet, arrival_time_ms)
+
+        receiver._handle_rtp_packet = timed
 
     def _on_channel_message(self, raw: str) -> None:
         try:
@@ -395,20 +454,30 @@ class WebRTCClient:
             samples = frame.to_ndarray().astype(np.float32)
             rms = float(np.sqrt(np.mean(samples * samples))) if samples.size else 0.0
             self.heard.frames.append((time.monotonic(), rms))
+            self.heard.sent_at.append(
+                None if frame.pts is None else self.heard.packets.get(frame.pts)
+            )
             self.heard.arrived.set()
 
     async def turn(self, question: str, audio: np.ndarray, timeout: float = TURN_TIMEOUT) -> dict:
         """Speak ``audio``, wait for the reply to start and end; returns what was heard.
 
-        ``voice_to_voice`` (None: no reply within ``timeout``), the reply's length,
-        and ``reply_arrivals``: when each of its 20 ms frames arrived (time.monotonic()).
+        ``voice_to_voice`` (None: no reply within ``timeout``) runs from the last
+        frame of ``audio`` leaving the microphone; ``mouth_to_ear`` from the end
+        of its voice (its last sample above ``VOICE_LEVEL``: Piper ends a clip
+        with ~0.2 s of silence) to the first audible reply frame decoded. Also
+        the reply's length, ``reply_arrivals`` (when each of its 20 ms frames
+        arrived, time.monotonic()), and on the server's clock (``*_wall``,
+        time.time()): the end of the voice, the reply's first packet, its first
+        frame decoded and its first audible frame decoded.
         """
         start_index = len(self.heard.frames)
         spoken_until = await self.mic.say(audio)
+        speech_end = spoken_until - _trailing_silence_secs(audio)
         deadline = spoken_until + timeout
         first_index = None
         while first_index is None:
-            first_index = self.heard.first_audible_after(spoken_until, start_index)
+            first_index = self.heard.first_audible_sent_after(spoken_until, start_index)
             if first_index is None:
                 if time.monotonic() > deadline or self.ended is not None:
                     return {"question": question, "voice_to_voice": None, "ended": self.ended}
@@ -421,13 +490,48 @@ class WebRTCClient:
             await asyncio.sleep(0.1)
         last = self.heard.last_audible(first_index) or first
         reply = [t for t, _ in self.heard.frames[first_index:] if t <= last]
+        # The reply's first frame of any loudness (no audio is sent between replies).
+        reply_start = next(
+            i
+            for i in range(start_index, first_index + 1)
+            if (self.heard.sent_at[i] or self.heard.frames[i][0]) >= speech_end
+        )
         return {
             "question": question,
             "voice_to_voice": first - spoken_until,
+            "mouth_to_ear": first - speech_end,
+            "speech_end_wall": self._wall(speech_end),
+            "reply_first_packet_wall": self._wall(self.heard.sent_at[reply_start]),
+            "reply_first_frame_wall": self._wall(self.heard.frames[reply_start][0]),
+            "first_audible_wall": self._wall(first),
             "reply_frames": len(reply),
             "reply_seconds": len(reply) * FRAME_SECS,
             "reply_arrivals": reply,
         }
+
+    def _wall(self, monotonic: float | None) -> float | None:
+        return None if monotonic is None else monotonic + self.clock_offset
+
+    async def export_events(self, timeout: float = 20.0) -> list[dict]:
+        """The session's events as the page's "Export session" button gets them (its own only)."""
+        if self.api.export_fn is None:
+            return []
+        event_id = await self._join(self.api.export_fn, [self.value])
+        deadline = time.monotonic() + timeout
+        while str(event_id) not in self._completed:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the export never completed")
+            self._completion.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._completion.wait(), 0.5)
+        output = self._completed.pop(str(event_id)).get("output") or {}
+        data = (output.get("data") or [None])[0]
+        value = data.get("value") if isinstance(data, dict) else None
+        if not isinstance(value, dict) or not value.get("url"):
+            return []
+        async with self.http.get(value["url"]) as r:
+            r.raise_for_status()
+            return json.loads(await r.read()).get("events", [])
 
     async def _wait_frames(self, timeout: float) -> None:
         self.heard.arrived.clear()

@@ -1,20 +1,32 @@
-"""Latency as the page hears it: the reducer, the panel, and the hostile-input checks.
+"""Latency as the page hears it: the reducer, the panel, the hostile-input checks, the cuts.
 
-Pure: scripted events and made-up page messages, no app, no browser. The page
-itself (a spoken turn measured in real Chromium) is in tests/test_browser.py;
-a foreign or garbage value sent to a running app is in
-tests/test_heard_latency_app.py.
+Scripted events and made-up page messages, no browser: the page itself (a
+spoken turn and a barge-in measured in real Chromium) is in tests/test_browser.py.
+The cuts in what the server adds to what is heard are checked on audio frames
+and RTP packets made here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from functools import reduce as fold
 
+import av
+import numpy as np
 import pytest
+from aiortc import RTCPeerConnection
+from aiortc.jitterbuffer import JitterBuffer
+from aiortc.rtp import RtpPacket
+from pipecat.frames.frames import OutputAudioRawFrame
 
 from pipeline import events as ev
+from pipeline.transport import (
+    microphone_resampler,
+    tighten_audio_jitter_buffer,
+    without_lead_in,
+)
 from ui import export, heard, render, state
 from ui.views import VIEWS
 
@@ -154,3 +166,59 @@ def test_a_flooding_page_is_limited_per_connection_and_recovers():
     assert intake.allow("a") and not intake.allow("a")
     now[0] += 3600.0  # a long quiet spell refills no more than the burst
     assert [intake.allow("a") for _ in range(5)] == [True] * 4 + [False]
+
+
+# -- what the server adds to what is heard, cut -------------------------------------------
+
+
+def reply_chunk(quiet_ms: float, loud_ms: float, rate: int = 24000) -> OutputAudioRawFrame:
+    quiet = np.full(int(rate * quiet_ms / 1000), 40, dtype=np.int16)
+    loud = np.full(int(rate * loud_ms / 1000), 8000, dtype=np.int16)
+    return OutputAudioRawFrame(np.concatenate([quiet, loud]).tobytes(), rate, 1)
+
+
+def test_a_replys_quiet_lead_in_is_not_sent_so_its_voice_is_heard_sooner():
+    trimmed = without_lead_in(reply_chunk(quiet_ms=30, loud_ms=10))
+    samples = np.frombuffer(trimmed.audio, dtype=np.int16)
+    # 5 ms kept before the voice (no click), the rest of the 30 ms lead-in gone.
+    assert len(samples) == 24 * (5 + 10)
+    assert samples[-240:].min() == 8000
+    assert without_lead_in(reply_chunk(quiet_ms=40, loud_ms=0)) is None
+    loud = reply_chunk(quiet_ms=0, loud_ms=40)
+    assert without_lead_in(loud) is loud
+
+
+def test_the_server_hands_browser_audio_on_as_soon_as_a_frame_is_complete():
+    """aiortc's default holds 4 frames (80 ms) before the first reaches the pipeline."""
+
+    def released(buffer, packets: int) -> int:
+        count = 0
+        for n in range(packets):
+            packet = RtpPacket(payload_type=111, sequence_number=n, timestamp=960 * n)
+            packet._data = b"x"  # the depayloaded Opus frame, as the receiver sets it
+            count += buffer.add(packet)[1] is not None
+        return count
+
+    async def receiver_buffer():
+        pc = RTCPeerConnection()
+        buffer = pc.addTransceiver("audio").receiver._RTCRtpReceiver__jitter_buffer
+        await pc.close()
+        return buffer
+
+    assert released(JitterBuffer(capacity=16, prefetch=4), 2) == 0  # aiortc's own
+    tighten_audio_jitter_buffer()
+    tighten_audio_jitter_buffer()  # idempotent
+    assert released(asyncio.run(receiver_buffer()), 2) == 1
+
+
+def test_microphone_audio_reaches_the_pipeline_in_20_ms_frames_not_60():
+    resampler = None
+    out = []
+    for i in range(12):
+        frame = av.AudioFrame.from_ndarray(
+            np.zeros((1, 960), dtype=np.int16), format="s16", layout="mono"
+        )
+        frame.sample_rate, frame.pts = 48000, 960 * i
+        resampler = resampler or microphone_resampler(frame, 16000, "mono")
+        out += [o.samples for o in resampler.resample(frame)]
+    assert set(out) == {320} and len(out) >= 10
