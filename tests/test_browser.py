@@ -491,6 +491,17 @@ def test_same_words_other_stack_compares_the_last_turn_with_groq(pw, app, groq, 
                 expect(comparison.locator(f"tr[data-row={row}] [data-side={side}]")).to_have_text(
                     re.compile(r"^\d+ ms$")
                 )
+        for side in ("live", "other"):
+            expect(comparison.locator(f"tr[data-row=cost] [data-side={side}]")).to_have_text(
+                re.compile(r"^\$\d+\.\d{4}$")
+            )
+            expect(page.locator(f"#ab-timeline-{side}")).to_contain_text("Turn 1 ·")
+            wait_in_page(
+                page,
+                f"document.querySelectorAll('#ab-timeline-{side} .barlayer .point').length > 0",
+                10_000,
+                f"the {side} turn's timeline holds no bar",
+            )
         # The Groq fake's answer quotes what it was asked: the words the call heard.
         heard = comparison.locator("tr[data-row=heard] [data-side=live]").inner_text()
         expect(comparison.locator("tr[data-row=reply] [data-side=other]")).to_contain_text(
