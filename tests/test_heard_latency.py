@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from functools import partial
 from functools import reduce as fold
 
 import av
@@ -29,6 +30,8 @@ from pipeline.transport import (
 )
 from ui import export, heard, render, state
 from ui.views import VIEWS
+
+HEARD_INPUT = "heard-latency-input"
 
 
 def run(*events: ev.Event) -> state.SessionState:
@@ -222,3 +225,60 @@ def test_microphone_audio_reaches_the_pipeline_in_20_ms_frames_not_60():
         resampler = resampler or microphone_resampler(frame, 16000, "mono")
         out += [o.samples for o in resampler.resample(frame)]
     assert set(out) == {320} and len(out) >= 10
+
+
+# -- the running app: the page's figure is hostile input -----------------------------------
+
+
+async def _heard_event(http, app_url: str) -> int:
+    async with http.get(f"{app_url}/config") as r:
+        config = await r.json()
+    box = next(c["id"] for c in config["components"] if c["props"].get("elem_id") == HEARD_INPUT)
+    return next(
+        dep["id"] for dep in config["dependencies"] if [box, "input"] in map(list, dep["targets"])
+    )
+
+
+async def _send_heard(http, app_url: str, fn: int, session_hash: str, webrtc_id: str, raw) -> int:
+    """What assets/heard_latency.js does, by hand: the hidden textbox's input event."""
+    body = {
+        "data": [raw, {"textbox": "", "webrtc_id": webrtc_id}],
+        "event_data": None,
+        "fn_index": fn,
+        "session_hash": session_hash,
+    }
+    async with http.post(f"{app_url}/gradio_api/run/predict", json=body) as r:
+        await r.read()
+        return r.status
+
+
+@pytest.mark.slow
+async def test_a_foreign_or_garbage_heard_figure_is_refused_and_the_session_lives_on(tmp_path):
+    """Another page's figure, garbage and a flood are dropped; the visitor's own is filed."""
+    from testkit.app import AppProcess
+    from testkit.webrtc_client import WebRTCClient, http_session, page_api, question_audio
+
+    async with AppProcess(tmp_path / "app.log", max_sessions=2) as app, http_session() as http:
+        fn = await _heard_event(http, app.url)
+        visitor = WebRTCClient(http, app.url, await page_api(http, app.url), name="visitor")
+        try:
+            await visitor.connect()
+            await visitor.wait_until_live()
+            send = partial(_send_heard, http, app.url, fn)
+            # Another page naming the visitor's connection (ids are guessable: Math.random()).
+            foreign = json.dumps({"measure": "reply", "ms": 111.0})
+            assert await send("attacker-session", visitor.webrtc_id, foreign) == 200
+            for raw in ('{"measure": "reply", "ms": NaN}', "x" * 100_000, 7, [1], None):
+                assert await send(visitor.session_hash, visitor.webrtc_id, raw) == 200
+            own = [json.dumps({"measure": "reply", "ms": 1000.0 + i}) for i in range(20)]
+            for raw in own:  # a flood: only the burst gets through
+                await send(visitor.session_hash, visitor.webrtc_id, raw)
+
+            question = "What is the capital of France?"
+            answered = await visitor.turn(question, question_audio(question))
+            assert answered["voice_to_voice"] is not None, f"unanswered: {answered}"
+            filed = [e for e in await visitor.export_events() if e["kind"] == "HeardLatency"]
+        finally:
+            await visitor.close()
+    assert [e["ms"] for e in filed] == [1000.0 + i for i in range(heard.BURST)], filed
+    assert "Traceback" not in app.log_since()

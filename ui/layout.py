@@ -206,10 +206,8 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
             if not guard.owns(connection_id, request.session_hash):
                 return
             target = audio.handlers.get(connection_id)
-            if not isinstance(target, VoiceSession) or not heard_intake.allow(connection_id):
-                return
             event = heard.parse_heard(raw, time.time())
-            if event is not None:
+            if isinstance(target, VoiceSession) and event and heard_intake.allow(connection_id):
                 target.report_from_page(event)
 
         heard_input.input(take_heard, inputs=[heard_input, audio], queue=False)
