@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import sqlite3
 
+import gradio as gr
 import pytest
 from pipecat.services.llm_service import LLMService
 from pipecat.utils.types import NOT_GIVEN
@@ -31,7 +32,12 @@ from testkit.driver import SessionDriver
 from testkit.fakes.groq import FakeGroq
 from testkit.speech import speech_pcm
 from ui import charts, export, render, state, timeline
-from ui.settings import _tools_control, config_from_settings, initial_settings
+from ui.settings import (
+    _tools_control,
+    build_settings_panel,
+    config_from_settings,
+    initial_settings,
+)
 
 GROQ_KEY = "gsk_fake_valid_key_for_tool_tests_0123"
 ORDER_QUESTION = "Where is my order 1234?"
@@ -360,3 +366,23 @@ def test_each_session_gets_its_own_orders():
     with pytest.raises(catalog.ToolRefusal, match="already cancelled"):
         catalog.cancel_order(first, {"order_number": "4821"}, "call_2", now)
     assert first.execute("SELECT count(*) FROM actions").fetchone()[0] == 1
+
+
+def test_the_panel_disables_the_tools_toggle_for_an_llm_that_cannot_call_them():
+    """Picking the local LLM greys the toggle out and says why; picking Groq enables it again."""
+    with gr.Blocks() as page:
+        build_settings_panel()
+    components = {block._id: block for block in page.blocks.values()}
+    on_pick = next(
+        fn
+        for fn in page.fns.values()
+        if [o.elem_id for o in fn.outputs] == ["tools-toggle"]
+        and components[fn.targets[0][0]].elem_id == "llm-provider"
+    )
+    local = on_pick.fn(initial_settings(), "local")
+    assert local["interactive"] is False and local["value"] is False
+    assert "SmolLM2" in local["info"] and "cannot call tools" in local["info"]
+    groq_ = on_pick.fn({**initial_settings(), "tools": True}, "groq")
+    assert groq_["interactive"] is True and groq_["value"] is True
+    schemas = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "tool-schemas")
+    assert {s["function"]["name"] for s in schemas.value} == {t.name for t in catalog.TOOLS}
