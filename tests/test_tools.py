@@ -30,7 +30,7 @@ from pipeline.tools.db import session_database
 from pipeline.tools.installer import ToolRunner, database_of, offered
 from testkit.driver import SessionDriver
 from testkit.fakes.groq import FakeGroq
-from testkit.speech import speech_pcm
+from testkit.speech import silence, speech_pcm
 from ui import charts, export, render, state, timeline
 from ui.settings import (
     _tools_control,
@@ -201,6 +201,28 @@ async def test_a_cancellation_survives_a_barge_in_exactly_once(models, groq, mon
         assert "Tokyo" in asked.text
         assert any("Tokyo" in e.text for e in d.events("BotTurnText") if e.t > asked.t)
         assert not d.events("ErrorReported")
+
+
+@pytest.mark.slow
+async def test_a_lookup_spoken_over_is_cancelled_and_the_new_question_answered(
+    models, groq, monkeypatch
+):
+    """A read-only tool is cancelled by a barge-in, as pipecat does by default."""
+    monkeypatch.setenv("VOICE_LAB_TOOL_LATENCY_SECS", "2.5")
+    texts = [ORDER_QUESTION, TIME_QUESTION]
+    async with SessionDriver(session_with(models, config())) as d:
+        groq.transcript = lambda _wav: texts[min(len(d.events("UserTurnText")), 1)]
+        await d.play(speech_pcm("Where is my order one two three four?"))
+        await d.play_silence_until(lambda: d.events("BotStartedSpeaking"), 15)
+        await d.play(speech_pcm("What time is it in Tokyo?"))
+        await d.play_silence_until(lambda: "Tokyo" in spoken(d), 20)
+        await d.play(silence(3.0))  # past the lookup's 2.5 s: nothing more may come of it
+
+        lookup = [e for e in d.events("ToolCallFinished") if e.name == "lookup_order"]
+        assert len(lookup) == 1 and not lookup[0].ok and "spoke over" in lookup[0].result
+        assert "wireless headphones" not in spoken(d)
+        context = json.dumps(d.session.voice.context.get_messages())
+        assert "wireless headphones" not in context and "CANCELLED" in context
 
 
 def _failing(name: str, error: Exception):
