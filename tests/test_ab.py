@@ -344,6 +344,7 @@ async def test_the_cloud_stack_answers_the_same_words_while_the_local_call_goes_
         await d.play_silence_until(comparing.done, 60)
         comparison = comparing.result()
         await ask(d, "Thank you very much.")
+    assert d.session.utterance.last is None, "the utterance outlived its session"
 
     assert comparison.result.error is None, comparison.result.error
     html = comparison.render()
