@@ -194,7 +194,7 @@ def build_generation(
             user,
             _microphone_stops_here(),
             llm,
-            first_clause_chunker(),
+            *([] if capabilities("tts", config.tts).streamed_text else [first_clause_chunker()]),
             tts,
             transport.output(),
             assistant,

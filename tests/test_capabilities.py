@@ -20,6 +20,9 @@ from pipecat.frames.frames import (
     InputAudioRawFrame,
     InterimTranscriptionFrame,
     LLMContextFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
     TranscriptionFrame,
     TTSSpeakFrame,
     TTSTextFrame,
@@ -89,6 +92,25 @@ async def test_word_timing_is_declared_by_the_voices_that_time_each_word(provide
     assert " ".join(spoken).split() == SENTENCE.split(), spoken
     word_by_word = all(len(text.split()) == 1 for text in spoken)
     assert word_by_word == can.word_timing, spoken
+
+
+@pytest.mark.parametrize("provider", ids("tts"))
+async def test_streamed_text_is_declared_by_the_voices_that_take_tokens(provider, fakes, models):
+    """Such a voice gets each token as it comes, and is told to speak after the first phrase."""
+    tts, can = build("tts", provider, models)
+    tokens = [("" if i == 0 else " ") + word for i, word in enumerate(SENTENCE.split())]
+    frames = [LLMFullResponseStartFrame(), *map(LLMTextFrame, tokens), LLMFullResponseEndFrame()]
+    down, _ = await run_test(tts, frames_to_send=[*frames, SleepFrame(1.0)], pipeline_params=PARAMS)
+    assert any(f.text.strip() for f in down if isinstance(f, TTSTextFrame))
+    if provider != "elevenlabs":
+        assert not can.streamed_text  # only ElevenLabs' websocket has a fake that shows it
+        return
+    sent = [m["message"] for m in fakes["elevenlabs"].messages if m["endpoint"] == "tts"]
+    texts = [m.get("text", "") for m in sent]
+    assert can.streamed_text == (sum(1 for t in texts if t.strip()) >= len(tokens)), texts
+    first_flush = next(i for i, m in enumerate(sent) if m.get("flush"))
+    # Generation starts at "Paris is mild today," with the rest still to come.
+    assert "".join(texts[:first_flush]).strip() == "Paris is mild today,"
 
 
 @pytest.mark.parametrize("provider", ids("stt"))

@@ -121,6 +121,9 @@ class Capabilities:
     tools: bool = field(default=False, metadata={"stage": "llm"})
     # Reports when each word starts playing (else only whole sentences).
     word_timing: bool = field(default=False, metadata={"stage": "tts"})
+    # Takes the reply's text token by token and decides itself when to generate
+    # (else it is handed whole phrases: the first clause, then sentences).
+    streamed_text: bool = field(default=False, metadata={"stage": "tts"})
 
     def declared(self) -> dict[str, Stage]:
         """The capabilities set here, with the stage each belongs to."""

@@ -8,6 +8,7 @@ STT takes the bare ``host[:port]`` and always speaks ``wss://``.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from urllib.parse import urlsplit
 
@@ -15,6 +16,7 @@ import httpx
 from pipecat.frames.frames import VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame
 from pipecat.services.elevenlabs.stt import CommitStrategy, ElevenLabsRealtimeSTTService
 from pipecat.services.elevenlabs.tts import ElevenLabsTTSService
+from pipecat.services.tts_service import TextAggregationMode
 
 from pipeline.providers.base import Capabilities, Catalog, Provider, Stage
 from pipeline.providers.websocket import ReportsDroppedConnection
@@ -52,12 +54,51 @@ def websocket_host() -> str:
 
 
 class VoiceLabElevenLabsTTSService(ReportsDroppedConnection, ElevenLabsTTSService):
-    """ElevenLabs TTS that abandons a reply whose connection dropped.
+    """ElevenLabs TTS fed the LLM's tokens as they stream, generating from the first phrase.
 
-    The rest of the reply was sent on the lost socket and will never be
-    voiced, so the turn is ended like a barge-in: what is queued stops playing
-    and the context keeps only what was heard.
+    The websocket takes text in pieces, so nothing waits for a whole clause
+    here: each token goes out as it arrives (pipecat's ``TOKEN`` aggregation).
+    ElevenLabs then generates when told to (``flush``), or once 120 characters
+    are buffered (its default chunk schedule); so a flush follows the first
+    phrase of a reply (a clause or sentence end after a few words, or
+    ``FIRST_FLUSH_WORDS`` words) and then each sentence end. The text flushed
+    stays in the same context, so the voice carries its prosody across.
+
+    A reply whose connection dropped is abandoned: the rest of it was sent on
+    the lost socket and will never be voiced, so the turn is ended like a
+    barge-in (what is queued stops playing, the context keeps what was heard).
     """
+
+    def __init__(self, **kwargs):
+        super().__init__(text_aggregation_mode=TextAggregationMode.TOKEN, auto_mode=False, **kwargs)
+        # Per context: text sent since the last flush, and whether one was sent.
+        self._unflushed: dict[str, str] = {}
+        self._flushed: set[str] = set()
+
+    async def _send_text(self, text: str, context_id: str):
+        if not (self._websocket and context_id):
+            return
+        pending = self._unflushed.get(context_id, "")
+        if text[:1].isspace() and _long_first_phrase(pending, first=self._first(context_id)):
+            await self._flush(context_id)  # a word just ended the first phrase
+            pending = ""
+        await super()._send_text(text, context_id)
+        pending += text
+        if _phrase_ends(pending, first=self._first(context_id)):
+            await self._flush(context_id)
+            pending = ""
+        self._unflushed[context_id] = pending
+        if len(self._unflushed) > 8:  # contexts of replies long over
+            for stale in list(self._unflushed)[:-8]:
+                self._unflushed.pop(stale, None)
+                self._flushed.discard(stale)
+
+    def _first(self, context_id: str) -> bool:
+        return context_id not in self._flushed
+
+    async def _flush(self, context_id: str) -> None:
+        await self._websocket.send(json.dumps({"context_id": context_id, "flush": True}))
+        self._flushed.add(context_id)
 
     def _mid_turn(self) -> bool:
         return self.has_active_audio_context()
@@ -108,6 +149,24 @@ class VoiceLabElevenLabsSTTService(ReportsDroppedConnection, ElevenLabsRealtimeS
     async def cleanup(self):
         await self._stop_waiting()
         await super().cleanup()
+
+
+FIRST_FLUSH_WORDS = 6
+_SENTENCE_END = (".", "!", "?")
+_CLAUSE_END = (",", ";", ":", *_SENTENCE_END)
+
+
+def _phrase_ends(pending: str, *, first: bool) -> bool:
+    """The first phrase ends at a clause or sentence end after three words; later, at sentences."""
+    text = pending.rstrip()
+    if first:
+        return text.endswith(_CLAUSE_END) and len(text.split()) >= 3
+    return text.endswith(_SENTENCE_END)
+
+
+def _long_first_phrase(pending: str, *, first: bool) -> bool:
+    """A first phrase with no punctuation yet is cut after ``FIRST_FLUSH_WORDS`` whole words."""
+    return first and len(pending.split()) >= FIRST_FLUSH_WORDS
 
 
 def _stt(choice, key, config, models):
@@ -171,7 +230,7 @@ PROVIDER = Provider(
     # character timings, from which each word's start is known.
     capabilities={
         "stt": Capabilities(interim_text=True, streaming=True),
-        "tts": Capabilities(word_timing=True),
+        "tts": Capabilities(word_timing=True, streamed_text=True),
     },
     # Flash with word timing is the fastest voice; Scribe comes after Groq's Whisper.
     default_rank={"stt": 2, "tts": 1},
