@@ -397,3 +397,27 @@ def test_a_quick_reply_waits_for_the_stt_figure_that_pipecat_reports_later():
     failed = ab_pipeline._Progress()
     failed.note(ev.ErrorReported(1.0, "Groq refused the API key"))
     assert failed.done(1.0)
+
+
+async def test_a_page_cannot_compare_a_call_it_does_not_own(models):
+    """The button names its call by the WebRTC id the page sends: another page's id is refused."""
+    from fastrtc import WebRTC
+
+    from ui.layout import build_ui
+
+    demo = build_ui()
+    audio = next(block for block in demo.blocks.values() if isinstance(block, WebRTC))
+    shown = next(b for b in demo.blocks.values() if getattr(b, "elem_id", "") == "ab-comparison")
+    (click,) = [fn for fn in demo.fns.values() if shown in fn.outputs and fn.name == "on_click"]
+    victim = keyless_session(
+        models, Utterance(speech_pcm("Hello there.").tobytes(), SAMPLE_RATE, 1)
+    )
+    audio.handlers["victim-call-id"] = victim
+    try:
+        local = ["local", None] * 3
+        intruder = gr.Request(session_hash="another-visitor")
+        answers = [a async for a in click.fn("victim-call-id", {}, *local, request=intruder)]
+    finally:
+        del audio.handlers["victim-call-id"]
+    assert len(answers) == 1 and "no call to compare" in answers[0][0]
+    assert victim.utterance.last is not None and not ab._running
