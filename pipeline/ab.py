@@ -48,8 +48,9 @@ MAX_UTTERANCE_SECS = 30.0
 # ...and at most this much of it, whatever the sample rate (30 s of 16 kHz is 0.96 MB).
 MAX_UTTERANCE_BYTES = 1_000_000
 FRAME_SECS = 0.02
-# The whole run, building included, is abandoned after this.
-AB_TIMEOUT_SECS = 60.0
+# The whole run, building included, is abandoned after this: up to 30 s of speech,
+# then a reply whose words a word-timed TTS (ElevenLabs) releases in real time.
+AB_TIMEOUT_SECS = 90.0
 # Silence fed after the utterance before concluding the other stack heard no words.
 NO_WORDS_SECS = 8.0
 # pipecat reports a segmented STT's time to first byte 2 s after the VAD stop
