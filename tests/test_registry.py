@@ -35,8 +35,8 @@ DECLARED = {
     ("groq", "stt"): Capabilities(),  # segmented Whisper: one transcript at the end
     ("groq", "llm"): Capabilities(tools=True),
     ("groq", "tts"): Capabilities(),  # Orpheus: audio without timings
-    ("elevenlabs", "stt"): Capabilities(interim_text=True),  # Scribe realtime partials
-    ("elevenlabs", "tts"): Capabilities(word_timing=True),  # character alignment
+    ("elevenlabs", "stt"): Capabilities(interim_text=True, streaming=True),  # Scribe realtime
+    ("elevenlabs", "tts"): Capabilities(word_timing=True, streamed_text=True),  # websocket
 }
 
 
