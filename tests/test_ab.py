@@ -14,6 +14,7 @@ import json
 import re
 import wave
 from functools import reduce as fold
+from types import SimpleNamespace
 
 import gradio as gr
 import numpy as np
@@ -421,3 +422,19 @@ async def test_a_page_cannot_compare_a_call_it_does_not_own(models):
         del audio.handlers["victim-call-id"]
     assert len(answers) == 1 and "no call to compare" in answers[0][0]
     assert victim.utterance.last is not None and not ab._running
+
+
+async def test_the_other_stack_waits_for_the_live_call_to_be_between_turns():
+    """Pressed while the bot still answers, the run starts once the reply is over."""
+    activity = SimpleNamespace(idle=False)
+    call = SimpleNamespace(finished=asyncio.Event(), voice=SimpleNamespace(activity=activity))
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.3, setattr, activity, "idle", True)
+    started = loop.time()
+    assert await ab.between_turns(call, limit=5)
+    assert loop.time() - started >= 0.3
+
+    activity.idle = False
+    assert not await ab.between_turns(call, limit=0.2), "a call that stays busy is waited for"
+    loop.call_later(0.1, call.finished.set)
+    assert not await ab.between_turns(call, limit=5), "a call that ended is not compared"

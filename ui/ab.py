@@ -10,7 +10,9 @@ same reducer. Both are read per turn by :func:`turn_figures`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -49,6 +51,9 @@ log = logging.getLogger(__name__)
 
 # A/B runs at once across the server (each is a second pipeline on 2 vCPUs).
 AB_CONCURRENCY = 2
+# How long a comparison waits for the live call to be between turns, and how often it looks.
+BETWEEN_TURNS_WAIT_SECS = 30.0
+BETWEEN_TURNS_POLL_SECS = 0.05
 NONE = "—"
 
 # Sessions with an A/B run under way: one at a time per call.
@@ -249,6 +254,25 @@ class Comparison:
         )
 
 
+async def between_turns(session: VoiceSession, limit: float) -> bool:
+    """Wait (at most ``limit`` seconds) until the live call is between turns; False if it never is.
+
+    The other stack starts only then, so that it does not compete for the CPU
+    and the shared local models with the live reply being synthesised (a
+    comparison is usually asked for while the bot is still answering).
+    Polled like the switcher's own wait for the gap between turns.
+    """
+    deadline = time.monotonic() + limit
+    while not session.finished.is_set():
+        generation = session.voice
+        if generation is None or generation.activity.idle:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(BETWEEN_TURNS_POLL_SECS)
+    return False
+
+
 async def compare(
     session: VoiceSession,
     choices: dict[Stage, StageChoice],
@@ -277,10 +301,12 @@ async def compare(
             f"Your time on this server's keys is used up ({', '.join(s.upper() for s in stages)}):"
             " type your own API key to compare with that provider."
         )
-    generation = session.voice
-    history = history_before(generation.context.messages, utterance.turn) if generation else []
     _running.add(session)
     try:
+        if not await between_turns(session, BETWEEN_TURNS_WAIT_SECS):
+            raise ABRefused("The call is still busy with a turn: try again once it is answered.")
+        generation = session.voice
+        history = history_before(generation.context.messages, utterance.turn) if generation else []
         result = await run_apart(
             lambda: run_headless(config, models, utterance, history, timeout=timeout)
         )
