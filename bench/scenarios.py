@@ -306,21 +306,35 @@ def _attribute(profile: Profile, results: list[SessionResult]) -> None:
         for turn in session.turns:
             window = TurnWindow(session.index, turn.key, *turn.window)
             turn.injected = injected.for_turn(window, session.tts_connections)
-            floor = provider_floor(turn.contributions.get("endpointing wait"), turn.injected)
+            floor = provider_floor(
+                turn.contributions.get("endpointing wait"),
+                turn.injected,
+                streaming=profile.name == "cloud-sim-streaming",
+            )
             if turn.voice_to_voice is not None and floor is not None:
                 turn.pipeline_overhead = turn.voice_to_voice - floor
 
 
-def provider_floor(endpointing: float | None, injected: dict) -> float | None:
-    """The least voice-to-voice the injected latencies allow (None if one is unknown)."""
+def provider_floor(
+    endpointing: float | None, injected: dict, *, streaming: bool = False
+) -> float | None:
+    """The least voice-to-voice the injected latencies allow (None if one is unknown).
+
+    Serial: endpointing, then each provider in turn. Speculative, segmented STT:
+    the transcription starts at the pause, so it overlaps the endpointing.
+    Speculative, streaming STT: the LLM starts at the pause on the partial
+    transcript, while the committed one (its injected delay after the VAD's
+    commit) is what confirms the turn.
+    """
     if endpointing is None or any(v is None for v in injected.values()):
         return None
-    if SessionConfig().speculative:
-        heard_pause = PAUSE_WINDOWS * SILERO_WINDOW_SECS
-        before_llm = max(endpointing, heard_pause + injected["stt"])
-    else:
-        before_llm = endpointing + injected["stt"]
-    return before_llm + injected["llm"] + injected["tts"]
+    stt, llm, tts = injected["stt"], injected["llm"], injected["tts"]
+    if not SessionConfig().speculative:
+        return endpointing + stt + llm + tts
+    heard_pause = PAUSE_WINDOWS * SILERO_WINDOW_SECS
+    if streaming:
+        return max(endpointing + stt, heard_pause + llm) + tts
+    return max(endpointing, heard_pause + stt) + llm + tts
 
 
 async def run_sessions(profile: Profile, sessions: int, turns: int) -> dict:
