@@ -302,6 +302,13 @@ def format_summary(result: dict) -> str:
         client = result["webrtc"].get("voice_to_voice_client")
         if client:
             lines.append(_line("WebRTC v2v (client)", client))
+        webrtc = result["webrtc"]
+        if "mouth_to_ear" in webrtc:
+            lines.append(_line("WebRTC mouth-to-ear", webrtc["mouth_to_ear"]))
+            lines.append(_line("  server V2V, same turns", webrtc["server_v2v"]))
+            lines.append(_line("  heard minus server", webrtc["heard_minus_server"]))
+            for part, figures in webrtc["heard_parts"].items():
+                lines.append(_line(f"    {part}", figures))
     if result["errors"]:
         lines.append(f"errors ({len(result['errors'])}): " + "; ".join(result["errors"][:5]))
     lines.append("targets (reported, not asserted):")

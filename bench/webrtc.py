@@ -17,6 +17,17 @@ for the same profile and machine load. Its ``voice_to_voice`` (pipecat's
 observer) starts later, when VAD decides the user stopped, so do not subtract
 that one.
 
+**Mouth-to-ear** per turn runs from the end of the question's voice (its last
+sample above the voice level, not the end of Piper's trailing silence) to the
+first audible reply frame decoded, and is reported beside the server's own
+V2V for the same turn (pipecat's, read from the session's export: the page's
+"Export session" button) with the difference split where it goes
+(:data:`bench.figures.EAR_PARTS`): the uplink and voice detection (before the
+server's clock starts), fastrtc's queue and the network to the reply's first
+packet, the client's jitter buffer (aiortc's 4 frames; a browser's NetEq
+differs) and the reply's quiet start. ``cloud-sim-streaming`` picks Scribe
+realtime in the page's speech-to-text dropdown before connecting.
+
 A session counts as live at its first ``fetch_output`` (the pipeline reports
 "session started" once it runs); the first question follows 0.5 s later, and
 concurrent sessions are staggered by ``STAGGER_SECS`` so visitors do not all
@@ -52,7 +63,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from bench.cloudsim import CloudFakes
+from bench.cloudsim import STREAMING_STT, CloudFakes
 from bench.figures import (
     EAR_PARTS,
     PLAYOUT_BUFFER_SECS,
@@ -92,8 +103,8 @@ async def _profile_env(profile: str):
     if profile == "local":
         yield {}, None
         return
-    if profile != "cloud-sim":
-        raise ValueError(f"unknown profile {profile!r}: local or cloud-sim")
+    if profile not in ("cloud-sim", "cloud-sim-streaming"):
+        raise ValueError(f"unknown profile {profile!r}: local, cloud-sim or cloud-sim-streaming")
     # No watermarked utterances: Opus does not carry them, so the fakes hear their default question.
     async with CloudFakes() as fakes:
         yield fakes.app_environment(), fakes
@@ -116,9 +127,14 @@ def heard_figures(turn: dict) -> dict:
 
 
 async def _run_client(
-    client: WebRTCClient, questions: list[tuple[str, np.ndarray]], stagger: float = 0.0
+    client: WebRTCClient,
+    questions: list[tuple[str, np.ndarray]],
+    stagger: float = 0.0,
+    stt: str | None = None,
 ) -> dict:
     result: dict[str, Any] = {"name": client.name, "webrtc_id": client.webrtc_id}
+    if stt is not None:  # as a visitor picks it in the page before pressing Record
+        await client.pick_stt(stt)
     started = time.monotonic()
     await client.connect()
     result["connect_seconds"] = time.monotonic() - started
@@ -210,6 +226,7 @@ async def run_webrtc_scenario(
                             c,
                             [(q, audio[q]) for q in _rotate(questions, i)],
                             stagger=i * STAGGER_SECS,
+                            stt=STREAMING_STT[0] if profile == "cloud-sim-streaming" else None,
                         )
                         for i, c in enumerate(clients)
                     ),
@@ -222,6 +239,7 @@ async def run_webrtc_scenario(
             providers = {
                 "groq_requests": {k: v["ok"] for k, v in fakes.groq.stats.items()},
                 "elevenlabs_tts_messages": len(fakes.elevenlabs.messages),
+                "elevenlabs_stt_commits": len(fakes.elevenlabs.stt_commits),
             }
     per_session = []
     for client, outcome in zip(clients, outcomes, strict=True):

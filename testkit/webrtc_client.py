@@ -85,6 +85,8 @@ class PageApi:
     state_change_fn: int
     # The "Export session" button's click (None: a page without one).
     export_fn: int | None = None
+    # The speech-to-text provider dropdown's input (None: a page without one).
+    stt_provider_fn: int | None = None
 
 
 async def page_api(http, base_url: str) -> PageApi:
@@ -99,16 +101,20 @@ async def page_api(http, base_url: str) -> PageApi:
         raise LookupError(f"no {event} event on the WebRTC component")
 
     ids = {c.get("props", {}).get("elem_id"): c["id"] for c in config["components"]}
-    export_button = ids.get(EXPORT_BUTTON)
-    export_fn = next(
-        (
-            dep["id"]
-            for dep in config["dependencies"]
-            if [export_button, "click"] in [list(t) for t in dep["targets"]]
-        ),
-        None,
+
+    def event_of(elem_id: str, event: str) -> int | None:
+        target = [ids.get(elem_id), event]
+        return next(
+            (d["id"] for d in config["dependencies"] if target in map(list, d["targets"])), None
+        )
+
+    return PageApi(
+        webrtc,
+        dependency("tick"),
+        dependency("state_change"),
+        event_of(EXPORT_BUTTON, "click"),
+        event_of("stt-provider", "input"),
     )
-    return PageApi(webrtc, dependency("tick"), dependency("state_change"), export_fn)
 
 
 # --------------------------------------------------------------------------- audio
@@ -512,19 +518,30 @@ class WebRTCClient:
     def _wall(self, monotonic: float | None) -> float | None:
         return None if monotonic is None else monotonic + self.clock_offset
 
+    async def _completed_output(self, event_id: str | None, timeout: float) -> dict:
+        """The output of a queued event of this session's, once Gradio says it completed."""
+        deadline = time.monotonic() + timeout
+        while str(event_id) not in self._completed:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the event never completed")
+            self._completion.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._completion.wait(), 0.5)
+        return self._completed.pop(str(event_id)).get("output") or {}
+
+    async def pick_stt(self, provider: str, timeout: float = 20.0) -> None:
+        """Pick a speech-to-text provider in the page's dropdown (before :meth:`connect`)."""
+        if self.api.stt_provider_fn is None:
+            raise LookupError("the page has no speech-to-text provider dropdown")
+        event_id = await self._join(self.api.stt_provider_fn, [None, provider])
+        await self._completed_output(event_id, timeout)
+
     async def export_events(self, timeout: float = 20.0) -> list[dict]:
         """The session's events as the page's "Export session" button gets them (its own only)."""
         if self.api.export_fn is None:
             return []
         event_id = await self._join(self.api.export_fn, [self.value])
-        deadline = time.monotonic() + timeout
-        while str(event_id) not in self._completed:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the export never completed")
-            self._completion.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._completion.wait(), 0.5)
-        output = self._completed.pop(str(event_id)).get("output") or {}
+        output = await self._completed_output(event_id, timeout)
         data = (output.get("data") or [None])[0]
         value = data.get("value") if isinstance(data, dict) else None
         if not isinstance(value, dict) or not value.get("url"):
