@@ -353,10 +353,13 @@ async def test_the_cloud_stack_answers_the_same_words_while_the_local_call_goes_
     assert live_stack == " · ".join(LOCAL)
     assert other_stack == " · ".join(CLOUD)
     assert cells(html, "heard")[:2] == (heard_live, DEFAULT_TRANSCRIPT)
-    for row in ("v2v", "stt", "llm", "tts"):
+    for row in ("v2v", "llm", "tts"):
         live, other, delta = cells(html, row)
         assert re.fullmatch(r"\d+ ms", live) and re.fullmatch(r"\d+ ms", other), (row, live, other)
         assert re.fullmatch(r"[+−±]\d+ ms", delta)
+    # ≈: pipecat reported no STT TTFB for the turn (see the unit test above).
+    live_stt, other_stt, _ = cells(html, "stt")
+    assert re.fullmatch(r"(≈ )?\d+ ms", live_stt) and re.fullmatch(r"\d+ ms", other_stt)
     assert cells(html, "reply")[1] and cells(html, "reply")[0]
     assert comparison.result.reply_audio_secs > 0.5, "the other stack made no reply audio"
     live_cost, other_cost, _ = cells(html, "cost")
@@ -438,3 +441,15 @@ async def test_the_other_stack_waits_for_the_live_call_to_be_between_turns():
     assert not await ab.between_turns(call, limit=0.2), "a call that stays busy is waited for"
     loop.call_later(0.1, call.finished.set)
     assert not await ab.between_turns(call, limit=5), "a call that ended is not compared"
+
+
+def test_an_stt_that_reported_no_ttfb_shows_its_transcription_time_marked_as_such():
+    """pipecat sometimes reports no STT TTFB for a turn; the breakdown's part still tells."""
+    measured = run(ev.ProvidersChanged(0, *CLOUD), *a_turn(1, "Hi", "Hello.", 0.3, 0.2, 0.1, 0.9))
+    turn = a_turn(1, "Hi", "Hello.", 0.5, 0.2, 0.3, 1.4)
+    unreported = [e for e in turn if not (isinstance(e, ev.ServiceTTFB) and e.stage == "stt")]
+    live = ab.turn_figures(run(ev.ProvidersChanged(0, *LOCAL), *unreported), 1)
+    assert live.stt == 0.5 and live.stt_estimated
+    html = ab.render_comparison(live, ab.turn_figures(measured, 1), seconds=1)
+    assert cells(html, "stt") == ("≈ 500 ms", "300 ms", "")
+    assert "the STT reported no time to first byte" in html

@@ -55,6 +55,9 @@ AB_CONCURRENCY = 2
 BETWEEN_TURNS_WAIT_SECS = 30.0
 BETWEEN_TURNS_POLL_SECS = 0.05
 NONE = "—"
+# pipecat's label for the STT's part of voice-to-voice.
+TRANSCRIPTION = "transcription"
+ESTIMATED = "≈ "
 
 # Sessions with an A/B run under way: one at a time per call.
 _running: weakref.WeakSet[VoiceSession] = weakref.WeakSet()
@@ -74,6 +77,8 @@ class TurnFigures:
     cost: float | None = None
     # pipecat's voice-to-voice contributions (label, seconds): the per-stage timeline.
     contributions: tuple[tuple[str, float], ...] = ()
+    # ``stt`` is the breakdown's transcription part: the STT reported no TTFB for the turn.
+    stt_estimated: bool = False
 
 
 def turn_figures(state: SessionState, turn: int) -> TurnFigures:
@@ -93,17 +98,23 @@ def turn_figures(state: SessionState, turn: int) -> TurnFigures:
         elif turn == state.user_turns and state.bot is not None:
             reply = state.bot.generated  # still being spoken
     latency = next((entry for entry in state.latency if entry.turn == turn), None)
+    contributions = latency.contributions if latency else ()
     ttfb = _first_ttfb(state, turn)
+    # pipecat sometimes reports no STT TTFB for a turn (a transcript that it
+    # judges earlier than the speech's end); the breakdown's part still says it.
+    transcription = dict(contributions).get(TRANSCRIPTION)
+    estimated = "stt" not in ttfb and transcription is not None
     return TurnFigures(
         stack=stack,
         heard=heard,
         reply=reply,
         v2v=latency.seconds if latency else None,
-        stt=ttfb.get("stt"),
+        stt=transcription if estimated else ttfb.get("stt"),
         llm=ttfb.get("llm"),
         tts=ttfb.get("tts"),
         cost=cost.turn_cost(state, turn),
-        contributions=latency.contributions if latency else (),
+        contributions=contributions,
+        stt_estimated=estimated,
     )
 
 
@@ -200,6 +211,17 @@ def _timing_row(key: str, label: str, live: float | None, other: float | None) -
     return _row(key, label, _ms(live), _ms(other), f"{delta} ms" if delta else "")
 
 
+def _stt_row(live: TurnFigures, other: TurnFigures) -> str:
+    """STT TTFB, or else the transcription part of voice-to-voice, marked ≈ (no difference)."""
+
+    def shown(figures: TurnFigures) -> str:
+        return (ESTIMATED if figures.stt_estimated else "") + _ms(figures.stt)
+
+    comparable = live.stt_estimated == other.stt_estimated
+    delta = _delta(live.stt, other.stt) if comparable else ""
+    return _row("stt", "STT", shown(live), shown(other), f"{delta} ms" if delta else "")
+
+
 def render_comparison(
     live: TurnFigures, other: TurnFigures, *, seconds: float, error: str | None = None
 ) -> str:
@@ -210,19 +232,25 @@ def render_comparison(
             _row("heard", "Heard", live.heard, other.heard),
             _row("reply", "Reply", live.reply, other.reply),
             _timing_row("v2v", "Voice-to-voice", live.v2v, other.v2v),
-            _timing_row("stt", "STT", live.stt, other.stt),
+            _stt_row(live, other),
             _timing_row("llm", "LLM TTFB", live.llm, other.llm),
             _timing_row("tts", "TTS TTFB", live.tts, other.tts),
             _row("cost", "Cost", _cost(live.cost), _cost(other.cost)),
         )
     )
     problem = f'<div class="ab-error" role="alert">{escape(error)}</div>' if error else ""
+    note = ""
+    if live.stt_estimated or other.stt_estimated:
+        note = (
+            f'<div class="ab-note">{ESTIMATED}the STT reported no time to first byte for that '
+            "turn: shown is the transcription part of its voice-to-voice.</div>"
+        )
     return (
         f'<div class="ab-comparison" data-state="{"error" if error else "done"}">'
         f'<div class="ab-title">The same {seconds:.1f} s of your speech, two stacks</div>'
         f"{problem}"
         f'<table class="ab-table">{HEADER}<tbody>{rows}</tbody></table>'
-        f"{_stages_table(live, other)}</div>"
+        f"{note}{_stages_table(live, other)}</div>"
     )
 
 
