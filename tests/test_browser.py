@@ -488,8 +488,9 @@ def test_same_words_other_stack_compares_the_last_turn_with_groq(pw, app, groq, 
         expect(stack.locator("[data-side=other]")).to_contain_text("Groq llama-3.1-8b-instant")
         for row in ("v2v", "stt", "llm", "tts"):
             for side in ("live", "other"):
+                # ≈: pipecat reported no STT TTFB; the transcription part of V2V is shown.
                 expect(comparison.locator(f"tr[data-row={row}] [data-side={side}]")).to_have_text(
-                    re.compile(r"^\d+ ms$")
+                    re.compile(r"^(≈ )?\d+ ms$" if row == "stt" else r"^\d+ ms$")
                 )
         for side in ("live", "other"):
             expect(comparison.locator(f"tr[data-row=cost] [data-side={side}]")).to_have_text(
