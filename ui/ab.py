@@ -11,7 +11,6 @@ same reducer. Both are read per turn by :func:`turn_figures`.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 import weakref
 from collections.abc import AsyncIterator
@@ -46,8 +45,6 @@ from ui import settings as settings_panel
 from ui.state import SessionState, initial_state, reduce
 from ui.turnlog import TurnLog
 from ui.webrtc_guard import WebRTCGuard, webrtc_id_of
-
-log = logging.getLogger(__name__)
 
 # A/B runs at once across the server (each is a second pipeline on 2 vCPUs).
 AB_CONCURRENCY = 2
