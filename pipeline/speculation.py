@@ -339,25 +339,30 @@ class EagerSegmentsMixin:
         elif isinstance(frame, UserResumedFrame):
             await self._drop_eager()
 
-    async def eager_transcript(self, audio: bytes) -> str:
-        """The segment's transcript as :meth:`run_stt` would give it, without pushing it."""
+    async def eager_transcript(self, audio: bytes) -> str | ErrorFrame:
+        """The segment's transcript as :meth:`run_stt` gives it (or its error), unpushed."""
         texts = []
         async for frame in super().run_stt(audio):
             if isinstance(frame, TranscriptionFrame):
                 texts.append(frame.text.strip())
             elif isinstance(frame, ErrorFrame):
-                raise RuntimeError(frame.error)
+                return frame
         return " ".join(t for t in texts if t)
 
     def eager_frame_text(self, text: str) -> str:
         """The eager transcript of the whole utterance (a subclass may prefix earlier blocks)."""
         return text
 
-    async def committed_text(self, segment: EagerSegment) -> str:
-        """The transcript of a segment an eager pass covered (transcribed anew if it failed)."""
-        text = await segment.task
-        if text is not None:
-            return text
+    async def committed_text(self, segment: EagerSegment) -> str | ErrorFrame:
+        """The transcript of a segment an eager pass covered (transcribed anew if it raised).
+
+        A provider's own error (a refused key, a request that timed out) is
+        reported as the segment's, as it would have been without the pause:
+        asking again would only make the user wait twice.
+        """
+        result = await segment.task
+        if result is not None:
+            return result
         return await self.eager_transcript(self._segment_for_model(bytes(segment)))
 
     def _segment_for_model(self, pcm: bytes) -> bytes:
@@ -366,12 +371,14 @@ class EagerSegmentsMixin:
     def _segment_audio(self) -> bytes:
         return self._segment_for_model(bytes(self._audio_buffer) + self._trailing_silence())
 
-    async def _eager_pass(self, audio: bytes) -> str | None:
+    async def _eager_pass(self, audio: bytes) -> str | ErrorFrame | None:
         try:
             text = await self.eager_transcript(audio)
         except Exception as e:
             logger.debug(f"{self}: eager transcription failed, the VAD stop will retry: {e}")
             return None
+        if isinstance(text, ErrorFrame):
+            return text
         if text and self._user_speaking:
             # Still before the VAD stop: worth answering now. After it, the
             # committed transcript (this same text) follows at once anyway.
@@ -405,7 +412,9 @@ class EagerSegmentsMixin:
     async def run_stt(self, audio: bytes):
         if isinstance(audio, EagerSegment):
             text = await self.committed_text(audio)
-            if text:
+            if isinstance(text, ErrorFrame):
+                yield text
+            elif text:
                 yield TranscriptionFrame(text, self._user_id, time_now_iso8601(), Language.EN)
             return
         async for frame in super().run_stt(audio):
@@ -424,25 +433,41 @@ class EagerSegment(bytes):
 
 
 class EagerFromPartials(FrameProcessor):
-    """For a streaming STT: its latest partial transcript, at the pause, is the eager one.
+    """For a streaming STT: its latest partial transcript, from the pause on, is the eager one.
 
     Sits right after the STT. A streaming STT (ElevenLabs Scribe realtime) has
-    the utterance's words as a partial by the time the user falls silent; the
-    committed transcript follows the provider's commit.
+    most of the utterance's words as a partial when the user falls silent, and
+    the rest in the partials that follow; the committed transcript comes after
+    the provider's commit, at the VAD stop. So the partial in hand at the pause
+    is offered at once, and each newer one until the commit (the strategy
+    replaces a speculation whose words changed).
     """
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._partial = ""
+        self._offered = ""
+        self._paused = False
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
         if isinstance(frame, InterimTranscriptionFrame):
             self._partial = frame.text
+            if self._paused:
+                await self._offer()
         elif isinstance(frame, TranscriptionFrame):
-            self._partial = ""
-        elif isinstance(frame, UserPausedFrame) and self._partial.strip():
+            self._partial = self._offered = ""
+            self._paused = False
+        elif isinstance(frame, UserPausedFrame):
+            self._paused = True
+            await self._offer()
+        elif isinstance(frame, UserResumedFrame):
+            self._paused = False
+        await self.push_frame(frame, direction)
+
+    async def _offer(self) -> None:
+        if self._partial.strip() and self._partial != self._offered:
+            self._offered = self._partial
             await self.push_frame(
                 EagerTranscriptionFrame(self._partial, "", time_now_iso8601(), Language.EN)
             )
-        await self.push_frame(frame, direction)

@@ -44,7 +44,9 @@ and ``min_silence_duration_ms`` (50-2000), ``include_timestamps``,
 ``include_language_detection``, ``language_code``, ``keyterms``... Sends
 ``session_started`` with the ``config`` on connect; takes ``{"message_type":
 "input_audio_chunk", "audio_base_64", "commit", "sample_rate",
-"previous_text"?}``; sends ``partial_transcript`` while speech arrives,
+"previous_text"?}``; sends ``partial_transcript`` while speech arrives (lagging the
+speech, every 300 ms of it) and one more with every word once 100 ms of silence follow
+(the recognizer has heard the end of the speech),
 ``committed_transcript`` after a commit (manual, or its own VAD after
 ``vad_silence_threshold_secs`` of silence) and, with timestamps or language
 detection on, ``committed_transcript_with_timestamps``. Errors are a message
@@ -1088,17 +1090,25 @@ class _STTSession:
                     await self.partial()
             else:
                 self.silence_ms += ms
+                if (
+                    self.had_speech
+                    and self.in_speech
+                    and self.silence_ms - ms < 100 <= self.silence_ms
+                ):
+                    await self.partial(complete=True)
                 if self.in_speech and self.silence_ms >= 200:
                     self.in_speech = False
                 if self.vad and self.had_speech and self.silence_ms >= self.silence_threshold_ms:
                     self.commit()
 
-    async def partial(self) -> None:
+    async def partial(self, complete: bool = False) -> None:
         words = self.fake.transcript(bytes(self.segment)).split()
         if not words:
             return
         expected_ms = max(200.0, len(" ".join(words)) / 15.0 * 1000)
         shown = max(1, min(len(words), math.ceil(len(words) * self.speech_ms / expected_ms)))
+        if complete:
+            shown = len(words)
         text = " ".join(words[:shown])
         if text == self.last_partial:
             return

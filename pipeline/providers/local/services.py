@@ -259,6 +259,10 @@ class LocalWhisperSTTService(EagerSegmentsMixin, SegmentedSTTService):
         await self.start_processing_metrics()
         if isinstance(audio, EagerSegment):  # transcribed when the user paused
             text = await self.committed_text(audio)
+            if isinstance(text, ErrorFrame):
+                await self.stop_processing_metrics()
+                yield text
+                return
         else:
             text = await asyncio.to_thread(self._models.transcribe, audio, self.sample_rate)
         await self.stop_processing_metrics()
