@@ -13,11 +13,16 @@
   const TICK_MS = 20;
   // RMS (full scale 1.0) above which a 20 ms window counts as sound: about -40 dBFS.
   const MIC_RMS = 0.01;
-  const BOT_RMS = 0.01;
+  // The bot's decoded speech is ~0.1; a quieter tail of a cut-off word is not "still talking".
+  const BOT_RMS = 0.02;
   // The bot's audio after this much quiet is a new reply, not the next word.
   const NEW_REPLY_GAP_MS = 250;
   // The bot quiet this long after a barge-in: it stopped (pauses between sentences are shorter).
   const STOPPED_GAP_MS = 400;
+  // Voice after this much quiet starts an utterance (a comma's pause does not).
+  const UTTERANCE_GAP_MS = 300;
+  // The bot heard this recently when an utterance starts: the user is talking over it.
+  const SPEAKING_WITHIN_MS = 600;
   // A barge-in is speech (pipecat's VAD wants 0.2 s), not a click: voiced ticks needed.
   const BARGE_IN_MIN_VOICED_MS = 160;
   // A user turn shorter than this (a cough) is no question to time a reply from.
@@ -46,7 +51,7 @@
     return {
       lastVoiceAt: -Infinity, // last tick the microphone was audible
       voicedSinceBotMs: 0, // voice heard since the bot last spoke
-      micWasVoiced: false,
+      utteranceAt: -Infinity, // first tick of the current utterance
       lastBotAt: -Infinity, // last tick the bot was audible
       bargeIn: null, // {onsetAt, voicedMs}
     };
@@ -98,16 +103,16 @@
     const s = state;
 
     if (voiced) {
-      // Voice starting while the bot speaks (heard within a between-words pause):
-      // a barge-in, timed from this tick.
-      if (!s.micWasVoiced && !s.bargeIn && now - s.lastBotAt < NEW_REPLY_GAP_MS) {
+      if (now - s.lastVoiceAt >= UTTERANCE_GAP_MS) s.utteranceAt = now;
+      // An utterance that starts while the bot speaks (heard within a pause
+      // between words or sentences): a barge-in, timed from its first tick.
+      if (!s.bargeIn && s.utteranceAt === now && now - s.lastBotAt < SPEAKING_WITHIN_MS) {
         s.bargeIn = { onsetAt: now, voicedMs: 0 };
       }
       if (s.bargeIn) s.bargeIn.voicedMs += TICK_MS;
       s.lastVoiceAt = now;
       s.voicedSinceBotMs += TICK_MS;
     }
-    s.micWasVoiced = voiced;
 
     if (audible) {
       const newReply = now - s.lastBotAt >= NEW_REPLY_GAP_MS;

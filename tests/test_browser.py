@@ -314,7 +314,12 @@ def test_live_view_shows_words_reply_highlight_and_latency(pw, app, tmp_path):
 
         interim_while_speaking = [text for t, text in seen["interim"] if t < speech_ends_at]
         assert interim_while_speaking, f"no interim words while the user spoke: {seen['interim']}"
-        assert any(w in " ".join(interim_while_speaking).lower() for w in ("story", "knight"))
+        # The interim words are the words Whisper went on to hear (which ones
+        # depends on the machine's load: never assert exact speech).
+        heard = page.locator("#conversation [data-role=user]").first.inner_text().lower()
+        interim_words = set(re.findall(r"[a-z']{4,}", " ".join(interim_while_speaking).lower()))
+        final_words = set(re.findall(r"[a-z']{4,}", heard))
+        assert interim_words & final_words, (interim_while_speaking, heard)
 
         growing = [text for _, text in seen["reply"]]
         assert len(growing) >= 3, f"the reply did not grow in steps: {growing}"
@@ -458,6 +463,47 @@ def test_the_page_measures_the_reply_as_heard_next_to_the_servers_v2v(pw, app, t
     first_audible = next(t for t, rms in levels if t > speech_ends_at and rms > AUDIBLE_RMS)
     probe_ms = first_audible - speech_ends_at
     assert abs(heard_ms - probe_ms) < 150, f"page {heard_ms} ms, probe {probe_ms:.0f} ms"
+
+
+# The page script's rule (assets/heard_latency.js): the bot quiet this long has stopped.
+HEARD_STOPPED_GAP_MS = 400
+
+
+def test_the_page_measures_a_barge_in_as_heard_next_to_the_servers_stop(pw, app, tmp_path):
+    """#heard-latency: the user's voice onset -> the bot silent, timed in the page."""
+    silent_mic = quiet_mic(tmp_path)
+    with open_app(pw, app, tmp_path, fake_mic=silent_mic) as page:
+        ask_for_a_long_story(page, tmp_path)
+        wait_in_page(
+            page,
+            f"(t => t !== null && performance.now() - t > {INTERRUPT_AFTER_SECS * 1000}"
+            f" && __voiceProbe.levels.at(-1)[1] > {AUDIBLE_RMS})"
+            f"(__voiceProbe.firstAudibleAt({AUDIBLE_RMS}))",
+            REPLY_TIMEOUT_MS + INTERRUPT_AFTER_SECS * 1000,
+            f"the bot did not speak for {INTERRUPT_AFTER_SECS}s (the reply ended or never came)",
+        )
+        interruption = np.concatenate([speech_pcm("Stop, please wait."), silence(0.5)])
+        spoke_at = speak(page, tmp_path / "stop.wav", interruption)
+
+        row = page.locator("#heard-latency tr[data-measure=barge-in]").first
+        expect(row).to_contain_text(re.compile(r"stop \d+ ms"), timeout=REPLY_TIMEOUT_MS)
+        shown = row.inner_text()
+        sent = dict(page.evaluate("__heardLatency.sent"))
+        horizon_ms = spoke_at + sent.get("barge-in", 0) + 2 * HEARD_STOPPED_GAP_MS
+        wait_in_page(
+            page,
+            f"__voiceProbe.levels.at(-1)[0] > {horizon_ms}",
+            10_000,
+            "the remote audio track stopped being sampled",
+        )
+        levels = page.evaluate("__voiceProbe.levels")
+
+    assert "barge-in" in sent, sent
+    assert f"{sent['barge-in']:.0f} ms" in shown, (shown, sent)
+    quiet_at = silence_start(levels, spoke_at, HEARD_STOPPED_GAP_MS)
+    assert quiet_at is not None, audible_spans(levels, spoke_at)
+    probe_ms = quiet_at - spoke_at
+    assert abs(sent["barge-in"] - probe_ms) < 150, f"page {sent['barge-in']} ms, probe {probe_ms}"
 
 
 def test_same_words_other_stack_compares_the_last_turn_with_groq(pw, app, groq, tmp_path):
