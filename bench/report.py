@@ -443,6 +443,28 @@ def _concurrency_chart(result: dict):
     return fig
 
 
+def _heard_parts_chart(result: dict):
+    """WebRTC (``--webrtc-sessions``): where each turn's mouth-to-ear time went, stacked."""
+    import plotly.graph_objects as go
+
+    turns = [
+        t for s in result["webrtc"]["per_session"] for t in s.get("turns", []) if t.get("parts")
+    ]
+    x = [f"t{i + 1}" for i in range(len(turns))]
+    fig = go.Figure(
+        [
+            go.Bar(name=part, x=x, y=[t["parts"].get(part, 0) for t in turns])
+            for part in result["webrtc"]["heard_parts"]
+        ]
+    )
+    fig.update_layout(
+        barmode="stack",
+        title="WebRTC mouth-to-ear per turn: the server's V2V and the wait beyond it (s)",
+        yaxis_title="seconds",
+    )
+    return fig
+
+
 def _targets_table(result: dict) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(t['name'])}</td><td>{html.escape(t['for'])}</td>"
@@ -466,6 +488,8 @@ def write_html(result: dict, path: Path) -> None:
         _ttfb_chart(result),
         _concurrency_chart(result),
     ]
+    if result.get("webrtc", {}).get("heard_parts"):
+        charts.append(_heard_parts_chart(result))
     body = "".join(
         fig.to_html(full_html=False, include_plotlyjs=False, default_height=460) for fig in charts
     )
