@@ -193,7 +193,7 @@ class SpeculationEnded(Event):
     """The turn settled a speculation: adopted (its reply is the answer) or discarded.
 
     ``reason``: "confirmed", "resumed", "transcript changed", "interrupted",
-    "turn ended" or "tool call". ``wasted_tokens``: reply tokens a discarded
+    "turn ended", "tool call" or "provider error". ``wasted_tokens``: reply tokens a discarded
     speculation generated; ``wasted_chars``: TTS characters it synthesised (0:
     the TTS only receives released text). ``saved_ms``: how much earlier an
     adopted reply started than the turn's confirmation.

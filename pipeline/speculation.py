@@ -176,15 +176,29 @@ class LedgerSpeculationGate(SpeculationGate):
         self._ledger = ledger
 
     def process(self, frame: Frame, direction: FrameDirection):
-        if direction == FrameDirection.DOWNSTREAM:
-            if isinstance(frame, EagerEndOfTurnCancelFrame):
-                if not self._ledger.take_own_withdrawal() and self.is_speculating:
-                    self._ledger.discarded("tool call")
-            elif isinstance(frame, LLMTextFrame) and self.is_speculating:
-                self._ledger.generated(frame.text)
-            elif isinstance(frame, InterruptionFrame) and self.is_speculating:
-                self._ledger.discarded("interrupted")
+        if direction == FrameDirection.UPSTREAM:
+            if isinstance(frame, ErrorFrame) and self.is_speculating:
+                return self._failed(frame)
+        elif isinstance(frame, EagerEndOfTurnCancelFrame):
+            if not self._ledger.take_own_withdrawal() and self.is_speculating:
+                self._ledger.discarded("tool call")
+        elif isinstance(frame, LLMTextFrame) and self.is_speculating:
+            self._ledger.generated(frame.text)
+        elif isinstance(frame, InterruptionFrame) and self.is_speculating:
+            self._ledger.discarded("interrupted")
         return super().process(frame, direction)
+
+    def _failed(self, error: ErrorFrame):
+        """A guess the provider failed on is dropped quietly; the confirmed turn asks again.
+
+        The user has not finished speaking: an error shown now would be about
+        a request they never made, and the turn's own request reports it if
+        the provider is still failing. The withdrawal goes upstream to the
+        strategy, so that the confirmed turn runs its own inference.
+        """
+        logger.debug(f"{self}: the speculative inference failed, dropping it: {error.error}")
+        self._ledger.discarded("provider error")
+        return [*self._discard(), (EagerEndOfTurnCancelFrame(), FrameDirection.UPSTREAM)]
 
 
 class SpeculativeSmartTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
@@ -213,8 +227,8 @@ class SpeculativeSmartTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
         # Whether the user is silent since a pause: an eager transcript that
         # arrives after they spoke again answers words they have not finished.
         self._paused = False
-        # This turn's words asked for a tool: it is answered once confirmed.
-        self._wants_tools = False
+        # This turn's guess wanted a tool or failed: it is answered once confirmed.
+        self._answer_when_confirmed = False
 
     async def user_paused(self) -> None:
         self._paused = True
@@ -232,10 +246,10 @@ class SpeculativeSmartTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
             await self.withdraw("resumed")
         elif isinstance(frame, EagerEndOfTurnCancelFrame):
             # The LLM service withdrew the speculation itself (it wanted a
-            # tool call): the confirmed turn must run its own inference, and
-            # guessing again this turn would only ask for the tool again.
+            # tool call, or the provider failed): the confirmed turn runs its
+            # own inference, and guessing again this turn would ask again.
             self._speculation = None
-            self._wants_tools = True
+            self._answer_when_confirmed = True
         result = await super().process_frame(frame)
         if isinstance(frame, EagerTranscriptionFrame) and self._paused:
             await self._speculate(_join(self._committed, frame.text))
@@ -263,7 +277,7 @@ class SpeculativeSmartTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
             await self._speculate(self._committed)
 
     async def _speculate(self, text: str) -> None:
-        if not text.strip() or self._wants_tools:
+        if not text.strip() or self._answer_when_confirmed:
             return
         if self._speculation is not None:
             if self._match_policy.matches(self._speculation.text, text):
@@ -303,7 +317,7 @@ class SpeculativeSmartTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
     async def _reset(self):
         await super()._reset()
         self._committed = ""
-        self._wants_tools = False
+        self._answer_when_confirmed = False
         # A turn that ended some other way (the stop watchdog, an
         # interruption, the session's end) leaves nothing to answer.
         await self.withdraw("turn ended")
