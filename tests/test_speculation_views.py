@@ -58,3 +58,17 @@ def test_the_speculation_figures_survive_export_and_replay(tmp_path):
     assert render.render_stats(replayed) == render.render_stats(
         fold(state.reduce, events, state.initial_state())
     )
+
+
+def test_a_speculative_replys_first_token_counts_for_the_turn_being_spoken():
+    events = [
+        ev.SessionStarted(0.0),
+        ev.UserStartedSpeaking(1.0),
+        ev.SpeculationStarted(1.5, "hello"),
+        ev.ServiceTTFB(1.8, "llm", "GroqLLMService", "llama", 0.3),  # before the turn ends
+        ev.UserStoppedSpeaking(1.9),
+        ev.SpeculationEnded(1.9, True, "confirmed", saved_ms=400.0),
+        ev.UserTurnText(1.91, "hello"),
+    ]
+    final = fold(state.reduce, events, state.initial_state())
+    assert [(t.turn, t.stage, t.interrupted) for t in final.ttfb] == [(1, "llm", False)]

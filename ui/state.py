@@ -363,9 +363,10 @@ def _user_started(state: SessionState) -> SessionState:
 
 
 def _ttfb(state: SessionState, event: ev.ServiceTTFB) -> TTFB:
-    if event.stage == "stt":
+    if event.stage == "stt" or (state.user_turn_open and not state.interrupting):
         # Transcribing belongs to the user turn being spoken (its metric comes
-        # before the turn is committed) and is never part of a cut-off reply.
+        # before the turn is committed) and is never part of a cut-off reply;
+        # so does a speculative reply's first token, asked before the turn ended.
         turn = state.user_turns + 1 if state.user_turn_open else state.user_turns
         return TTFB(turn, event.stage, event.model or event.service, event.seconds)
     service = event.model or event.service
