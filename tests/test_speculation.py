@@ -187,9 +187,12 @@ async def test_barge_in_still_stops_the_bot_with_speculation_on(models, groq):
         # Only what was heard stays in the context (whole sentences that played).
         assert " ".join(bot_messages(d)[:1]) == cut.text
         assert groq.reply([]) not in " ".join(bot_messages(d))
-        # The interruption is a turn of its own, and it is answered.
-        await answered(d, replies=1)
-        assert len(user_messages(d)) == 2
+        # The interruption is a turn of its own (two, if the VAD stops at its
+        # comma), and it is answered.
+        await d.play_silence_until(
+            lambda: [e for e in d.events("BotTurnText")[1:] if e.text and not e.interrupted], 30
+        )
+        assert len(user_messages(d)) >= 2
 
 
 async def test_switching_speculation_off_restores_the_serial_turn(models, groq):
