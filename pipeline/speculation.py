@@ -251,6 +251,13 @@ class SpeculativeSmartTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
             self._speculation = None
             self._answer_when_confirmed = True
         result = await super().process_frame(frame)
+        if isinstance(frame, TranscriptionFrame) and self._vad_user_speaking:
+            # The transcript of an earlier segment, arriving while the user
+            # speaks on (a slow STT): it does not cover what is being said, so
+            # it must not let the next VAD stop end the turn before the new
+            # segment's transcript is in (pipecat clears the flag only at the
+            # VAD start, which came first here).
+            self._transcript_finalized = False
         if isinstance(frame, EagerTranscriptionFrame) and self._paused:
             await self._speculate(_join(self._committed, frame.text))
         elif isinstance(frame, TranscriptionFrame):
