@@ -36,14 +36,13 @@ from pipeline.providers.base import ProviderKeys
 from pipeline.providers.registry import choice_for
 from pipeline.session import VoiceSession
 from testkit.driver import SessionDriver
-from testkit.fakes.elevenlabs import FakeElevenLabs
-from testkit.fakes.groq import DEFAULT_TRANSCRIPT, FakeGroq
+from testkit.fakes.groq import DEFAULT_TRANSCRIPT
 from testkit.speech import SAMPLE_RATE, speech_pcm
+from tests import test_providers
 from ui import ab, state
 from ui.settings import config_from_settings
 
-GROQ_KEY = "gsk_fake_ab_key_for_tests_0123456789"
-ELEVEN_KEY = "el_fake_ab_key_for_tests_9876543210"
+GROQ_KEY, ELEVEN_KEY = test_providers.GROQ_KEY, test_providers.ELEVEN_KEY
 LOCAL = ("Local whisper-tiny.en", "Local SmolLM2-135M-Instruct", "Local piper-joe-medium")
 CLOUD = ("Groq whisper-large-v3-turbo", "Groq llama-3.1-8b-instant", "ElevenLabs eleven_flash_v2_5")
 
@@ -288,19 +287,9 @@ async def test_refusals_say_what_to_do():
 # -- the real thing: a live local call, the cloud stack on its last utterance ---------
 
 
-@pytest.fixture
-async def groq(monkeypatch):
-    async with FakeGroq(api_key=GROQ_KEY) as fake:
-        monkeypatch.setenv("GROQ_BASE_URL", fake.base_url)
-        yield fake
-
-
-@pytest.fixture
-async def elevenlabs(monkeypatch):
-    async with FakeElevenLabs(api_key=ELEVEN_KEY) as fake:
-        monkeypatch.setenv("ELEVENLABS_BASE_URL", fake.base_url)
-        monkeypatch.setenv("SSL_CERT_FILE", fake.cert_path)
-        yield fake
+# The provider fakes as the provider tests start them.
+groq = test_providers.groq
+elevenlabs = test_providers.elevenlabs
 
 
 def local_session(models, keys: ProviderKeys) -> VoiceSession:

@@ -167,6 +167,25 @@ def ask_for_a_long_story(page: Page, tmp_path: Path) -> float:
     return speak(page, tmp_path / "question.wav", np.concatenate([question, silence(0.5)]))
 
 
+def speak_over_a_long_story(page: Page, tmp_path: Path) -> float:
+    """Ask for a long story, then say "Stop, please wait." over it; returns speak()'s time.
+
+    The interruption comes once the bot has been audible for a while, over a
+    word rather than into a pause between sentences.
+    """
+    ask_for_a_long_story(page, tmp_path)
+    wait_in_page(
+        page,
+        f"(t => t !== null && performance.now() - t > {INTERRUPT_AFTER_SECS * 1000}"
+        f" && __voiceProbe.levels.at(-1)[1] > {AUDIBLE_RMS})"
+        f"(__voiceProbe.firstAudibleAt({AUDIBLE_RMS}))",
+        REPLY_TIMEOUT_MS + INTERRUPT_AFTER_SECS * 1000,
+        f"the bot did not speak for {INTERRUPT_AFTER_SECS}s (the reply ended or never came)",
+    )
+    interruption = np.concatenate([speech_pcm("Stop, please wait."), silence(0.5)])
+    return speak(page, tmp_path / "stop.wav", interruption)
+
+
 def speech_onset_secs(samples: np.ndarray) -> float:
     """Where the words start in a Piper clip (it begins with a little silence)."""
     return int(np.argmax(np.abs(samples) > 1000)) / SAMPLE_RATE
@@ -238,18 +257,7 @@ def test_speaking_over_the_bot_stops_its_audio(pw, app, tmp_path):
     silent_mic = quiet_mic(tmp_path)
 
     with open_app(pw, app, tmp_path, fake_mic=silent_mic) as page:
-        ask_for_a_long_story(page, tmp_path)
-        # Speak over a word, not into a pause between sentences.
-        wait_in_page(
-            page,
-            f"(t => t !== null && performance.now() - t > {INTERRUPT_AFTER_SECS * 1000}"
-            f" && __voiceProbe.levels.at(-1)[1] > {AUDIBLE_RMS})"
-            f"(__voiceProbe.firstAudibleAt({AUDIBLE_RMS}))",
-            REPLY_TIMEOUT_MS + INTERRUPT_AFTER_SECS * 1000,
-            f"the bot did not speak for {INTERRUPT_AFTER_SECS}s (the reply ended or never came)",
-        )
-        interruption = np.concatenate([speech_pcm("Stop, please wait."), silence(0.5)])
-        spoke_at = speak(page, tmp_path / "stop.wav", interruption)
+        spoke_at = speak_over_a_long_story(page, tmp_path)
 
         conversation = page.locator("#conversation")
         expect(conversation.locator("[data-role=user]").last).to_contain_text(
@@ -473,17 +481,7 @@ def test_the_page_measures_a_barge_in_as_heard_next_to_the_servers_stop(pw, app,
     """#heard-latency: the user's voice onset -> the bot silent, timed in the page."""
     silent_mic = quiet_mic(tmp_path)
     with open_app(pw, app, tmp_path, fake_mic=silent_mic) as page:
-        ask_for_a_long_story(page, tmp_path)
-        wait_in_page(
-            page,
-            f"(t => t !== null && performance.now() - t > {INTERRUPT_AFTER_SECS * 1000}"
-            f" && __voiceProbe.levels.at(-1)[1] > {AUDIBLE_RMS})"
-            f"(__voiceProbe.firstAudibleAt({AUDIBLE_RMS}))",
-            REPLY_TIMEOUT_MS + INTERRUPT_AFTER_SECS * 1000,
-            f"the bot did not speak for {INTERRUPT_AFTER_SECS}s (the reply ended or never came)",
-        )
-        interruption = np.concatenate([speech_pcm("Stop, please wait."), silence(0.5)])
-        spoke_at = speak(page, tmp_path / "stop.wav", interruption)
+        spoke_at = speak_over_a_long_story(page, tmp_path)
 
         row = page.locator("#heard-latency tr[data-measure=barge-in]").first
         expect(row).to_contain_text(re.compile(r"stop \d+ ms"), timeout=REPLY_TIMEOUT_MS)

@@ -24,13 +24,12 @@ from pipeline import events as ev
 from pipeline.config import SessionConfig
 from pipeline.providers.base import ProviderKeys
 from pipeline.providers.registry import choice_for
-from pipeline.session import VoiceSession
 from pipeline.tools import catalog
 from pipeline.tools.db import session_database
 from pipeline.tools.installer import ToolRunner, database_of, offered
 from testkit.driver import SessionDriver
-from testkit.fakes.groq import FakeGroq
 from testkit.speech import silence, speech_pcm
+from tests import test_providers
 from ui import charts, export, render, state, timeline
 from ui.settings import (
     _tools_control,
@@ -39,7 +38,7 @@ from ui.settings import (
     initial_settings,
 )
 
-GROQ_KEY = "gsk_fake_valid_key_for_tool_tests_0123"
+GROQ_KEY = test_providers.GROQ_KEY
 ORDER_QUESTION = "Where is my order 1234?"
 CANCEL_REQUEST = "Please cancel my order 4821."
 TIME_QUESTION = "What time is it in Tokyo?"
@@ -55,11 +54,9 @@ class Transcripts:
         return self.texts.pop(0) if len(self.texts) > 1 else self.texts[0]
 
 
-@pytest.fixture
-async def groq(monkeypatch):
-    async with FakeGroq(api_key=GROQ_KEY) as fake:
-        monkeypatch.setenv("GROQ_BASE_URL", fake.base_url)
-        yield fake
+# The Groq fake as the provider tests start it, and their session builder.
+groq = test_providers.groq
+session_with = test_providers.session_with
 
 
 def config(llm: str = "groq", **knobs) -> SessionConfig:
@@ -69,16 +66,6 @@ def config(llm: str = "groq", **knobs) -> SessionConfig:
         llm=choice_for(llm, "llm"),
         tts=choice_for("groq", "tts"),
         **knobs,
-    )
-
-
-def session_with(models, cfg: SessionConfig) -> VoiceSession:
-    return VoiceSession(
-        reduce=state.reduce,
-        initial_state=state.initial_state,
-        config_factory=lambda: cfg,
-        settings_from_inputs=config_from_settings,
-        models=models,
     )
 
 
