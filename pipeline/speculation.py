@@ -483,7 +483,10 @@ class EagerFromPartials(FrameProcessor):
             self._paused = True
             await self._offer()
         elif isinstance(frame, UserResumedFrame):
+            # The speculation on the offered words is withdrawn now: if the
+            # user pauses again with no new partial, the same words are a new offer.
             self._paused = False
+            self._offered = ""
         await self.push_frame(frame, direction)
 
     async def _offer(self) -> None:

@@ -168,6 +168,47 @@ async def test_a_speculation_is_discarded_when_the_final_transcript_differs(
         assert user_messages(d) == ["what is the capital of spain"]
 
 
+async def test_a_streaming_partial_is_offered_again_after_the_user_resumes():
+    """Pause, resume, pause again with no newer partial: the same words start a new guess.
+
+    The strategy withdrew the first speculation when the user resumed, so the
+    second pause must offer the partial again, or the turn waits serially.
+    """
+    from pipecat.frames.frames import EagerTranscriptionFrame, InterimTranscriptionFrame
+    from pipecat.tests.utils import SleepFrame, run_test
+
+    from pipeline.speculation import EagerFromPartials, UserPausedFrame, UserResumedFrame
+
+    def spaced(*frames):
+        return [g for f in frames for g in (f, SleepFrame(0.05))]
+
+    def partial(text: str) -> InterimTranscriptionFrame:
+        return InterimTranscriptionFrame(text, "", "2026-01-01T00:00:00")
+
+    down, _ = await run_test(
+        EagerFromPartials(),
+        # Pauses are system frames and overtake queued partials: the sleeps
+        # keep the order as spoken.
+        frames_to_send=spaced(
+            partial("what is the capital"),
+            UserPausedFrame(),
+            UserResumedFrame(),
+            UserPausedFrame(),
+            partial("what is the capital"),  # the provider repeats itself: no new offer
+            UserResumedFrame(),
+            partial("what is the capital of france"),
+            UserPausedFrame(),
+        ),
+        expected_down_frames=None,
+    )
+    offers = [f.text for f in down if isinstance(f, EagerTranscriptionFrame)]
+    assert offers == [
+        "what is the capital",
+        "what is the capital",
+        "what is the capital of france",
+    ]
+
+
 async def test_barge_in_still_stops_the_bot_with_speculation_on(models, groq):
     groq.reply = lambda _m: (
         "Paris is mild today, with a light breeze from the west and a few clouds. "

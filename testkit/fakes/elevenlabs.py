@@ -1073,10 +1073,12 @@ class _STTSession:
 
     async def feed(self, audio: bytes) -> None:
         samples = self._samples(audio)
-        self.segment.extend(samples.astype("<i2").tobytes())
         frame = max(1, self.rate * self.FRAME_MS // 1000)
         for i in range(0, len(samples), frame):
             window = samples[i : i + frame]
+            # Window by window, so a partial only hears the audio up to its own
+            # moment even when a late client sends a long chunk at once.
+            self.segment.extend(window.astype("<i2").tobytes())
             ms = len(window) / self.rate * 1000
             if _rms(window) >= self.energy_floor:
                 self.in_speech = True
