@@ -148,9 +148,12 @@ async def test_a_speculation_is_discarded_when_the_final_transcript_differs(
     models, groq, elevenlabs
 ):
     # Scribe realtime's partials say France; its committed transcript, Spain.
+    # The last partial comes 0.1 s into the silence, the commit at the VAD
+    # stop (0.2 s, plus Silero's own lag): 0.16 s of quiet tail tells them apart.
     def transcript(pcm: bytes) -> str:
         samples = np.frombuffer(pcm, dtype=np.int16)
-        tail_silent = len(samples) > 4800 and voiced_seconds(samples[-4800:]) == 0
+        tail = int(0.16 * 16000)
+        tail_silent = len(samples) > tail and voiced_seconds(samples[-tail:]) == 0
         return "what is the capital of spain" if tail_silent else WHOLE
 
     elevenlabs.transcript = transcript
