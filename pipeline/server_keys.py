@@ -61,19 +61,27 @@ class ServerKeyBudget:
         if self.budget <= 0:
             return
         last = self._now()
-        while not self.spent:
+        while True:
             await asyncio.sleep(self._tick)
             now = self._now()
             elapsed, last = now - last, now
             config = running()
             if config is None or not (stages := config.server_key_stages()):
                 continue
-            self.used += elapsed
-            remaining = max(0.0, self.budget - self.used)
-            self._report(ev.ServerKeyTime(time.time(), remaining, self.budget))
+            # Spent already (an A/B run's charge), the call still goes local now.
+            self.charge(0.0 if self.spent else elapsed)
             if self.spent:
                 self._report(ev.ErrorReported(time.time(), self._message(config, stages)))
                 request(config.with_local_for(stages))
+                return
+
+    def charge(self, seconds: float) -> None:
+        """Count ``seconds`` spent on the server's keys outside the call (an A/B run)."""
+        if self.budget <= 0:
+            return
+        self.used += seconds
+        remaining = max(0.0, self.budget - self.used)
+        self._report(ev.ServerKeyTime(time.time(), remaining, self.budget))
 
     def _message(self, config: SessionConfig, stages: list[str]) -> str:
         names = sorted({PROVIDERS[config.choices()[stage].provider].label for stage in stages})

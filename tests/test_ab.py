@@ -316,8 +316,11 @@ def wav_seconds(data: bytes) -> float:
 
 @pytest.mark.slow
 async def test_the_cloud_stack_answers_the_same_words_while_the_local_call_goes_on(
-    models, groq, elevenlabs
+    models, groq, elevenlabs, monkeypatch
 ):
+    # Groq's key is the server's own (a Space secret): the run is charged to the session.
+    monkeypatch.setenv("GROQ_API_KEY", GROQ_KEY)
+    monkeypatch.setenv("VOICE_LAB_SERVER_KEY_SECS", "600")
     keys = ProviderKeys({"groq": GROQ_KEY, "elevenlabs": ELEVEN_KEY})
     question = speech_pcm("What is the capital of France?")
     async with SessionDriver(local_session(models, keys)) as d:
@@ -337,6 +340,9 @@ async def test_the_cloud_stack_answers_the_same_words_while_the_local_call_goes_
     assert d.session.utterance.last is None, "the utterance outlived its session"
 
     assert comparison.result.error is None, comparison.result.error
+    # The live call ran locally: all the server-key time is the other stack's run.
+    charged = [e for e in d.events("ServerKeyTime")]
+    assert charged and 0 < 600 - charged[-1].remaining < 60, charged
     html = comparison.render()
     live_stack, other_stack, _ = cells(html, "stack")
     assert live_stack == " · ".join(LOCAL)

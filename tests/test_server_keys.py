@@ -82,3 +82,17 @@ async def test_once_spent_picking_the_servers_key_again_stays_local_and_says_why
     own = on_groq(VISITOR_KEY)
     assert meter.limit(own) is own, "a visitor's own key was limited"
     assert len(events) == 1
+
+
+async def test_time_spent_outside_the_call_counts_and_can_send_the_call_local():
+    """An A/B run on the server's keys is charged; if that spends the budget, the call goes local."""
+    events, requested = [], []
+    meter = budget(10, events)
+    meter.charge(4.0)
+    assert [(e.kind, e.remaining) for e in events] == [("ServerKeyTime", 6.0)]
+    meter.charge(7.0)
+    assert meter.spent
+    await asyncio.wait_for(meter.meter(lambda: on_groq(SERVER_KEY), requested.append), 1)
+    (local,) = requested
+    assert (local.stt.provider, local.llm.provider) == ("local", "local")
+    assert events[-1].kind == "ErrorReported" and "used up" in events[-1].message

@@ -332,9 +332,15 @@ async def compare(
             raise ABRefused("The call is still busy with a turn: try again once it is answered.")
         generation = session.voice
         history = history_before(generation.context.messages, utterance.turn) if generation else []
-        result = await run_apart(
-            lambda: run_headless(config, models, utterance, history, timeout=timeout)
-        )
+        started = time.monotonic()
+        try:
+            result = await run_apart(
+                lambda: run_headless(config, models, utterance, history, timeout=timeout)
+            )
+        finally:
+            # The server's keys pay for the other stack as they do for the call.
+            if config.server_key_stages():
+                session.key_budget.charge(time.monotonic() - started)
     finally:
         _running.discard(session)
     # Read after the run: the live turn has had the same time to finish.
