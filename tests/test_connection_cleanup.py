@@ -93,6 +93,7 @@ async def test_closed_connections_leave_nothing_behind(served, monkeypatch):
         gc.collect()
         baseline = census(component)
 
+        served_delay = webrtc_guard.COLLECT_AFTER_CLOSE_SECS
         gc.disable()
         try:
             # First without the server's collection: reference counting alone.
@@ -103,7 +104,12 @@ async def test_closed_connections_leave_nothing_behind(served, monkeypatch):
 
             def at_baseline(keys) -> bool:
                 now = census(component)
-                return all(now[k] <= baseline[k] for k in keys) and (
+                # One closed connection's objects may wait for a cancelled
+                # timer of its own (aiortc's, pipecat's) that asyncio keeps in
+                # its heap until the timer's time: its context holds fastrtc's
+                # data channel. Seven connections leaking would be seven.
+                spare = {"server_peer_connections": 1}
+                return all(now[k] <= baseline[k] + spare.get(k, 0) for k in keys) and (
                     now["threads"] <= baseline["threads"] + 2
                 )
 
@@ -112,10 +118,12 @@ async def test_closed_connections_leave_nothing_behind(served, monkeypatch):
             )
             # Then as served: one collection shortly after each close frees the
             # peer connections too (aiortc's own objects reference each other).
-            monkeypatch.setattr(webrtc_guard, "COLLECT_AFTER_CLOSE_SECS", 0.2)
+            # The served delay, not a shorter one: on one loaded CPU aiortc's
+            # close can take longer than a fraction of a second.
+            monkeypatch.setattr(webrtc_guard, "COLLECT_AFTER_CLOSE_SECS", served_delay)
             await connect_talk_leave(http, url, api, component)
             everything = (*freed_at_once, "server_peer_connections")
-            assert await eventually(lambda: at_baseline(everything), 5), (
+            assert await eventually(lambda: at_baseline(everything), served_delay + 5), (
                 f"after the collection: {census(component)}; before: {baseline}"
             )
         finally:

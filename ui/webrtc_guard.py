@@ -34,6 +34,7 @@ frontend by the module that defines its class) to fix, in our code:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import logging
 import re
@@ -205,7 +206,12 @@ class WebRTCGuard:
         if self._collection is not None:
             self._collection.cancel()
         loop = asyncio.get_running_loop()
-        self._collection = loop.call_later(COLLECT_AFTER_CLOSE_SECS, self._collect)
+        # In a context of its own: the closing connection's context holds
+        # fastrtc's current data channel, and through it the peer connection
+        # that the collection is meant to free.
+        self._collection = loop.call_later(
+            COLLECT_AFTER_CLOSE_SECS, self._collect, context=contextvars.Context()
+        )
 
     def _collect(self) -> None:
         self._collection = None
