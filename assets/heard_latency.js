@@ -11,6 +11,8 @@
 // the server's own figure for the same turn.
 (() => {
   const TICK_MS = 20;
+  // The resolution of every figure: the analyser's samples are read in windows this long.
+  const WINDOW_MS = 10;
   // RMS (full scale 1.0) above which a 20 ms window counts as sound: about -40 dBFS.
   const MIC_RMS = 0.01;
   // The bot's decoded speech is ~0.1; a quieter tail of a cut-off word is not "still talking".
@@ -36,6 +38,8 @@
     sent: [], // [measure, ms] as sent to the server
     micLevel: 0,
     botLevel: 0,
+    longestTickMs: 0, // the longest the page went without looking (a busy page)
+    lostStretches: 0, // times it went longer than the analysers keep: no figure then
   };
   window.__heardLatency = heard;
 
@@ -44,6 +48,7 @@
   let mic = null; // {track, source, analyser}
   let bot = null;
   let timer = null;
+  let lastTickAt = null;
   let sequence = 0;
   let state = fresh();
 
@@ -62,18 +67,45 @@
     if (previous) previous.source.disconnect();
     context = context || new AudioContext();
     const analyser = context.createAnalyser();
-    analyser.fftSize = 1024; // ~21 ms at 48 kHz: consecutive ticks see all of the audio
+    // ~680 ms at 48 kHz (the most an analyser keeps): a tick that comes late
+    // (a busy page runs timers late) still finds the audio since the previous
+    // tick in the buffer. Only the new part of it is read.
+    analyser.fftSize = 32768;
     const source = context.createMediaStreamSource(new MediaStream([track]));
     source.connect(analyser);
     return { track, source, analyser, buffer: new Float32Array(analyser.fftSize) };
   }
 
-  function rms(node) {
-    if (!node || node.track.readyState !== "live") return 0;
+  // What a track did since the page time `since`, up to `now`, read back from
+  // the analyser's recent samples in WINDOW_MS windows: when it was first and
+  // last louder than `threshold` (page ms, window edges) and for how long, or
+  // null if it never was. So the figures hold the audio's own timing, not the
+  // moment a (possibly late) timer looked at it.
+  function loudness(node, since, now, threshold) {
+    if (!node || node.track.readyState !== "live") return { level: 0, loud: null, lost: false };
     node.analyser.getFloatTimeDomainData(node.buffer);
-    let sum = 0;
-    for (const v of node.buffer) sum += v * v;
-    return Math.sqrt(sum / node.buffer.length);
+    const size = node.buffer.length;
+    const per = Math.max(1, Math.round((context.sampleRate * WINDOW_MS) / 1000));
+    const keptMs = (size / context.sampleRate) * 1000;
+    const spanMs = Math.min(now - since, keptMs);
+    const windows = Math.max(1, Math.min(Math.floor(size / per), Math.round(spanMs / WINDOW_MS)));
+    let loud = null;
+    let level = 0;
+    for (let k = windows - 1; k >= 0; k--) {
+      // Window k ends k windows before the newest sample, which is `now`.
+      const end = size - k * per;
+      let sum = 0;
+      for (let i = end - per; i < end; i++) sum += node.buffer[i] * node.buffer[i];
+      level = Math.sqrt(sum / per);
+      if (level > threshold) {
+        const endsAt = now - k * WINDOW_MS;
+        loud = loud || { first: endsAt - WINDOW_MS, last: endsAt, ms: 0 };
+        loud.last = endsAt;
+        loud.ms += WINDOW_MS;
+      }
+    }
+    // The page stalled longer than the analyser keeps: some audio went unseen.
+    return { level, loud, lost: now - since > keptMs };
   }
 
   function send(measure, ms) {
@@ -96,31 +128,48 @@
     const sender = pc.getSenders().find((s) => s.track && s.track.kind === "audio");
     if (sender) mic = listen(sender.track, mic);
     const now = performance.now();
-    heard.micLevel = rms(mic);
-    heard.botLevel = rms(bot);
-    const voiced = heard.micLevel > MIC_RMS;
-    const audible = heard.botLevel > BOT_RMS;
+    const since = lastTickAt === null ? now - TICK_MS : lastTickAt;
+    lastTickAt = now;
+    const micHeard = loudness(mic, since, now, MIC_RMS);
+    const botHeard = loudness(bot, since, now, BOT_RMS);
+    heard.micLevel = micHeard.level;
+    heard.botLevel = botHeard.level;
+    const voice = micHeard.loud;
+    const reply = botHeard.loud;
     const s = state;
-
-    if (voiced) {
-      if (now - s.lastVoiceAt >= UTTERANCE_GAP_MS) s.utteranceAt = now;
-      // An utterance that starts while the bot speaks (heard within a pause
-      // between words or sentences): a barge-in, timed from its first tick.
-      if (!s.bargeIn && s.utteranceAt === now && now - s.lastBotAt < SPEAKING_WITHIN_MS) {
-        s.bargeIn = { onsetAt: now, voicedMs: 0 };
-      }
-      if (s.bargeIn) s.bargeIn.voicedMs += TICK_MS;
-      s.lastVoiceAt = now;
-      s.voicedSinceBotMs += TICK_MS;
+    heard.longestTickMs = Math.max(heard.longestTickMs, now - since);
+    if (micHeard.lost || botHeard.lost) {
+      heard.lostStretches += 1;
+      // What happened in the unseen stretch is unknown: no figure rather than
+      // a wrong one for the measurements under way.
+      s.bargeIn = null;
+      s.voicedSinceBotMs = 0;
     }
 
-    if (audible) {
-      const newReply = now - s.lastBotAt >= NEW_REPLY_GAP_MS;
-      if (newReply && !voiced && s.voicedSinceBotMs >= TURN_MIN_VOICED_MS && !s.bargeIn) {
-        send("reply", now - s.lastVoiceAt);
+    if (voice) {
+      if (voice.first - s.lastVoiceAt >= UTTERANCE_GAP_MS) {
+        s.utteranceAt = voice.first;
+        // An utterance that starts while the bot speaks (heard within a pause
+        // between words or sentences): a barge-in, timed from its first sound.
+        const botLast = reply ? Math.max(s.lastBotAt, reply.last) : s.lastBotAt;
+        if (!s.bargeIn && voice.first - botLast < SPEAKING_WITHIN_MS) {
+          s.bargeIn = { onsetAt: voice.first, voicedMs: 0 };
+        }
       }
-      s.lastBotAt = now;
-      s.voicedSinceBotMs = 0;
+      if (s.bargeIn) s.bargeIn.voicedMs += voice.ms;
+      s.lastVoiceAt = voice.last;
+      s.voicedSinceBotMs += voice.ms;
+    }
+
+    if (reply) {
+      const newReply = reply.first - s.lastBotAt >= NEW_REPLY_GAP_MS;
+      const quietBefore = s.lastVoiceAt <= reply.first;
+      if (newReply && quietBefore && s.voicedSinceBotMs >= TURN_MIN_VOICED_MS && !s.bargeIn) {
+        send("reply", reply.first - s.lastVoiceAt);
+      }
+      s.lastBotAt = reply.last;
+      // Voice after the bot's last sound in this tick is already the next turn.
+      s.voicedSinceBotMs = voice && voice.first > reply.last ? voice.ms : 0;
     }
 
     if (s.bargeIn) {
@@ -144,6 +193,7 @@
       pc = this;
       mic = bot = null;
       state = fresh();
+      lastTickAt = null;
       this.addEventListener("track", (e) => {
         if (e.track.kind === "audio") bot = listen(e.track, bot);
       });

@@ -6,7 +6,7 @@
   const NativePeerConnection = window.RTCPeerConnection;
   const probe = {
     connections: [],
-    // [performance.now() in ms, RMS of the remote audio], every 20 ms.
+    // [performance.now() in ms, RMS of the remote audio over the 10 ms before it].
     levels: [],
     maxRms: 0,
     // performance.now() of the first getUserMedia call.
@@ -17,20 +17,37 @@
   };
   window.__voiceProbe = probe;
 
+  // Every 20 ms (or later, on a busy page) the analyser's recent samples are
+  // read back in 10 ms windows, each stamped with the page time it ended: the
+  // levels keep the audio's own timing even when the timer runs late.
+  const WINDOW_MS = 10;
+
   function sampleLevels(track) {
     try {
       const context = new AudioContext();
       const analyser = context.createAnalyser();
-      analyser.fftSize = 512;
+      analyser.fftSize = 32768; // ~680 ms at 48 kHz: a page stalled that long loses nothing
       context.createMediaStreamSource(new MediaStream([track])).connect(analyser);
       const buffer = new Float32Array(analyser.fftSize);
+      const per = Math.round((context.sampleRate * WINDOW_MS) / 1000);
+      const oldestMs = Math.floor(buffer.length / per) * WINDOW_MS;
+      let lastAt = null;
       setInterval(() => {
+        const now = performance.now();
         analyser.getFloatTimeDomainData(buffer);
-        let sum = 0;
-        for (const v of buffer) sum += v * v;
-        const rms = Math.sqrt(sum / buffer.length);
-        probe.levels.push([performance.now(), rms]);
-        probe.maxRms = Math.max(probe.maxRms, rms);
+        const spanMs = lastAt === null ? WINDOW_MS : Math.min(now - lastAt, oldestMs);
+        const windows = Math.max(1, Math.round(spanMs / WINDOW_MS));
+        for (let k = windows - 1; k >= 0; k--) {
+          const end = buffer.length - k * per;
+          let sum = 0;
+          for (let i = end - per; i < end; i++) sum += buffer[i] * buffer[i];
+          const rms = Math.sqrt(sum / per);
+          const at = now - k * WINDOW_MS;
+          if (lastAt !== null && at <= lastAt) continue;
+          probe.levels.push([at, rms]);
+          probe.maxRms = Math.max(probe.maxRms, rms);
+        }
+        lastAt = now;
       }, 20);
     } catch (err) {
       probe.error = String(err);
