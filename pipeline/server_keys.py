@@ -68,8 +68,8 @@ class ServerKeyBudget:
             config = running()
             if config is None or not (stages := config.server_key_stages()):
                 continue
-            # Spent already (an A/B run's charge), the call still goes local now.
-            self.charge(0.0 if self.spent else elapsed)
+            if not self.spent:  # an A/B run's charge may have spent it already
+                self.charge(elapsed)
             if self.spent:
                 self._report(ev.ErrorReported(time.time(), self._message(config, stages)))
                 request(config.with_local_for(stages))

@@ -448,6 +448,19 @@ def test_a_crashing_local_llm_leaves_the_page_up_and_a_cloud_llm_answering(pw, g
         assert "crashed (SIGSEGV)" in crashed_app.log_since()
 
 
+def heard_row(page: Page, measure: str, shown: re.Pattern):
+    """The #heard-latency row of the page's first ``measure`` figure, once it is filed and shown."""
+    wait_in_page(
+        page,
+        f"__heardLatency.sent.some(([m]) => m === '{measure}')",
+        REPLY_TIMEOUT_MS,
+        f"the page measured no {measure}",
+    )
+    row = page.locator(f"#heard-latency tr[data-measure={measure}]").first
+    expect(row).to_contain_text(shown)
+    return row
+
+
 def test_the_page_measures_the_reply_as_heard_next_to_the_servers_v2v(pw, app, tmp_path):
     """#heard-latency: mic quiet -> bot audible, timed in the page and filed with the turn."""
     silent_mic = quiet_mic(tmp_path)
@@ -459,14 +472,7 @@ def test_the_page_measures_the_reply_as_heard_next_to_the_servers_v2v(pw, app, t
         voiced = np.flatnonzero(np.abs(question) > 1000)
         speech_ends_at = spoke_at + (voiced[-1] - voiced[0]) / SAMPLE_RATE * 1000
 
-        row = page.locator("#heard-latency tr[data-measure=reply]").first
-        wait_in_page(
-            page,
-            "__heardLatency.sent.some(([m]) => m === 'reply')",
-            REPLY_TIMEOUT_MS,
-            "the page measured no reply",
-        )
-        expect(row).to_contain_text(re.compile(r"\d+ ms"))
+        row = heard_row(page, "reply", re.compile(r"\d+ ms"))
         shown = row.inner_text()
         expect(page.locator("#latency-stats")).to_contain_text("heard p50")
         sent = page.evaluate("__heardLatency.sent")
@@ -492,14 +498,7 @@ def test_the_page_measures_a_barge_in_as_heard_next_to_the_servers_stop(pw, app,
     with open_app(pw, app, tmp_path, fake_mic=silent_mic) as page:
         spoke_at = speak_over_a_long_story(page, tmp_path)
 
-        row = page.locator("#heard-latency tr[data-measure=barge-in]").first
-        wait_in_page(
-            page,
-            "__heardLatency.sent.some(([m]) => m === 'barge-in')",
-            REPLY_TIMEOUT_MS,
-            "the page measured no barge-in",
-        )
-        expect(row).to_contain_text(re.compile(r"stop \d+ ms"))
+        row = heard_row(page, "barge-in", re.compile(r"stop \d+ ms"))
         shown = row.inner_text()
         sent = dict(page.evaluate("__heardLatency.sent"))
         horizon_ms = spoke_at + sent.get("barge-in", 0) + 2 * HEARD_STOPPED_GAP_MS

@@ -85,7 +85,7 @@ async def test_once_spent_picking_the_servers_key_again_stays_local_and_says_why
 
 
 async def test_time_spent_outside_the_call_counts_and_can_send_the_call_local():
-    """An A/B run on the server's keys is charged; if that spends the budget, the call goes local."""
+    """An A/B run on the server's keys is charged; spending the budget sends the call local."""
     events, requested = [], []
     meter = budget(10, events)
     meter.charge(4.0)

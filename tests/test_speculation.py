@@ -14,7 +14,10 @@ import wave
 
 import numpy as np
 import pytest
+from pipecat.frames.frames import EagerTranscriptionFrame, InterimTranscriptionFrame
+from pipecat.tests.utils import SleepFrame, run_test
 
+from pipeline.speculation import EagerFromPartials, UserPausedFrame, UserResumedFrame
 from testkit.driver import SessionDriver
 from testkit.fakes.common import Latency
 from testkit.speech import silence, speech_pcm
@@ -177,10 +180,6 @@ async def test_a_streaming_partial_is_offered_again_after_the_user_resumes():
     The strategy withdrew the first speculation when the user resumed, so the
     second pause must offer the partial again, or the turn waits serially.
     """
-    from pipecat.frames.frames import EagerTranscriptionFrame, InterimTranscriptionFrame
-    from pipecat.tests.utils import SleepFrame, run_test
-
-    from pipeline.speculation import EagerFromPartials, UserPausedFrame, UserResumedFrame
 
     def spaced(*frames):
         return [g for f in frames for g in (f, SleepFrame(0.05))]
