@@ -194,6 +194,17 @@ def speech_onset_secs(samples: np.ndarray) -> float:
     return int(np.argmax(np.abs(samples) > 1000)) / SAMPLE_RATE
 
 
+def levels_until(page: Page, horizon_ms: float) -> list[list[float]]:
+    """The probe's levels of the bot's audio, once they reach page time ``horizon_ms``."""
+    wait_in_page(
+        page,
+        f"__voiceProbe.levels.at(-1)[0] > {horizon_ms}",
+        10_000,
+        "the remote audio track stopped being sampled",
+    )
+    return page.evaluate("__voiceProbe.levels")
+
+
 def silence_start(levels: list[list[float]], after_ms: float, gap_ms: float) -> float | None:
     """Page time (ms) the remote audio fell silent for ``gap_ms``, looking from ``after_ms``."""
     last_loud = after_ms
@@ -270,13 +281,7 @@ def test_speaking_over_the_bot_stops_its_audio(pw, app, tmp_path):
             "(interrupted)", timeout=REPLY_TIMEOUT_MS
         )
         horizon_ms = spoke_at + (STOPS_WITHIN_SECS + STOPPED_FOR_SECS) * 1000
-        wait_in_page(
-            page,
-            f"__voiceProbe.levels.at(-1)[0] > {horizon_ms}",
-            10_000,
-            "the remote audio track stopped being sampled",
-        )
-        levels = page.evaluate("__voiceProbe.levels")
+        levels = levels_until(page, horizon_ms)
 
     heard = audible_spans(levels, spoke_at)
     quiet_at = silence_start(levels, spoke_at, STOPPED_FOR_SECS * 1000)
@@ -502,13 +507,7 @@ def test_the_page_measures_a_barge_in_as_heard_next_to_the_servers_stop(pw, app,
         shown = row.inner_text()
         sent = dict(page.evaluate("__heardLatency.sent"))
         horizon_ms = spoke_at + sent.get("barge-in", 0) + 2 * HEARD_STOPPED_GAP_MS
-        wait_in_page(
-            page,
-            f"__voiceProbe.levels.at(-1)[0] > {horizon_ms}",
-            10_000,
-            "the remote audio track stopped being sampled",
-        )
-        levels = page.evaluate("__voiceProbe.levels")
+        levels = levels_until(page, horizon_ms)
 
     assert "barge-in" in sent, sent
     assert f"{sent['barge-in']:.0f} ms" in shown, (shown, sent)
