@@ -76,7 +76,7 @@ class ServerKeyBudget:
                 return
 
     def charge(self, seconds: float) -> None:
-        """Count ``seconds`` spent on the server's keys outside the call (an A/B run)."""
+        """Count ``seconds`` on the server's keys: the call's, tick by tick, or an A/B run's."""
         if self.budget <= 0:
             return
         self.used += seconds

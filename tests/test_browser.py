@@ -501,7 +501,7 @@ def test_the_page_measures_the_reply_as_heard_next_to_the_servers_v2v(pw, app, t
 HEARD_STOPPED_GAP_MS = 400
 
 
-def test_the_page_measures_a_barge_in_as_heard_next_to_the_servers_stop(pw, app, tmp_path):
+def test_the_page_measures_a_barge_in_as_heard_next_to_the_servers_stop(pw, app, groq, tmp_path):
     """#heard-latency: the user's voice onset -> the bot silent, timed in the page."""
     silent_mic = quiet_mic(tmp_path)
     with open_app(pw, app, tmp_path, fake_mic=silent_mic) as page:
@@ -509,6 +509,7 @@ def test_the_page_measures_a_barge_in_as_heard_next_to_the_servers_stop(pw, app,
         # local Piper, sharing two cores with Whisper transcribing the interruption,
         # can fall silent for 0.4 s just as the user starts, and then no one (the
         # page or the probe) can say which silence was the stop.
+        speeches_before = len(groq.requests_to("speech"))
         answer_with_groq(page, "llm", "tts")
         spoke_at = speak_over_a_long_story(page, tmp_path)
 
@@ -519,6 +520,8 @@ def test_the_page_measures_a_barge_in_as_heard_next_to_the_servers_stop(pw, app,
         levels = levels_until(page, horizon_ms)
         busy = page.evaluate("[__heardLatency.longestTickMs, __heardLatency.lostStretches]")
 
+    spoken_by_groq = len(groq.requests_to("speech")) > speeches_before
+    assert spoken_by_groq, "the local TTS told the story, not the Groq fake"
     assert "barge-in" in sent, sent
     assert f"{sent['barge-in']:.0f} ms" in shown, (shown, sent)
     quiet_at = silence_start(levels, spoke_at, HEARD_STOPPED_GAP_MS)
