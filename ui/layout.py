@@ -19,7 +19,7 @@ from pipeline.config import (
 from pipeline.providers.local.models import shared_models
 from pipeline.session import SessionRecords, VoiceSession
 from pipeline.transport import tighten_audio_jitter_buffer
-from ui import export, heard, render, state, views
+from ui import export, heard, render, server, state, views
 from ui.ab import build_ab_panel, wire_ab_panel
 from ui.relay import TurnRelay, relay_wanted
 from ui.settings import build_settings_panel, config_from_settings
@@ -237,6 +237,7 @@ def launch(demo: gr.Blocks, **options) -> None:
         show_api=False,
         max_file_size=MAX_UPLOAD_BYTES,
         prevent_thread_lock=True,
+        app_kwargs=server.app_kwargs(),
         **options,
     )
     demo.server_app.debug = False
