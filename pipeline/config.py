@@ -157,3 +157,41 @@ def trust_forwarded_for() -> bool:
 def tools_allowed() -> bool:
     """Whether this server offers tools at all (``VOICE_LAB_TOOLS=0``: never, whatever the page)."""
     return os.environ.get("VOICE_LAB_TOOLS", "").strip().lower() not in ("0", "false", "no", "off")
+
+
+# -- this process as one worker of several (python -m deploy) ---------------------------------
+
+
+def worker_id() -> str:
+    """The name this process gives itself in responses, logs and health answers.
+
+    ``python -m deploy`` names its workers ``w1``, ``w2``...; a single process is
+    named after its host and port, so two servers on one machine still differ.
+    """
+    named = os.environ.get("VOICE_LAB_WORKER_ID", "").strip()
+    if named:
+        return named
+    import socket
+
+    port = os.environ.get("GRADIO_SERVER_PORT", "7860").strip()
+    return f"{socket.gethostname()}:{port}"
+
+
+def agent_port() -> int | None:
+    """The TCP port where HAProxy's agent-check asks whether this worker takes new visitors."""
+    value = os.environ.get("VOICE_LAB_AGENT_PORT", "").strip()
+    return int(value) if value else None
+
+
+def balancer_cookie() -> str | None:
+    """The cookie the balancer pins a visitor to a worker with (set by ``python -m deploy``).
+
+    A worker that turns a visitor away because it is full expires it, so their
+    next page load is placed on a worker with room.
+    """
+    return os.environ.get("VOICE_LAB_BALANCER_COOKIE", "").strip() or None
+
+
+def access_log() -> bool:
+    """One log line per HTTP request (method, path, status, worker): off unless asked."""
+    return _env_flag("VOICE_LAB_ACCESS_LOG", False)

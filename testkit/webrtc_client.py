@@ -266,7 +266,7 @@ class WebRTCClient:
     def __init__(
         self, http, base_url: str, api: PageApi, name: str = "client", dashboard: bool = True
     ):
-        from aiortc import RTCConfiguration, RTCPeerConnection
+        from aiortc import RTCConfiguration
 
         _loopback_only()
         self.http = http
@@ -276,10 +276,8 @@ class WebRTCClient:
         alphabet = string.ascii_lowercase + string.digits
         self.session_hash = "".join(random.choices(alphabet, k=11))
         self.webrtc_id = "".join(random.choices(alphabet, k=11))
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.mic = _microphone_track_class()()
-        self.pc.addTrack(self.mic)
-        self.channel = self.pc.createDataChannel("text")
+        self._new_peer_connection(RTCConfiguration(iceServers=[]))
         self.heard = Heard()
         self.messages: list[dict] = []
         self.connected = asyncio.Event()
@@ -287,6 +285,8 @@ class WebRTCClient:
         self.outputs_seen = asyncio.Event()
         self.ended: str | None = None
         self.offer_seconds: float | None = None
+        # The worker that served the page (X-Voice-Lab-Worker), once it is loaded.
+        self.page_worker: str | None = None
         self._tasks: list[asyncio.Task] = []
         # False: never start the page's dashboard stream (what the UI rendering costs).
         self._dashboard_started = not dashboard
@@ -298,6 +298,15 @@ class WebRTCClient:
         self.clock_offset = time.time() - time.monotonic()
         self._completed: dict[str, dict] = {}
         self._completion = asyncio.Event()
+        self._page_loaded = False
+
+    def _new_peer_connection(self, configuration) -> None:
+        """The page's RTCPeerConnection: one audio track, the "text" data channel."""
+        from aiortc import RTCPeerConnection
+
+        self.pc = RTCPeerConnection(configuration)
+        self.pc.addTrack(self.mic)
+        self.channel = self.pc.createDataChannel("text")
 
         @self.channel.on("open")
         def _on_open():
@@ -376,11 +385,50 @@ class WebRTCClient:
                         if msg == "close_stream":
                             return
 
-    async def connect(self) -> None:
-        """The page's Record button: ICE config, offer, answer; raises OfferRefused."""
-        from aiortc import RTCSessionDescription
+    async def load_page(self) -> None:
+        """``GET /`` as a browser opening the page does: behind a balancer, it pins the worker.
 
-        status, _config = await self._server_fn("turn", {})
+        HAProxy sets its cookie on this first response; the session's cookie jar
+        sends it with every request after (one jar per visitor: see :func:`http_session`).
+        """
+        async with self.http.get(f"{self.base_url}/") as r:
+            r.raise_for_status()
+            self.page_worker = r.headers.get("X-Voice-Lab-Worker")
+            await r.read()
+        self._page_loaded = True
+
+    async def connect(self) -> None:
+        """The page's Record button: ICE config, offer, answer; raises OfferRefused.
+
+        As the page does, the peer connection takes the ICE servers (a TURN
+        relay) and the transport policy the server's ``turn`` answer names.
+        """
+        from aiortc import (
+            RTCConfiguration,
+            RTCIceServer,
+            RTCIceTransportPolicy,
+            RTCSessionDescription,
+        )
+
+        if not self._page_loaded:
+            await self.load_page()
+        status, config = await self._server_fn("turn", {})
+        servers = config.get("iceServers") if isinstance(config, dict) else None
+        if servers and self._offer_sdp is None:
+            relay_only = config.get("iceTransportPolicy") == "relay"
+            unused = self.pc
+            self._new_peer_connection(
+                RTCConfiguration(
+                    iceServers=[
+                        RTCIceServer(s["urls"], s.get("username"), s.get("credential"))
+                        for s in servers
+                    ],
+                    iceTransportPolicy=RTCIceTransportPolicy.RELAY
+                    if relay_only
+                    else RTCIceTransportPolicy.ALL,
+                )
+            )
+            await unused.close()
         if self._offer_sdp is None:
             await self.pc.setLocalDescription(await self.pc.createOffer())
             self._offer_sdp = self.pc.localDescription.sdp
@@ -570,7 +618,14 @@ class WebRTCClient:
 
 
 def http_session():
-    """An aiohttp session for the clients: never through a proxy (trust_env stays False)."""
+    """An aiohttp session for the clients: never through a proxy (trust_env stays False).
+
+    Its cookie jar is a browser's: behind ``python -m deploy`` a visitor is pinned
+    to a worker by HAProxy's cookie, so each visitor needs a session of its own
+    (aiohttp's default jar refuses cookies from a bare IP address such as 127.0.0.1).
+    """
     import aiohttp
 
-    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=30), cookie_jar=aiohttp.CookieJar(unsafe=True)
+    )

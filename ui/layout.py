@@ -15,13 +15,14 @@ from pipeline.config import (
     max_sessions,
     max_sessions_per_client,
     trust_forwarded_for,
+    worker_id,
 )
 from pipeline.providers.local.models import shared_models
 from pipeline.session import SessionRecords, VoiceSession
 from pipeline.transport import tighten_audio_jitter_buffer
 from ui import export, heard, render, server, state, views
 from ui.ab import build_ab_panel, wire_ab_panel
-from ui.relay import TurnRelay, relay_wanted
+from ui.relay import TurnRelay, relay_policy, relay_source
 from ui.settings import build_settings_panel, config_from_settings
 from ui.webrtc_guard import WebRTCGuard, webrtc_id_of
 
@@ -63,12 +64,14 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
         settings_from_inputs=config_from_settings,
         records=records,
     )
-    relay = TurnRelay().start() if relay_wanted() else None
+    source = relay_source()
+    relay = TurnRelay(source, policy=relay_policy()).start() if source else None
     # Every call's microphone audio reaches the pipeline 60 ms sooner (see its docstring).
     tighten_audio_jitter_buffer()
     css = (ASSETS / "style.css").read_text()
     head = f"<script>{(ASSETS / 'mic_errors.js').read_text()}</script>"
     head += f"<script>{(ASSETS / 'heard_latency.js').read_text()}</script>"
+    head += f"<script>{(ASSETS / 'call_health.js').read_text()}</script>"
     idle = state.SessionState(status="idle")
 
     with gr.Blocks(
@@ -228,7 +231,13 @@ def launch(demo: gr.Blocks, **options) -> None:
     so any exception in a route (an unknown component id, say) answers the
     client with a full traceback. Turning it off once the server runs makes
     Starlette rebuild its error middleware without it.
+
+    The worker's health, its name on every response and HAProxy's agent-check
+    come from :mod:`ui.server`, which reads how full the worker is from the
+    page's WebRTC component.
     """
+    voice = next(block for block in demo.blocks.values() if isinstance(block, WebRTC))
+    status = server.WorkerStatus(voice, worker_id())
     # Everything allocated so far lives as long as the process: out of the cyclic
     # GC's way, a collection then costs ~1-2 ms instead of ~300 ms (see webrtc_guard).
     gc.collect()
@@ -237,9 +246,10 @@ def launch(demo: gr.Blocks, **options) -> None:
         show_api=False,
         max_file_size=MAX_UPLOAD_BYTES,
         prevent_thread_lock=True,
-        app_kwargs=server.app_kwargs(),
+        app_kwargs=server.app_kwargs(status),
         **options,
     )
     demo.server_app.debug = False
     demo.server_app.middleware_stack = None
+    server.serve_worker(status)
     demo.block_thread()

@@ -1,13 +1,20 @@
-"""TURN relay credentials for WebRTC on a Space, fetched without ever blocking start-up.
+"""TURN relay credentials for WebRTC, kept fresh without ever blocking start-up.
 
-Locally no STUN/TURN server is contacted at all. On a Space (``SPACE_ID`` and
-``HF_TOKEN`` set) or with ``VOICE_LAB_TURN=cloudflare``, both the browser and
-the server get TURN credentials through fastrtc's Cloudflare helper.
+Locally no STUN/TURN server is contacted at all. Two kinds of relay:
 
-That call used to run while the page was built: a bad or expired token, the
-endpoint down or no network made ``python app.py`` exit, and the Space
-crash-looped. The credentials were also fetched once for 100 hours and never
-renewed. Now a background thread fetches them, retries with back-off while it
+- **Your own TURN server** (coturn; ``python -m deploy --turn`` runs one):
+  ``VOICE_LAB_TURN_URLS`` lists its ``turn:`` URLs, and either
+  ``VOICE_LAB_TURN_SECRET`` (coturn's ``use-auth-secret``: short-lived
+  credentials made here with the shared secret, the "TURN REST API" scheme) or
+  a fixed ``VOICE_LAB_TURN_USERNAME`` / ``VOICE_LAB_TURN_CREDENTIAL``.
+- **Cloudflare's**, through fastrtc's helper: on a Space (``SPACE_ID`` and
+  ``HF_TOKEN`` set) or with ``VOICE_LAB_TURN=cloudflare``.
+
+Both the browser and the server get the servers. ``VOICE_LAB_TURN_POLICY=relay``
+makes the browser use the relay only (``iceTransportPolicy``): every call is
+relayed, and the browser's own addresses are never offered.
+
+A background thread fetches the credentials, retries with back-off while that
 fails, and renews them well before they expire; until it succeeds the app
 serves without a relay and the page says that visitors behind strict NATs may
 not connect.
@@ -15,11 +22,16 @@ not connect.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
+
+from pipeline import redaction
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +42,42 @@ RETRY_SECS = (2.0, 5.0, 15.0, 30.0, 60.0)
 Fetch = Callable[[int], dict]
 
 
-def relay_wanted() -> bool:
-    return os.environ.get("VOICE_LAB_TURN", "").lower() == "cloudflare" or bool(
+def relay_source() -> Fetch | None:
+    """Where this server's TURN credentials come from (None: no relay)."""
+    urls = [u.strip() for u in os.environ.get("VOICE_LAB_TURN_URLS", "").split(",") if u.strip()]
+    if urls:
+        secret = os.environ.get("VOICE_LAB_TURN_SECRET", "")
+        redaction.remember(secret, os.environ.get("VOICE_LAB_TURN_CREDENTIAL"))
+        if secret:
+            return lambda ttl: shared_secret_credentials(urls, secret, ttl)
+        username = os.environ.get("VOICE_LAB_TURN_USERNAME", "")
+        credential = os.environ.get("VOICE_LAB_TURN_CREDENTIAL", "")
+        return lambda _ttl: {
+            "iceServers": [{"urls": urls, "username": username, "credential": credential}]
+        }
+    if os.environ.get("VOICE_LAB_TURN", "").lower() == "cloudflare" or (
         os.environ.get("SPACE_ID") and os.environ.get("HF_TOKEN")
-    )
+    ):
+        return _fastrtc_fetch
+    return None
+
+
+def shared_secret_credentials(urls: list[str], secret: str, ttl: int) -> dict:
+    """Time-limited TURN credentials for a coturn server run with ``use-auth-secret``.
+
+    The username is the expiry time (Unix seconds); the password is the
+    base64 HMAC-SHA1 of the username under the shared secret, which coturn
+    checks without any call back to us.
+    """
+    username = f"{int(time.time()) + ttl}:voice-lab"
+    digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
+    credential = base64.b64encode(digest).decode()
+    return {"iceServers": [{"urls": urls, "username": username, "credential": credential}]}
+
+
+def relay_policy() -> str | None:
+    """``relay``: the browser uses the relay only (``VOICE_LAB_TURN_POLICY``)."""
+    return "relay" if os.environ.get("VOICE_LAB_TURN_POLICY", "").lower() == "relay" else None
 
 
 def _fastrtc_fetch(ttl: int) -> dict:
@@ -50,8 +94,10 @@ class TurnRelay:
         fetch: Fetch = _fastrtc_fetch,
         ttl: int = TTL_SECS,
         retry_secs: tuple[float, ...] = RETRY_SECS,
+        policy: str | None = None,
     ):
         self._fetch = fetch
+        self._policy = policy
         self._ttl = ttl
         self._retry_secs = retry_secs
         self._lock = threading.Lock()
@@ -106,7 +152,10 @@ class TurnRelay:
 
     def browser_configuration(self) -> dict:
         """What the page's RTCPeerConnection gets: the relay, or nothing while there is none."""
-        return self.servers or {}
+        servers = self.servers
+        if servers is None:
+            return {}
+        return {**servers, "iceTransportPolicy": self._policy} if self._policy else servers
 
     def notice(self) -> str:
         """Plain words for the page while the relay is missing (empty once it works)."""

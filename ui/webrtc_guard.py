@@ -48,6 +48,8 @@ from fastapi.responses import JSONResponse
 from fastrtc import WebRTC
 from fastrtc.utils import AdditionalOutputs, WebRTCData
 
+from pipeline.config import balancer_cookie
+
 log = logging.getLogger(__name__)
 
 # The page makes ids like "a1b2c3d4e5"; anything else is not from our page.
@@ -251,7 +253,7 @@ class WebRTCGuard:
             return refused("connection_already_exists")
         limit = component.concurrency_limit
         if limit is not None and len(component.pcs) >= limit:
-            return refused("concurrency_limit_reached", limit=limit)
+            return _expire_balancer_cookie(refused("concurrency_limit_reached", limit=limit))
         client = self._client_of(request)
         if self._held_by(client) >= self.per_client:
             log.info("refused an offer: this client already holds %d connections", self.per_client)
@@ -303,6 +305,19 @@ class WebRTCGuard:
             connection.stop()
         if pc is not None:
             await pc.close()
+
+
+def _expire_balancer_cookie(response: JSONResponse) -> JSONResponse:
+    """Behind ``python -m deploy``: a visitor this full worker turned away is placed afresh.
+
+    HAProxy pins a visitor to a worker by its cookie, and keeps sending a pinned
+    visitor to a full (drained) worker; without the cookie their next page load
+    goes to a worker with room, if there is one.
+    """
+    cookie = balancer_cookie()
+    if cookie:
+        response.delete_cookie(cookie, path="/")
+    return response
 
 
 def _plausible_sdp(sdp) -> bool:
