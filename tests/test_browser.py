@@ -7,36 +7,38 @@ on the remote track (tests/browser_probe.js) says whether they were audible.
 
 from __future__ import annotations
 
-import base64
 import re
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 from playwright.sync_api import Page, Playwright, expect, sync_playwright
-from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from testkit.app import AppProcess
 from testkit.env import fake_provider_env
 from testkit.fakes.groq import FakeGroq
 from testkit.fakes.native_crash import crashing_llm_runtime
 from testkit.loop import serving_in_thread
-from testkit.speech import SAMPLE_RATE, silence, speech_pcm, write_wav
+from testkit.speech import SAMPLE_RATE, silence, speech_pcm
 from tests.browser_support import (
+    REPLY_TIMEOUT_MS,
     chromium_executable,
-    launch_chromium,
+    mic_wav,
     microphone_button,
+    open_app,
     press_record,
+    quiet_mic,
+    speak,
+    speech_onset_secs,
+    wait_in_page,
+    wait_until_listening,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-# Generous: other CPU-heavy tests may share this machine's two cores.
-REPLY_TIMEOUT_MS = 30_000
 # A fake microphone plays its file from the moment the page opens it, but the
 # session only listens once Record connected it and its pipeline started
 # (~2-3 s here): the question in the file must start later than that.
@@ -91,77 +93,6 @@ def pw() -> Iterator[Playwright]:
         yield playwright
 
 
-@contextmanager
-def open_app(pw: Playwright, app: AppProcess, tmp_path: Path, **chromium) -> Iterator[Page]:
-    """The app's page in a fresh Chromium; on failure, a screenshot and the page's console."""
-    context = launch_chromium(pw, tmp_path / "profile", **chromium)
-    console: list[str] = []
-    try:
-        page = context.pages[0] if context.pages else context.new_page()
-        page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-        page.goto(app.url)
-        try:
-            yield page
-        except BaseException:
-            with suppress(Exception):  # a crashed page must not hide the failure
-                page.screenshot(path=tmp_path / "failure.png")
-                print(f"screenshot: {tmp_path / 'failure.png'}")
-            print("--- browser console ---\n" + "\n".join(console[-100:]))
-            raise
-    finally:
-        context.close()
-
-
-def wait_in_page(page: Page, expression: str, timeout_ms: float, failure: str) -> None:
-    """``page.wait_for_function`` that fails with a sentence instead of a bare timeout."""
-    try:
-        page.wait_for_function(expression, timeout=timeout_ms, polling=50)
-    except PlaywrightTimeout:
-        probe = page.evaluate(
-            "({maxRms: __voiceProbe.maxRms, samples: __voiceProbe.levels.length,"
-            " connections: __voiceProbe.connections.length, error: __voiceProbe.error,"
-            " heard: window.__heardLatency && {sent: __heardLatency.sent,"
-            " longestTickMs: __heardLatency.longestTickMs,"
-            " lostStretches: __heardLatency.lostStretches}})"
-        )
-        pytest.fail(
-            f"{failure} (probe: {probe}; status: {page.inner_text('#status')!r};"
-            f" conversation: {page.inner_text('#conversation')!r})"
-        )
-
-
-def mic_wav(path: Path, *parts: np.ndarray) -> Path:
-    return write_wav(path, np.concatenate(parts), SAMPLE_RATE)
-
-
-def quiet_mic(tmp_path: Path) -> Path:
-    """A microphone file of silence outlasting the test, for tests that speak on cue.
-
-    Chromium's fake device stops sending audio when its file ends, which the
-    server rightly takes for a closed tab.
-    """
-    return mic_wav(tmp_path / "mic.wav", silence(90.0))
-
-
-def wait_until_listening(page: Page) -> float:
-    """Waits for the session to be live; returns seconds since the page opened the mic."""
-    wait_in_page(
-        page,
-        "['listening', 'hearing', 'thinking', 'speaking']"
-        ".includes(document.querySelector('#status [data-status]')?.dataset.status)",
-        REPLY_TIMEOUT_MS,
-        "the session never started listening",
-    )
-    return page.evaluate("performance.now() - __voiceProbe.micOpenedAt") / 1000
-
-
-def speak(page: Page, path: Path, samples: np.ndarray) -> float:
-    """Say ``samples`` into the call now; returns the page time (ms) the words start."""
-    wav = base64.b64encode(mic_wav(path, samples).read_bytes()).decode()
-    page.evaluate("wav => __voiceProbe.speak(wav)", wav)
-    return page.evaluate("__voiceProbe.spokeAt") + speech_onset_secs(samples) * 1000
-
-
 def ask_for_a_long_story(page: Page, tmp_path: Path) -> float:
     """Record, wait until the session listens, then ask for a long reply; returns speak()'s time."""
     press_record(page)
@@ -199,11 +130,6 @@ def speak_over_a_long_story(page: Page, tmp_path: Path) -> float:
     )
     interruption = np.concatenate([speech_pcm("Stop, please wait."), silence(0.5)])
     return speak(page, tmp_path / "stop.wav", interruption)
-
-
-def speech_onset_secs(samples: np.ndarray) -> float:
-    """Where the words start in a Piper clip (it begins with a little silence)."""
-    return int(np.argmax(np.abs(samples) > 1000)) / SAMPLE_RATE
 
 
 def levels_until(page: Page, horizon_ms: float) -> list[list[float]]:
