@@ -29,7 +29,7 @@ from pathlib import Path
 
 from deploy import coturn, haproxy
 from deploy.launcher import DeployError, Deployment, Options
-from deploy.processes import Child, StartFailed, http_ok, wait_until
+from deploy.processes import Child, StartFailed, find_program, http_ok, wait_until
 
 
 def _cores() -> int:
@@ -182,7 +182,7 @@ def run_balancer(args: argparse.Namespace) -> int:
     path = run_dir / "haproxy.cfg"
     path.write_text(config)
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    balancer = Child("haproxy", ["haproxy", "-db", "-f", str(path)])
+    balancer = Child("haproxy", [find_program("haproxy") or "haproxy", "-db", "-f", str(path)])
     try:
         balancer.start()
         host = "127.0.0.1" if args.host == "0.0.0.0" else args.host

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy import coturn, haproxy
-from deploy.processes import Child, StartFailed, http_ok, wait_until
+from deploy.processes import Child, StartFailed, find_program, http_ok, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 # Loading and warming the models takes ~10 s alone; far longer on a busy machine.
@@ -105,7 +105,7 @@ class Deployment:
 
     def start(self) -> None:
         options = self.options
-        if shutil.which("haproxy") is None:
+        if find_program("haproxy") is None:
             raise DeployError("HAProxy is not installed: apt-get install haproxy (Debian/Ubuntu).")
         if _port_taken(options.host, options.port):
             raise DeployError(f"Port {options.port} on {options.host} is already in use.")
@@ -152,11 +152,12 @@ class Deployment:
         return Worker(name, port, agent_port, child)
 
     def _start_relay(self, turn: coturn.TurnServer) -> None:
-        if shutil.which("turnserver") is None:
+        turnserver = find_program("turnserver")
+        if turnserver is None:
             raise DeployError("coturn is not installed: apt-get install coturn (Debian/Ubuntu).")
         config = self.run_dir / "turnserver.conf"
         config.write_text(coturn.configuration(turn, self.run_dir))
-        self.relay = Child("turn", ["turnserver", "-c", str(config)], echo=self.echo).start()
+        self.relay = Child("turn", [turnserver, "-c", str(config)], echo=self.echo).start()
         wait_until(
             lambda: _port_taken(turn.listen_ip, turn.port),
             self.relay,
@@ -183,12 +184,13 @@ class Deployment:
                 log_requests=options.log_requests,
             )
         )
+        program = find_program("haproxy") or "haproxy"
         check = subprocess.run(
-            ["haproxy", "-c", "-q", "-f", str(config)], capture_output=True, text=True
+            [program, "-c", "-q", "-f", str(config)], capture_output=True, text=True
         )
         if check.returncode != 0:
             raise DeployError(f"HAProxy refused its configuration:\n{check.stdout}{check.stderr}")
-        self.balancer = Child("haproxy", ["haproxy", "-db", "-f", str(config)], echo=self.echo)
+        self.balancer = Child("haproxy", [program, "-db", "-f", str(config)], echo=self.echo)
         self.balancer.start()
         host = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
         host = f"[{host}]" if ":" in host else host

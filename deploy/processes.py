@@ -103,6 +103,11 @@ class Child:
         return "\n".join(list(self.tail)[-n:])
 
 
+def find_program(name: str) -> str | None:
+    """``name`` on the PATH, or in the sbin folders a normal user's PATH may lack (HAProxy)."""
+    return shutil.which(name) or shutil.which(name, path="/usr/local/sbin:/usr/sbin:/sbin")
+
+
 def _dies_with_parent(argv: list[str]) -> list[str]:
     """``argv`` run so that it gets SIGTERM when the launcher dies (Linux, util-linux)."""
     setpriv = shutil.which("setpriv")

@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
-# Install everything the tests need into .venv (and Chromium, for the browser tests), then run them.
+# Install everything the tests need into .venv (and the Debian packages they drive), then run them.
 # Usage: bash tests/run.sh [pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v chromium >/dev/null 2>&1; then
+# Debian packages the tests drive for real: Chromium (browser tests), HAProxy and coturn
+# (python -m deploy). Installed if any is missing (needs root or sudo).
+packages="chromium haproxy coturn"
+missing=""
+for tool in chromium haproxy turnserver; do
+  # haproxy lives in /usr/sbin, which a normal user's PATH may lack.
+  command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing=yes
+done
+if [ -n "$missing" ]; then
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -q && apt-get install -y -q chromium
+    apt-get update -q && apt-get install -y -q $packages
   elif command -v sudo >/dev/null 2>&1; then
-    sudo apt-get update -q && sudo apt-get install -y -q chromium
+    sudo apt-get update -q && sudo apt-get install -y -q $packages
   else
-    echo "Chromium is needed for the browser tests: install the 'chromium' package." >&2
+    echo "The tests need Debian's $packages packages: install them first." >&2
     exit 1
   fi
 fi

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from deploy import haproxy
+from deploy.processes import find_program
 from testkit.app import free_port
 from testkit.deploy import DeployProcess, bound_ports
 from testkit.webrtc_client import WebRTCClient, http_session, page_api, question_audio
@@ -92,7 +93,9 @@ def test_the_balancer_configuration_is_valid_for_haproxy(tmp_path: Path):
     for run_dir in (None, tmp_path):
         config = tmp_path / "haproxy.cfg"
         config.write_text(haproxy.configuration(servers, bind="127.0.0.1:7860", run_dir=run_dir))
-        check = subprocess.run(["haproxy", "-c", "-f", str(config)], capture_output=True, text=True)
+        check = subprocess.run(
+            [find_program("haproxy"), "-c", "-f", str(config)], capture_output=True, text=True
+        )
         assert check.returncode == 0, check.stdout + check.stderr
     text = config.read_text()
     assert "cookie VOICE_LAB_WORKER insert" in text and "agent-port 7961" in text
