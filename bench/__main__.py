@@ -53,6 +53,13 @@ def _levels(text: str) -> list[int]:
     return levels
 
 
+def _worker_counts(text: str) -> list[int]:
+    counts = [int(part) for part in text.split(",") if part.strip()]
+    if not counts or min(counts) < 0:
+        raise argparse.ArgumentTypeError("--workers takes counts such as 0 or 0,2")
+    return counts
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
@@ -89,8 +96,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, help="write the full result here")
     parser.add_argument("--html", type=Path, help="write a self-contained HTML report here")
+    parser.add_argument(
+        "--url",
+        help="aim the sessions at a running deployment over WebRTC instead (as webrtc --url)",
+    )
     _add_webrtc_modes(parser)
     args = parser.parse_args(argv)
+    if args.mode is None and args.url:
+        args.mode, args.workers, args.baseline = "webrtc", [0], False
     if args.quick and args.mode is None:
         args.turns = QUICK_TURNS
     if args.mode in (None, "webrtc") and (args.sessions < 1 or args.turns < 1):
@@ -113,6 +126,19 @@ def _add_webrtc_modes(parser: argparse.ArgumentParser) -> None:
     webrtc.add_argument("--sessions", type=int, default=1, help="concurrent visitors")
     webrtc.add_argument("--turns", type=int, default=3, help="questions per visitor")
     webrtc.add_argument("--no-dashboard", action="store_true", help="never render the page")
+    webrtc.add_argument(
+        "--workers",
+        type=_worker_counts,
+        default=[0],
+        help="0: one python app.py; N: python -m deploy with N workers behind HAProxy;"
+        " a list (0,2) runs each in turn, same utterances, and compares them",
+    )
+    webrtc.add_argument(
+        "--baseline",
+        action="store_true",
+        help="first, one session on one process: the single-session p95 to compare with",
+    )
+    webrtc.add_argument("--url", help="a running deployment to aim the sessions at (as it runs)")
     startup = modes.add_parser("startup", help="seconds from launch to models ready and HTTP 200")
     refusal = modes.add_parser(
         "refusal", help="a visitor beyond VOICE_LAB_MAX_SESSIONS is refused; the others answered"
@@ -203,16 +229,32 @@ async def _webrtc_mode(args: argparse.Namespace) -> dict:
     """One of the modes against ``python app.py``; prints its result and returns it."""
     from bench.webrtc import (
         check_refusal,
+        compare_runs,
+        format_comparison,
         format_scenario,
         measure_app_startup,
         run_webrtc_scenario,
     )
 
     if args.mode == "webrtc":
-        result = await run_webrtc_scenario(
-            args.profile, args.sessions, args.turns, dashboard=not args.no_dashboard
-        )
-        print(format_scenario(result))
+        runs = []
+        plan = [(1, 0)] if args.baseline else []
+        plan += [(args.sessions, workers) for workers in args.workers]
+        for sessions, workers in plan if args.url is None else [(args.sessions, 0)]:
+            runs.append(
+                await run_webrtc_scenario(
+                    args.profile,
+                    sessions,
+                    args.turns,
+                    dashboard=not args.no_dashboard,
+                    workers=workers,
+                    url=args.url,
+                )
+            )
+            print(format_scenario(runs[-1]) + "\n", flush=True)
+        result = runs[0] if len(runs) == 1 else {"runs": runs, "comparison": compare_runs(runs)}
+        if len(runs) > 1:
+            print(format_comparison(result["comparison"]))
     elif args.mode == "startup":
         result = await measure_app_startup()
         print(json.dumps(result, indent=2))

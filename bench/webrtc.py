@@ -56,12 +56,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import os
+import tempfile
+import threading
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
+import psutil
 
 from bench.cloudsim import STREAMING_STT, CloudFakes
 from bench.figures import (
@@ -73,8 +79,9 @@ from bench.figures import (
     server_replies,
     summarize,
 )
-from bench.scenarios import QUESTIONS
+from bench.scenarios import BARGE_IN_AFTER_SECS, INTERRUPTION, LONG_QUESTION, QUESTIONS
 from testkit.app import AppProcess
+from testkit.deploy import DeployProcess
 from testkit.webrtc_client import (
     AUDIBLE_RMS,
     CONNECT_TIMEOUT,
@@ -131,12 +138,14 @@ async def _run_client(
     questions: list[tuple[str, np.ndarray]],
     stagger: float = 0.0,
     stt: str | None = None,
+    barge_in: tuple[str, np.ndarray, np.ndarray] | None = None,
 ) -> dict:
     result: dict[str, Any] = {"name": client.name, "webrtc_id": client.webrtc_id}
     if stt is not None:  # as a visitor picks it in the page before pressing Record
         await client.pick_stt(stt)
     started = time.monotonic()
     await client.connect()
+    result["worker"] = client.page_worker
     result["connect_seconds"] = time.monotonic() - started
     result["offer_seconds"] = client.offer_seconds
     result["codec"] = client.codec
@@ -148,6 +157,8 @@ async def _run_client(
     for text, audio in questions:
         turns.append(heard_figures(await client.turn(text, audio)))
         await client.pause(PAUSE_BETWEEN_TURNS_SECS)
+    if barge_in is not None:
+        result["barge_in"] = await client.barge_in(*barge_in, after_secs=BARGE_IN_AFTER_SECS)
     result["turns"] = await _with_server_figures(client, turns)
     result["late_mic_frames"] = client.mic.late_frames
     result["queue_messages"] = dict(client.queue_messages)
@@ -183,13 +194,118 @@ def mouth_to_ear_figures(turns: list[dict]) -> dict:
     }
 
 
+@dataclass
+class Servers:
+    """What the clients talk to: its URL, and its processes by name (none known for a URL)."""
+
+    url: str
+    kind: str
+    pids: dict[str, int] = field(default_factory=dict)
+    log: str | None = None
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    extra_env: dict[str, str], sessions: int, workers: int = 0, url: str | None = None
+):
+    """The server side of a run: ``url`` as it is, ``python app.py``, or ``python -m deploy``.
+
+    ``workers=0`` is one ``python app.py``; ``workers=N`` is N of them behind
+    HAProxy (``python -m deploy``), each allowed a share of the sessions with a
+    little room (HAProxy's least-connections placement is not exact).
+    """
+    if url is not None:
+        yield Servers(url.rstrip("/"), f"a deployment at {url}")
+    elif workers == 0:
+        async with AppProcess(max_sessions=max(sessions, 4), extra_env=extra_env) as app:
+            yield Servers(app.url, "1 process", {"app": app.process.pid}, str(app.log_path))
+    else:
+        per_worker = max(4, math.ceil(sessions / workers) + 2)
+        log = Path(tempfile.gettempdir()) / f"voice-lab-bench-deploy-{os.getpid()}.log"
+        async with DeployProcess(
+            workers, max_sessions=per_worker, extra_env=extra_env, log_path=log
+        ) as deploy:
+            pids = {name: w["pid"] for name, w in deploy.workers.items()}
+            yield Servers(deploy.url, f"{workers} workers behind HAProxy", pids, str(log))
+
+
+class ServerUsage:
+    """CPU seconds and peak RSS of each server process (with its children) while talking."""
+
+    def __init__(self, pids: dict[str, int], every: float = 0.5):
+        self.pids = pids
+        self.every = every
+        self.peak_mb: dict[str, float] = dict.fromkeys(pids, 0.0)
+        self._cpu_before = {name: _tree_cpu(pid) for name, pid in pids.items()}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="server-usage", daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            for name, pid in self.pids.items():
+                self.peak_mb[name] = max(self.peak_mb[name], _tree_rss_mb(pid))
+            self._stop.wait(self.every)
+
+    def stop(self) -> dict[str, dict]:
+        self._stop.set()
+        self._thread.join()
+        return {
+            name: {
+                "cpu_seconds": None
+                if (after := _tree_cpu(pid)) is None or self._cpu_before[name] is None
+                else after - self._cpu_before[name],
+                "peak_rss_mb": self.peak_mb[name],
+            }
+            for name, pid in self.pids.items()
+        }
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _tree_cpu(pid: int) -> float | None:
+    total = None
+    for process in _tree(pid):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total = (total or 0.0) + times.user + times.system
+    return total
+
+
+def _tree_rss_mb(pid: int) -> float:
+    total = 0
+    for process in _tree(pid):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += process.memory_info().rss
+    return total / 2**20
+
+
 async def run_webrtc_scenario(
-    profile: str, sessions: int, turns: int, *, dashboard: bool = True
+    profile: str,
+    sessions: int,
+    turns: int,
+    *,
+    dashboard: bool = True,
+    workers: int = 0,
+    url: str | None = None,
 ) -> dict:
-    """``sessions`` aiortc clients talk ``turns`` turns each to ``python app.py``.
+    """``sessions`` aiortc clients talk ``turns`` turns each to the server.
+
+    The server is ``python app.py`` (``workers=0``), ``python -m deploy`` with
+    ``workers`` workers behind HAProxy, or a running deployment at ``url``
+    (then ``profile`` only names it: the deployment runs what it runs). With
+    ``turns >= 2`` the last turn asks for a long story and talks over it 1 s in
+    (the headless benchmark's barge-in), timed as the client hears it.
 
     Returns ``{"profile", "sessions", "turns", "voice_to_voice_client": {median,
-    p95, max, n}, "per_session": [...], "underruns": {...}, "machine": {...}}``.
+    p95, max, n}, "barge_in_stop", "per_session": [...], "underruns": {...},
+    "servers": {name: {cpu_seconds, peak_rss_mb}}, "machine": {...}}``.
     ``voice_to_voice_client`` is last speech frame sent -> first audible reply
     frame decoded, as the client hears it. The headless benchmark's
     ``first_audio`` (``python -m bench``) is the same measurement without the
@@ -202,39 +318,52 @@ async def run_webrtc_scenario(
     folds events into state but renders nothing either).
     """
     load_before = os.getloadavg()
-    questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(turns)]
+    asked = turns - 1 if turns >= 2 else turns
+    questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(asked)]
     # Synthesised up front: a microphone does not pause between turns.
     audio = {q: question_audio(q) for q in questions}
+    barge_in = (
+        (LONG_QUESTION, question_audio(LONG_QUESTION), question_audio(INTERRUPTION))
+        if turns >= 2
+        else None
+    )
     providers: dict[str, Any] = {}
-    async with _profile_env(profile) as (extra_env, fakes):
-        async with (
-            AppProcess(max_sessions=max(sessions, 4), extra_env=extra_env) as app,
-            http_session() as http,
-        ):
-            api = await page_api(http, app.url)
-            clients = [
-                WebRTCClient(http, app.url, api, name=f"session-{i + 1}", dashboard=dashboard)
-                for i in range(sessions)
-            ]
-            cpu_before = (cpu_seconds(), cpu_seconds(app.process.pid))
-            talk_started = time.monotonic()
-            try:
-                # Different questions per session, so replies do not line up by accident.
-                outcomes = await asyncio.gather(
-                    *(
-                        _run_client(
-                            c,
-                            [(q, audio[q]) for q in _rotate(questions, i)],
-                            stagger=i * STAGGER_SECS,
-                            stt=STREAMING_STT[0] if profile == "cloud-sim-streaming" else None,
-                        )
-                        for i, c in enumerate(clients)
-                    ),
-                    return_exceptions=True,
-                )
-            finally:
-                cpu = _cpu_usage(cpu_before, app, talk_started)
-                await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+    async with (
+        _profile_env(profile if url is None else "local") as (extra_env, fakes),
+        serving(extra_env, sessions, workers, url) as servers,
+        contextlib.AsyncExitStack() as https,
+    ):
+        http = [await https.enter_async_context(http_session()) for _ in range(sessions)]
+        api = await page_api(http[0], servers.url)
+        clients = [
+            WebRTCClient(h, servers.url, api, name=f"session-{i + 1}", dashboard=dashboard)
+            for i, h in enumerate(http)
+        ]
+        usage = ServerUsage(servers.pids)
+        client_cpu_before = cpu_seconds()
+        talk_started = time.monotonic()
+        try:
+            # Different questions per session, so replies do not line up by accident.
+            outcomes = await asyncio.gather(
+                *(
+                    _run_client(
+                        c,
+                        [(q, audio[q]) for q in _rotate(questions, i)],
+                        stagger=i * STAGGER_SECS,
+                        stt=STREAMING_STT[0] if profile == "cloud-sim-streaming" else None,
+                        barge_in=barge_in,
+                    )
+                    for i, c in enumerate(clients)
+                ),
+                return_exceptions=True,
+            )
+        finally:
+            cpu = {
+                "wall_seconds": time.monotonic() - talk_started,
+                "client_seconds": cpu_seconds() - client_cpu_before,
+                "servers": usage.stop(),
+            }
+            await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
         if fakes:  # proof the app ran on the (fake) cloud providers, not locally
             providers = {
                 "groq_requests": {k: v["ok"] for k, v in fakes.groq.stats.items()},
@@ -252,14 +381,23 @@ async def run_webrtc_scenario(
     for s in per_session:
         figures = [t["voice_to_voice"] for t in s.get("turns", []) if t.get("voice_to_voice")]
         s["voice_to_voice_client"] = summarize(figures)
+    barge_ins = [s["barge_in"] for s in per_session if "barge_in" in s]
+    workers_used: dict[str, int] = {}
+    for s in per_session:
+        if s.get("worker"):
+            workers_used[s["worker"]] = workers_used.get(s["worker"], 0) + 1
     return {
         "profile": profile,
+        "server": servers.kind,
         "sessions": sessions,
         "turns": turns,
         "dashboard": dashboard,
         "voice_to_voice_client": summarize(v2v),
+        "barge_in_stop": summarize([b.get("barge_in_stop") for b in barge_ins]),
         **mouth_to_ear_figures(all_turns),
         "unanswered_turns": sum(1 for t in all_turns if t.get("voice_to_voice") is None),
+        "sessions_failed": sum(1 for s in per_session if "error" in s),
+        "sessions_per_worker": workers_used,
         "per_session": per_session,
         "underruns": {
             "count": sum(t.get("underruns", 0) for t in all_turns),
@@ -271,22 +409,12 @@ async def run_webrtc_scenario(
         "providers": providers,
         "cpu": cpu,
         "audible_rms_threshold": AUDIBLE_RMS,
-        "app_log": str(app.log_path),
+        "app_log": servers.log,
         "machine": {
             "loadavg_before": load_before,
             "loadavg_after": os.getloadavg(),
             "cpus": os.cpu_count(),
         },
-    }
-
-
-def _cpu_usage(before: tuple, app: AppProcess, since: float) -> dict:
-    """CPU seconds the clients (this process, fakes included) and the app used while talking."""
-    client, server = cpu_seconds(), cpu_seconds(app.process.pid)
-    return {
-        "wall_seconds": time.monotonic() - since,
-        "client_seconds": client - before[0],
-        "app_seconds": None if server is None or before[1] is None else server - before[1],
     }
 
 
@@ -406,16 +534,86 @@ def format_scenario(result: dict) -> str:
         line("heard minus server", result["heard_minus_server"]),
         *(line(f"  {part}", figures) for part, figures in result["heard_parts"].items()),
     ]
+    servers = [
+        f"  {name}: CPU {u['cpu_seconds']:.1f} s, peak RSS {u['peak_rss_mb']:.0f} MB"
+        if u["cpu_seconds"] is not None
+        else f"  {name}: gone before the end"
+        for name, u in result["cpu"]["servers"].items()
+    ]
+    placed = ", ".join(f"{w} {n}" for w, n in sorted(result["sessions_per_worker"].items()))
     return "\n".join(
         [
-            f"webrtc {result['profile']}: {result['sessions']} session(s) x {result['turns']} "
-            f"turn(s), answered {v2v['n']}, unanswered {result['unanswered_turns']}",
+            f"webrtc {result['profile']} on {result['server']}: {result['sessions']} session(s) x "
+            f"{result['turns']} turn(s), answered {v2v['n']}, unanswered "
+            f"{result['unanswered_turns']}, sessions failed {result['sessions_failed']}"
+            + (f" (placed: {placed})" if placed else ""),
             f"voice-to-voice (client) median {ms(v2v['median'])}  p95 {ms(v2v['p95'])}  "
             f"max {ms(v2v['max'])}",
+            line("barge-in stop (client)", result["barge_in_stop"]),
             *ear,
             f"underruns {under['count']} ({under['stalled_seconds']:.2f} s stalled over "
             f"{under['reply_seconds']:.1f} s of replies), arrival gaps >100 ms "
             f"{under['arrival_gaps_over_100ms']}",
+            f"CPU: clients {result['cpu']['client_seconds']:.1f} s over "
+            f"{result['cpu']['wall_seconds']:.0f} s",
+            *servers,
             f"load avg before {load['loadavg_before'][0]:.2f} after {load['loadavg_after'][0]:.2f}",
         ]
     )
+
+
+def compare_runs(runs: list[dict]) -> dict:
+    """Side by side: each run's V2V, barge-in, underruns and server use, against the first.
+
+    The first run is the baseline (one session on one process, with ``--baseline``):
+    ``v2v_p95_over_baseline`` is the target's "p95 within 15 % of one session".
+    """
+    base = runs[0]["voice_to_voice_client"]["p95"]
+    rows = []
+    for run in runs:
+        v2v = run["voice_to_voice_client"]
+        servers = run["cpu"]["servers"]
+        cpu = [u["cpu_seconds"] for u in servers.values() if u["cpu_seconds"] is not None]
+        rows.append(
+            {
+                "server": run["server"],
+                "sessions": run["sessions"],
+                "v2v_median": v2v["median"],
+                "v2v_p95": v2v["p95"],
+                "v2v_p95_over_baseline": None
+                if not base or v2v["p95"] is None
+                else v2v["p95"] / base - 1,
+                "barge_in_stop_p95": run["barge_in_stop"]["p95"],
+                "underruns": run["underruns"]["count"],
+                "stalled_seconds": run["underruns"]["stalled_seconds"],
+                "unanswered_turns": run["unanswered_turns"],
+                "server_cpu_seconds": sum(cpu) if cpu else None,
+                "server_cpu_per_session": sum(cpu) / run["sessions"] if cpu else None,
+                "per_worker": servers,
+            }
+        )
+    return {"baseline": runs[0]["server"] + f", {runs[0]['sessions']} session(s)", "rows": rows}
+
+
+def format_comparison(comparison: dict) -> str:
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value * 1000:.0f}"
+
+    lines = [
+        f"{'server':<28} {'sess':>4} {'V2V p50':>8} {'p95':>6} {'vs base':>8} {'stop p95':>8}"
+        f" {'underruns':>9} {'CPU/sess':>8}  per worker (CPU s, peak RSS MB)"
+    ]
+    for row in comparison["rows"]:
+        over = row["v2v_p95_over_baseline"]
+        per_worker = ", ".join(
+            f"{name} {u['cpu_seconds'] or 0:.0f}/{u['peak_rss_mb']:.0f}"
+            for name, u in row["per_worker"].items()
+        )
+        cpu = row["server_cpu_per_session"]
+        lines.append(
+            f"{row['server']:<28} {row['sessions']:>4} {ms(row['v2v_median']):>8}"
+            f" {ms(row['v2v_p95']):>6} {'-' if over is None else f'{over:+.0%}':>8}"
+            f" {ms(row['barge_in_stop_p95']):>8} {row['underruns']:>9}"
+            f" {'-' if cpu is None else f'{cpu:.2f} s':>8}  {per_worker}"
+        )
+    return "\n".join(lines)

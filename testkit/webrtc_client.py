@@ -67,6 +67,9 @@ CONNECT_TIMEOUT = 30.0
 EXPORT_BUTTON = "export-button"
 # A microphone sample above this (int16) is voice: the end of a question is its last one.
 VOICE_LEVEL = 300
+# Quiet this long after an interrupted reply's last audible frame: it stopped (the
+# answer to the interruption is further off).
+BARGE_IN_QUIET_SECS = 0.3
 
 
 def _loopback_only() -> None:
@@ -240,6 +243,11 @@ PAGE_MESSAGES = {
     "concurrency_limit_reached": "Too many concurrent connections. Please try again later!",
     "connection_already_exists": "Connection already exists",
 }
+
+
+def _voice_onset_secs(audio: np.ndarray) -> float:
+    loud = np.flatnonzero(np.abs(audio) > VOICE_LEVEL)
+    return loud[0] / SAMPLE_RATE if len(loud) else 0.0
 
 
 def _trailing_silence_secs(audio: np.ndarray) -> float:
@@ -562,6 +570,63 @@ class WebRTCClient:
             "reply_seconds": len(reply) * FRAME_SECS,
             "reply_arrivals": reply,
         }
+
+    async def barge_in(
+        self,
+        question: str,
+        audio: np.ndarray,
+        interruption: np.ndarray,
+        after_secs: float = 1.0,
+        timeout: float = TURN_TIMEOUT,
+    ) -> dict:
+        """Ask for a long answer, speak ``interruption`` over it ``after_secs`` in, time the stop.
+
+        ``barge_in_stop`` runs from the interruption's voice onset leaving the
+        microphone to the end of the last audible frame of the interrupted reply
+        received (the first one followed by ``BARGE_IN_QUIET_SECS`` of quiet: the
+        answer to the interruption comes later). None when the reply never came
+        or ended before the interruption.
+        """
+        start_index = len(self.heard.frames)
+        spoken_until = await self.mic.say(audio)
+        deadline = spoken_until + timeout
+        first_index = None
+        while first_index is None:
+            first_index = self.heard.first_audible_sent_after(spoken_until, start_index)
+            if first_index is None:
+                if time.monotonic() > deadline or self.ended is not None:
+                    return {"question": question, "barge_in_stop": None, "ended": self.ended}
+                await self._wait_frames(0.1)
+        first = self.heard.frames[first_index][0]
+        await asyncio.sleep(max(0.0, first + after_secs - time.monotonic()))
+        if time.monotonic() - (self.heard.last_audible(first_index) or first) > BARGE_IN_QUIET_SECS:
+            return {"question": question, "barge_in_stop": None, "error": "the reply had ended"}
+        said_at = time.monotonic()
+        onset = said_at + _voice_onset_secs(interruption)
+        spoken = self.mic.say(interruption)
+        stopped = None
+        while time.monotonic() < deadline:
+            stopped = self._reply_stop(onset - BARGE_IN_QUIET_SECS)
+            if stopped is not None and time.monotonic() - stopped >= BARGE_IN_QUIET_SECS:
+                break
+            await self._wait_frames(0.1)
+        await spoken
+        return {
+            "question": question,
+            "voice_to_voice": first - spoken_until,
+            "barge_in_stop": None if stopped is None else max(0.0, stopped - onset),
+        }
+
+    def _reply_stop(self, since: float) -> float | None:
+        """The end of the reply playing at ``since``: its last audible frame before a gap."""
+        stopped = None
+        for arrival, rms in self.heard.frames:
+            if arrival < since or rms < AUDIBLE_RMS:
+                continue
+            if stopped is not None and arrival - stopped > BARGE_IN_QUIET_SECS:
+                break
+            stopped = arrival + FRAME_SECS
+        return stopped
 
     def _wall(self, monotonic: float | None) -> float | None:
         return None if monotonic is None else monotonic + self.clock_offset
