@@ -139,6 +139,9 @@ def _add_webrtc_modes(parser: argparse.ArgumentParser) -> None:
         help="first, one session on one process: the single-session p95 to compare with",
     )
     webrtc.add_argument("--url", help="a running deployment to aim the sessions at (as it runs)")
+    webrtc.add_argument(
+        "--sweep", type=_levels, help="run at each of these concurrencies instead of --sessions"
+    )
     startup = modes.add_parser("startup", help="seconds from launch to models ready and HTTP 200")
     refusal = modes.add_parser(
         "refusal", help="a visitor beyond VOICE_LAB_MAX_SESSIONS is refused; the others answered"
@@ -239,8 +242,12 @@ async def _webrtc_mode(args: argparse.Namespace) -> dict:
     if args.mode == "webrtc":
         runs = []
         plan = [(1, 0)] if args.baseline else []
-        plan += [(args.sessions, workers) for workers in args.workers]
-        for sessions, workers in plan if args.url is None else [(args.sessions, 0)]:
+        levels = args.sweep or [args.sessions]
+        if args.url is None:
+            plan += [(level, workers) for level in levels for workers in args.workers]
+        else:
+            plan = [(level, 0) for level in levels]
+        for sessions, workers in plan:
             runs.append(
                 await run_webrtc_scenario(
                     args.profile,
