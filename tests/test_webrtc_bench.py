@@ -54,3 +54,25 @@ def test_a_visitor_over_the_limit_is_refused_at_once_and_the_others_carry_on(tmp
     assert first["reply_seconds"] > 0.3
     # Once the first visitor leaves, the refused one gets in.
     assert result["after_release"]["admitted"], result["after_release"]
+
+
+def test_sessions_through_the_balancer_spread_over_the_workers_and_time_a_barge_in(tmp_path):
+    """``--workers 2``: python -m deploy (HAProxy, two workers) on the cloud-sim fakes."""
+    out = tmp_path / "deploy.json"
+    run = run_bench(
+        "webrtc",
+        *("--profile", "cloud-sim", "--sessions", "2", "--turns", "2", "--workers", "2"),
+        *("--json", str(out)),
+        timeout=600,
+    )
+    assert "2 workers behind HAProxy" in run.stdout
+    result = json.loads(out.read_text())
+
+    assert result["sessions_per_worker"] == {"w1": 1, "w2": 1}, result["sessions_per_worker"]
+    assert result["unanswered_turns"] == 0 and result["sessions_failed"] == 0
+    assert result["providers"]["groq_requests"], "the workers did not use the (fake) cloud"
+    stops = result["barge_in_stop"]
+    assert stops["n"] == 2 and 0 < stops["median"] < 5, stops
+    workers = result["cpu"]["servers"]
+    assert set(workers) == {"w1", "w2"}
+    assert all(w["cpu_seconds"] > 0 and w["peak_rss_mb"] > 100 for w in workers.values()), workers
