@@ -7,14 +7,20 @@ speaking the page's protocol, and headless Chromium in tests/test_deploy_browser
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import signal
+import socket
+import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from deploy import haproxy
 from deploy.processes import find_program
-from testkit.app import free_port
+from testkit.app import AppProcess, free_port
 from testkit.deploy import DeployProcess, bound_ports
 from testkit.webrtc_client import WebRTCClient, http_session, page_api, question_audio
 
@@ -87,8 +93,6 @@ def test_a_worker_that_fails_to_start_stops_everything(tmp_path: Path):
 
 def test_the_balancer_configuration_is_valid_for_haproxy(tmp_path: Path):
     """What ``python -m deploy balancer --print-config`` gives a team's own HAProxy."""
-    import subprocess
-
     servers = [haproxy.Server("w1", "10.0.0.11", 7861, 7961), haproxy.Server("w2", "::1", 7861)]
     for run_dir in (None, tmp_path):
         config = tmp_path / "haproxy.cfg"
@@ -100,3 +104,37 @@ def test_the_balancer_configuration_is_valid_for_haproxy(tmp_path: Path):
     text = config.read_text()
     assert "cookie VOICE_LAB_WORKER insert" in text and "agent-port 7961" in text
     assert "server w2 [::1]:7861 cookie w2\n" in text
+
+
+def _agent_answer(port: int) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as agent:
+        return agent.recv(100).decode()
+
+
+async def test_a_draining_worker_finishes_its_call_then_exits(tmp_path: Path):
+    """SIGUSR1 (a rolling restart's first step): no new visitors, the call goes on, then exit."""
+    agent_port = free_port()
+    app = AppProcess(
+        tmp_path / "app.log", max_sessions=2, extra_env={"VOICE_LAB_AGENT_PORT": str(agent_port)}
+    )
+    async with app, http_session() as http:
+        visitor = WebRTCClient(http, app.url, await page_api(http, app.url), "caller")
+        try:
+            await visitor.connect()
+            await visitor.wait_until_live()
+            assert _agent_answer(agent_port) == "ready 50%\n"  # one of two slots taken
+
+            os.kill(app.process.pid, signal.SIGUSR1)
+            with urllib.request.urlopen(app.url + "/health", timeout=5) as r:
+                health = json.loads(r.read())
+            assert health["draining"] and not health["accepting"], health
+            assert _agent_answer(agent_port) == "drain\n"
+
+            heard = await visitor.turn(QUESTION, question_audio(QUESTION))
+            assert heard["voice_to_voice"] is not None, f"the call did not go on: {heard}"
+            assert app.process.poll() is None, "the worker left before its call ended"
+        finally:
+            await visitor.close()
+        code = await asyncio.to_thread(app.process.wait, 30)
+    assert code == -signal.SIGTERM, app.log_tail()
+    assert "drained (0 call(s) left): exiting" in app.log_tail(), app.log_tail()
