@@ -537,13 +537,9 @@ class WebRTCClient:
         spoken_until = await self.mic.say(audio)
         speech_end = spoken_until - _trailing_silence_secs(audio)
         deadline = spoken_until + timeout
-        first_index = None
-        while first_index is None:
-            first_index = self.heard.first_audible_sent_after(spoken_until, start_index)
-            if first_index is None:
-                if time.monotonic() > deadline or self.ended is not None:
-                    return {"question": question, "voice_to_voice": None, "ended": self.ended}
-                await self._wait_frames(0.1)
+        first_index = await self._first_audible_reply(spoken_until, start_index, deadline)
+        if first_index is None:
+            return {"question": question, "voice_to_voice": None, "ended": self.ended}
         first = self.heard.frames[first_index][0]
         while time.monotonic() < deadline:
             last = self.heard.last_audible(first_index) or first
@@ -590,13 +586,9 @@ class WebRTCClient:
         start_index = len(self.heard.frames)
         spoken_until = await self.mic.say(audio)
         deadline = spoken_until + timeout
-        first_index = None
-        while first_index is None:
-            first_index = self.heard.first_audible_sent_after(spoken_until, start_index)
-            if first_index is None:
-                if time.monotonic() > deadline or self.ended is not None:
-                    return {"question": question, "barge_in_stop": None, "ended": self.ended}
-                await self._wait_frames(0.1)
+        first_index = await self._first_audible_reply(spoken_until, start_index, deadline)
+        if first_index is None:
+            return {"question": question, "barge_in_stop": None, "ended": self.ended}
         first = self.heard.frames[first_index][0]
         await asyncio.sleep(max(0.0, first + after_secs - time.monotonic()))
         if time.monotonic() - (self.heard.last_audible(first_index) or first) > BARGE_IN_QUIET_SECS:
@@ -616,6 +608,18 @@ class WebRTCClient:
             "voice_to_voice": first - spoken_until,
             "barge_in_stop": None if stopped is None else max(0.0, stopped - onset),
         }
+
+    async def _first_audible_reply(
+        self, spoken_until: float, start_index: int, deadline: float
+    ) -> int | None:
+        """Index of the reply's first audible frame (None: none by ``deadline``, or it ended)."""
+        while True:
+            found = self.heard.first_audible_sent_after(spoken_until, start_index)
+            if found is not None:
+                return found
+            if time.monotonic() > deadline or self.ended is not None:
+                return None
+            await self._wait_frames(0.1)
 
     def _reply_stop(self, since: float) -> float | None:
         """The end of the reply playing at ``since``: its last audible frame before a gap."""
