@@ -18,8 +18,16 @@ from starlette.routing import BaseRoute
 
 ROUTES: list[BaseRoute] = []
 MIDDLEWARE: list[Middleware] = []
+# FastAPI (0.163+) traces and measures every request into the global OpenTelemetry
+# providers once they exist: with tracing on (pipeline.telemetry) each of the page's
+# queue polls and SSE streams would become a trace of its own. Sessions are what we trace.
+FASTAPI_TELEMETRY = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
 
 
 def app_kwargs() -> dict[str, Any]:
     """What ``demo.launch(app_kwargs=...)`` gets: fresh lists, so a second launch starts clean."""
-    return {"routes": list(ROUTES), "middleware": list(MIDDLEWARE)}
+    return {
+        "routes": list(ROUTES),
+        "middleware": list(MIDDLEWARE),
+        "telemetry": dict(FASTAPI_TELEMETRY),
+    }

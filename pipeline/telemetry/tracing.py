@@ -1,0 +1,678 @@
+"""OpenTelemetry traces of each session: pipecat's service spans under our conversation and turns.
+
+Imported only once a session starts with tracing on (see
+:func:`pipeline.telemetry.tracing_enabled`); the OTLP exporter only when an
+endpoint is configured.
+
+    conversation (one per session, across provider switches)
+      turn (the dashboard's turn number; from the user's voice to the reply's last audio)
+        stt, llm, tts       pipecat's spans (``enable_tracing``), TTFB in ``metrics.ttfb``
+        tool, speculation, barge-in, heard      ours, from the session's events
+
+pipecat's ``TurnTraceObserver`` is not used (``enable_turn_tracking=False``):
+its turns start at the pipeline's start and end 2.5 s after the bot stops
+(early when a tool call pauses the reply, late otherwise), restart at 1 in
+every pipeline generation, and a provider switch would start a new
+conversation. Instead one pipecat ``TracingContext`` per session is handed
+to every generation's worker (:func:`share_tracing_context`), and
+:class:`SessionTrace` sets its conversation and turn from the session's
+events, so pipecat's service spans nest under our turns. A turn ends at its
+last activity once the next one starts (or the session ends), so it neither
+ends before a tool call's answer nor runs on through the silence after it.
+
+Every finished span passes :class:`Scrubber` before any exporter sees it:
+raw transcripts, LLM text and tool arguments are dropped unless
+``VOICE_LAB_TRACE_CONTENT=1``, and every string is run through
+:func:`pipeline.redaction.redact`, so no API key (the server's, or one a
+visitor typed) reaches a span, an attribute or the resource. Each session's
+spans are also kept in memory, bounded, for the page's "Download trace".
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import socket
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import (
+    Event,
+    ReadableSpan,
+    SpanLimits,
+    SpanProcessor,
+    TracerProvider,
+)
+from opentelemetry.trace import SpanContext, Status, StatusCode
+from pipecat.audio.vad.vad_analyzer import VADParams
+from pipecat.utils.tracing.tracing_context import TracingContext
+
+from pipeline import events as ev
+from pipeline.redaction import redact
+from pipeline.telemetry import settings
+from pipeline.telemetry.view import DashboardView
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "voice-lab"
+TRACER_NAME = "voice_lab"
+# Spans kept per session for "Download trace" (a long, busy session makes ~10 a turn).
+MAX_SESSION_SPANS = 1000
+# Longest attribute value kept when OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT says nothing:
+# with content on, an LLM span's input holds the whole conversation.
+DEFAULT_ATTRIBUTE_CHARS = 4096
+# Turns whose span context is remembered for late children (a heard latency, a tool's end).
+REMEMBERED_TURNS = 16
+# The VAD reports speech this long after it began (pipecat's default start_secs).
+VAD_START_SECS = VADParams().start_secs
+
+# Attributes holding what the user said or the bot wrote: pipecat's, OpenInference's,
+# the GenAI conventions', and ours. Dropped unless VOICE_LAB_TRACE_CONTENT=1.
+CONTENT_ATTRIBUTES = frozenset(
+    {
+        "transcript",
+        "text",
+        "input",
+        "output",
+        "text_output",
+        "user_id",
+        "gen_ai.system_instructions",
+        "gen_ai.input.messages",
+        "gen_ai.output.messages",
+        "gen_ai.tool.call.arguments",
+        "gen_ai.tool.call.result",
+        "input.value",
+        "output.value",
+        "voice_lab.user.text",
+        "voice_lab.bot.text",
+        "voice_lab.speculation.text",
+    }
+)
+CONTENT_PREFIXES = (
+    "gen_ai.prompt",
+    "gen_ai.completion",
+    "llm.input_messages",
+    "llm.output_messages",
+)
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1e9)
+
+
+# --------------------------------------------------------------------------- scrubbing
+
+
+def _is_content(key: str) -> bool:
+    return key in CONTENT_ATTRIBUTES or key.startswith(CONTENT_PREFIXES)
+
+
+def _clean_value(value):
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, tuple | list):
+        return tuple(redact(v) if isinstance(v, str) else v for v in value)
+    return value
+
+
+def clean_attributes(attributes, keep_content: bool) -> dict:
+    """``attributes`` with every key masked, and without content unless ``keep_content``."""
+    return {
+        key: _clean_value(value)
+        for key, value in (attributes or {}).items()
+        if keep_content or not _is_content(key)
+    }
+
+
+def scrubbed(span: ReadableSpan, keep_content: bool, end_time: int | None = None) -> ReadableSpan:
+    """A copy of ``span`` fit to leave the process (``end_time``: close an open one's copy)."""
+    status = span.status
+    if status.description:
+        status = Status(status.status_code, redact(status.description))
+    attributes = clean_attributes(span.attributes, keep_content)
+    if end_time is not None:
+        attributes["voice_lab.open"] = True
+    return ReadableSpan(
+        name=span.name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=attributes,
+        events=[
+            Event(e.name, clean_attributes(e.attributes, keep_content), e.timestamp)
+            for e in span.events
+        ],
+        links=span.links,
+        kind=span.kind,
+        status=status,
+        start_time=span.start_time,
+        end_time=end_time if end_time is not None else span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
+class Scrubber(SpanProcessor):
+    """Hands a scrubbed copy of every finished span to the processors behind it."""
+
+    def __init__(self, downstream: Sequence[SpanProcessor], keep_content: bool):
+        self._downstream = list(downstream)
+        self.keep_content = keep_content
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if not self._downstream:
+            return
+        clean = scrubbed(span, self.keep_content)
+        for processor in self._downstream:
+            processor.on_end(clean)
+
+    def shutdown(self) -> None:
+        for processor in self._downstream:
+            processor.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return all(p.force_flush(timeout_millis) for p in self._downstream)
+
+
+class SessionSpans(SpanProcessor):
+    """Routes each finished span to the buffer of the session whose trace it belongs to."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[int, deque[ReadableSpan]] = {}
+
+    def register(self, trace_id: int, buffer: deque[ReadableSpan]) -> None:
+        self._buffers[trace_id] = buffer
+
+    def unregister(self, trace_id: int) -> None:
+        self._buffers.pop(trace_id, None)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        buffer = self._buffers.get(span.context.trace_id)
+        if buffer is not None:
+            buffer.append(span)
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+@dataclass
+class Tracing:
+    """The process's tracing: the tracer our spans come from and the per-session span store."""
+
+    tracer: trace.Tracer
+    sessions: SessionSpans
+    keep_content: bool
+    exporting: bool
+
+
+_tracing: Tracing | None = None
+_set_up = False
+_lock = threading.Lock()
+
+
+def tracing() -> Tracing | None:
+    """Set tracing up on first use (None: it could not be): provider, scrubber, exporters."""
+    global _tracing, _set_up
+    with _lock:
+        if not _set_up:
+            _set_up = True
+            try:
+                _tracing = _set_up_tracing()
+            except Exception:
+                log.exception("tracing could not be set up: sessions run without it")
+    return _tracing
+
+
+def _resource() -> Resource:
+    """The SDK's resource (``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_SERVICE_NAME``), then ours.
+
+    ``service.instance.id`` stays the SDK's: a random id per process, as the
+    specification asks; ``voice_lab.worker.id`` says which worker that was.
+    """
+    from_env = Resource.create()
+    ours: dict[str, str] = {"voice_lab.worker.id": settings.worker_id()}
+    if "host.name" not in from_env.attributes:
+        ours["host.name"] = socket.gethostname()
+    if str(from_env.attributes.get("service.name", "")).startswith("unknown_service"):
+        ours["service.name"] = SERVICE_NAME
+    merged = from_env.merge(Resource(ours))
+    return Resource({k: _clean_value(v) for k, v in merged.attributes.items()})
+
+
+def _span_limits() -> SpanLimits:
+    import os
+
+    if os.environ.get("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT") or os.environ.get(
+        "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT"
+    ):
+        return SpanLimits()  # the SDK reads them
+    return SpanLimits(max_span_attribute_length=DEFAULT_ATTRIBUTE_CHARS)
+
+
+def _exporters() -> list[SpanProcessor]:
+    """A batch processor per exporter ``OTEL_TRACES_EXPORTER`` names (default: OTLP/HTTP)."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    processors: list[SpanProcessor] = []
+    for name in settings.trace_exporters():
+        if name == "otlp":
+            protocol = settings.otlp_protocol()
+            if protocol != "http/protobuf":
+                log.warning(
+                    "OTEL_EXPORTER_OTLP_PROTOCOL=%s is not supported: traces are sent over "
+                    "http/protobuf only, so none are exported (the page's Download trace works)",
+                    protocol,
+                )
+                continue
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            processors.append(BatchSpanProcessor(OTLPSpanExporter()))
+        elif name == "console":
+            processors.append(BatchSpanProcessor(ConsoleSpanExporter()))
+        elif name != "none":
+            log.warning("OTEL_TRACES_EXPORTER=%s is not supported (otlp, console, none)", name)
+    return processors
+
+
+def _set_up_tracing() -> Tracing:
+    sessions = SessionSpans()
+    exporters = _exporters() if settings.traces_endpoint() else []
+    scrubber = Scrubber([sessions, *exporters], keep_content=settings.trace_content())
+    current = trace.get_tracer_provider()
+    if isinstance(current, trace.ProxyTracerProvider):
+        # The sampler comes from OTEL_TRACES_SAMPLER(_ARG), as the SDK reads them.
+        provider = TracerProvider(resource=_resource(), span_limits=_span_limits())
+        provider.add_span_processor(scrubber)
+        trace.set_tracer_provider(provider)
+    elif hasattr(current, "add_span_processor"):
+        # Someone set one first (opentelemetry-instrument, a host app): the first wins,
+        # and pipecat's spans go to it, so ours join it there.
+        log.info("tracing: adding Voice Lab's span processors to the tracer provider already set")
+        current.add_span_processor(scrubber)
+    else:
+        raise RuntimeError(f"the tracer provider {type(current).__name__} takes no processors")
+    where = settings.traces_endpoint() if exporters else "nowhere (Download trace only)"
+    log.info("tracing on: spans exported to %s", where)
+    return Tracing(trace.get_tracer(TRACER_NAME), sessions, scrubber.keep_content, bool(exporters))
+
+
+def share_tracing_context(worker, context: TracingContext) -> None:
+    """Make ``worker``'s services parent their spans on the session's context.
+
+    pipecat's ``PipelineWorker`` makes a ``TracingContext`` of its own, and only
+    when its turn tracking is on (whose turn spans we replace, see the module
+    docstring); services read ``worker._tracing_context`` when they are set up.
+    A ``tracing_context=`` parameter on ``PipelineWorker`` would retire this.
+    """
+    worker._tracing_context = context
+
+
+# --------------------------------------------------------------------------- one session
+
+
+@dataclass
+class _Turn:
+    span: trace.Span
+    number: int
+    last: float
+    committed: bool = False
+    speech_end: float | None = None
+    barge_in: trace.Span | None = None
+    barge_in_at: float | None = None
+    ttfb: dict[str, list[float]] = field(default_factory=dict)
+
+
+class SessionTrace:
+    """One session's spans, opened and closed from its events (see the module docstring).
+
+    ``view`` is the session's :class:`DashboardView`, read before it folds each
+    event, so turn numbers and barge-ins are the dashboard's.
+    """
+
+    def __init__(self, session_id: str, view: DashboardView, setup: Tracing):
+        self.session_id = session_id
+        self.context = TracingContext()
+        self.spans: deque[ReadableSpan] = deque(maxlen=MAX_SESSION_SPANS)
+        self._view = view
+        self._tracer = setup.tracer
+        self._store = setup.sessions
+        self.keep_content = setup.keep_content
+        self._conversation: trace.Span | None = None
+        self._trace_id: int | None = None
+        self._turn: _Turn | None = None
+        # A turn the user barged in on, open until the bot's audio stops.
+        self._cut: _Turn | None = None
+        self._recent: OrderedDict[int, _Turn] = OrderedDict()
+        self._speculation: trace.Span | None = None
+        self._tools: dict[str, trace.Span] = {}
+        self._handlers: dict[type, Callable] = {
+            ev.UserStartedSpeaking: self._user_started,
+            ev.UserStoppedSpeaking: self._touch,
+            ev.UserTurnText: self._user_turn_text,
+            ev.StageSpan: self._stage_span,
+            ev.BotThinking: self._touch,
+            ev.BotStartedSpeaking: self._touch,
+            ev.BotStoppedSpeaking: self._bot_stopped,
+            ev.BotTurnText: self._bot_turn_text,
+            ev.LatencyMeasured: self._latency,
+            ev.ServiceTTFB: self._ttfb,
+            ev.ToolCallStarted: self._tool_started,
+            ev.ToolCallFinished: self._tool_finished,
+            ev.SpeculationStarted: self._speculation_started,
+            ev.SpeculationEnded: self._speculation_ended,
+            ev.HeardLatency: self._heard,
+            ev.ErrorReported: self._error,
+            ev.OutputGap: self._output_gap,
+            ev.ProvidersChanged: self._providers,
+            ev.SessionEnded: self._session_ended,
+        }
+
+    @property
+    def trace_id(self) -> str | None:
+        return None if self._trace_id is None else f"{self._trace_id:032x}"
+
+    def start(self, t: float | None = None) -> None:
+        """Open the conversation span: every span of the session belongs to its trace."""
+        span = self._tracer.start_span(
+            "conversation",
+            start_time=_ns(t if t is not None else time.time()),
+            attributes={
+                "conversation.id": self.session_id,
+                "conversation.type": "voice",
+                "session.id": self.session_id,
+                "voice_lab.worker.id": settings.worker_id(),
+                "openinference.span.kind": "CHAIN",
+            },
+        )
+        self._conversation = span
+        context = span.get_span_context()
+        self.context.set_conversation_context(context, self.session_id)
+        if context.trace_flags.sampled:
+            self._trace_id = context.trace_id
+            self._store.register(context.trace_id, self.spans)
+
+    def observe(self, event: ev.Event) -> None:
+        handler = self._handlers.get(type(event))
+        if handler is not None and self._conversation is not None:
+            handler(event)
+
+    # -- turns -----------------------------------------------------------------
+
+    def _user_started(self, e: ev.UserStartedSpeaking) -> None:
+        previous, view = self._turn, self._view
+        if previous is not None:
+            if view.speaking:
+                # A barge-in: the cut-off turn stays open until the bot's audio stops.
+                if self._cut is not None:
+                    self._end_turn(self._cut, e.t, "next turn")
+                previous.barge_in_at = e.t
+                previous.barge_in = self._child(previous, "barge-in", e.t, {})
+                self._cut = previous
+            elif view.reply_active:
+                # Spoke while the reply was being prepared: it is dropped now.
+                previous.span.set_attribute("turn.was_interrupted", True)
+                self._end_turn(previous, e.t, "user spoke before the reply")
+            else:
+                self._end_turn(previous, previous.last, "next turn")
+        number = view.turns + 1
+        stack = view.stack or ("", "", "")
+        span = self._tracer.start_span(
+            "turn",
+            context=self.context.get_conversation_context(),
+            start_time=_ns(e.t - VAD_START_SECS),
+            attributes={
+                "turn.number": number,
+                "turn.type": "conversation",
+                "conversation.id": self.session_id,
+                "session.id": self.session_id,
+                "voice_lab.stack.stt": stack[0],
+                "voice_lab.stack.llm": stack[1],
+                "voice_lab.stack.tts": stack[2],
+                "openinference.span.kind": "CHAIN",
+            },
+        )
+        turn = _Turn(span, number, last=e.t)
+        self._turn = turn
+        self._recent[number] = turn
+        while len(self._recent) > REMEMBERED_TURNS:
+            self._recent.popitem(last=False)
+        self.context.set_turn_context(span.get_span_context())
+
+    def _touch(self, e: ev.Event) -> None:
+        if self._turn is not None:
+            self._turn.last = max(self._turn.last, e.t)
+
+    def _user_turn_text(self, e: ev.UserTurnText) -> None:
+        turn = self._turn
+        if turn is None:
+            return
+        turn.committed = True
+        turn.last = max(turn.last, e.t)
+        self._append_text(turn.span, "voice_lab.user.text", e.text)
+
+    def _stage_span(self, e: ev.StageSpan) -> None:
+        if e.stage == "user" and self._turn is not None:
+            self._turn.speech_end = e.end
+
+    def _bot_stopped(self, e: ev.BotStoppedSpeaking) -> None:
+        stop = self._view.barge_in_stop(e)
+        cut = self._cut
+        if stop is not None and cut is not None:
+            if cut.barge_in is not None:
+                cut.barge_in.set_attribute("voice_lab.barge_in.stop_seconds", stop)
+                self._end(cut.barge_in, e.t)
+                cut.barge_in = None
+            cut.span.set_attribute("turn.was_interrupted", True)
+            self._end_turn(cut, e.t, "barge-in")
+            self._cut = None
+            return
+        self._touch(e)
+
+    def _bot_turn_text(self, e: ev.BotTurnText) -> None:
+        turn = self._cut if e.interrupted and self._cut is not None else self._turn
+        if turn is None:
+            return
+        if turn is self._turn and not e.interrupted:
+            turn.last = max(turn.last, e.t)
+        if e.interrupted:
+            turn.span.set_attribute("turn.was_interrupted", True)
+        self._append_text(turn.span, "voice_lab.bot.text", e.text)
+
+    def _latency(self, e: ev.LatencyMeasured) -> None:
+        turn = self._numbered(self._view.turns)
+        if turn is None or not turn.span.is_recording():
+            return
+        turn.span.set_attribute("voice_lab.voice_to_voice_seconds", e.seconds)
+        turn.span.set_attribute("turn.user_bot_latency_seconds", e.seconds)
+        for label, seconds in e.contributions:
+            key = "".join(c if c.isalnum() else "_" for c in label.lower())
+            turn.span.set_attribute(f"voice_lab.latency.{key}_seconds", seconds)
+
+    def _ttfb(self, e: ev.ServiceTTFB) -> None:
+        share = self._view.ttfb_share(e)
+        turn = self._numbered(share.turn)
+        if turn is None or not turn.span.is_recording():
+            return
+        stage = "".join(c for c in e.stage if c.isalnum())
+        key = f"{stage}_interrupted" if share.interrupted else stage
+        values = turn.ttfb.setdefault(key, [])
+        values.append(e.seconds)
+        turn.span.set_attribute(f"voice_lab.ttfb.{key}_seconds", tuple(values))
+
+    def _end_turn(self, turn: _Turn, at: float, ended_by: str) -> None:
+        if turn.barge_in is not None:
+            self._end(turn.barge_in, at)
+            turn.barge_in = None
+        turn.span.set_attribute("voice_lab.turn.committed", turn.committed)
+        turn.span.set_attribute("voice_lab.turn.ended_by", ended_by)
+        self._end(turn.span, at)
+        if turn is self._turn:
+            self._turn = None
+            self.context.set_turn_context(None)
+
+    # -- what pipecat has no span for --------------------------------------------
+
+    def _tool_started(self, e: ev.ToolCallStarted) -> None:
+        turn = self._numbered(self._view.turns) or self._turn
+        attributes = {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": e.name,
+            "gen_ai.tool.call.id": e.call_id,
+            "gen_ai.tool.call.arguments": e.arguments,
+            "openinference.span.kind": "TOOL",
+        }
+        if len(self._tools) < 64:
+            self._tools[e.call_id] = self._child(turn, "tool", e.t, attributes)
+
+    def _tool_finished(self, e: ev.ToolCallFinished) -> None:
+        span = self._tools.pop(e.call_id, None)
+        if span is None:
+            turn = self._numbered(self._view.turns) or self._turn
+            span = self._child(turn, "tool", e.t, {"gen_ai.tool.name": e.name})
+        span.set_attribute("voice_lab.tool.ok", e.ok)
+        span.set_attribute("gen_ai.tool.call.result", e.result)
+        if not e.ok:
+            span.set_status(Status(StatusCode.ERROR, "the tool call failed"))
+        self._end(span, e.t)
+
+    def _speculation_started(self, e: ev.SpeculationStarted) -> None:
+        if self._speculation is not None:
+            self._end(self._speculation, e.t)
+        attributes = {"voice_lab.speculation.text": e.text}
+        self._speculation = self._child(self._turn, "speculation", e.t, attributes)
+
+    def _speculation_ended(self, e: ev.SpeculationEnded) -> None:
+        span = self._speculation or self._child(self._turn, "speculation", e.t, {})
+        self._speculation = None
+        span.set_attributes(
+            {
+                "voice_lab.speculation.outcome": "adopted" if e.adopted else "discarded",
+                "voice_lab.speculation.reason": e.reason,
+                "voice_lab.speculation.wasted_tokens": e.wasted_tokens,
+                "voice_lab.speculation.wasted_chars": e.wasted_chars,
+                "voice_lab.speculation.saved_ms": e.saved_ms,
+            }
+        )
+        self._end(span, e.t)
+
+    def _heard(self, e: ev.HeardLatency) -> None:
+        turn = self._numbered(self._view.turns)
+        seconds = e.ms / 1000
+        if turn is not None and e.measure == "reply" and turn.speech_end is not None:
+            start = turn.speech_end  # the voice's end: the page's "microphone quiet"
+        elif turn is not None and e.measure == "barge-in" and turn.barge_in_at is not None:
+            start = turn.barge_in_at - VAD_START_SECS  # the voice's onset
+        else:
+            start = e.t - seconds
+        attributes = {"voice_lab.heard.measure": e.measure, "voice_lab.heard.ms": e.ms}
+        self._end(self._child(turn, "heard", start, attributes), start + seconds)
+
+    def _error(self, e: ev.ErrorReported) -> None:
+        target = self._turn.span if self._turn is not None else self._conversation
+        target.add_event("error", {"message": e.message, "fatal": e.fatal}, _ns(e.t))
+        if e.fatal:
+            self._conversation.set_status(Status(StatusCode.ERROR, e.message))
+
+    def _output_gap(self, e: ev.OutputGap) -> None:
+        if self._turn is not None:
+            self._turn.span.add_event("output gap", {"seconds": e.secs}, _ns(e.t))
+
+    def _providers(self, e: ev.ProvidersChanged) -> None:
+        attributes = {"stt": e.stt, "llm": e.llm, "tts": e.tts}
+        self._conversation.add_event("providers", attributes, _ns(e.t))
+
+    def _session_ended(self, e: ev.SessionEnded) -> None:
+        for span in [*self._tools.values(), self._speculation]:
+            if span is not None:
+                self._end(span, e.t)
+        self._tools.clear()
+        self._speculation = None
+        if self._cut is not None:
+            self._end_turn(self._cut, e.t, "session end")
+            self._cut = None
+        if self._turn is not None:
+            self._end_turn(self._turn, self._turn.last, "session end")
+        conversation = self._conversation
+        conversation.set_attribute("voice_lab.turns", self._view.turns)
+        conversation.set_attribute("voice_lab.ended_by", e.reason)
+        self._end(conversation, e.t)
+        self.context.set_conversation_context(None)
+        if self._trace_id is not None:
+            self._store.unregister(self._trace_id)
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _numbered(self, number: int) -> _Turn | None:
+        """The turn span the dashboard files ``number`` under (the latest with that number)."""
+        return self._recent.get(number)
+
+    def _child(self, turn: _Turn | None, name: str, t: float, attributes: dict) -> trace.Span:
+        parent = trace.set_span_in_context(trace.NonRecordingSpan(self._parent_of(turn)))
+        return self._tracer.start_span(
+            name, context=parent, start_time=_ns(t), attributes=attributes
+        )
+
+    def _parent_of(self, turn: _Turn | None) -> SpanContext:
+        return (turn.span if turn is not None else self._conversation).get_span_context()
+
+    @staticmethod
+    def _end(span: trace.Span, t: float) -> None:
+        if span.is_recording():
+            start = getattr(span, "start_time", None) or 0
+            span.end(end_time=max(_ns(t), start))
+
+    def _append_text(self, span: trace.Span, key: str, text: str) -> None:
+        """Content goes in only when it will be kept (the scrubber would drop it anyway)."""
+        if not self.keep_content or not span.is_recording() or not text:
+            return
+        previous = span.attributes.get(key) if hasattr(span, "attributes") else None
+        span.set_attribute(key, f"{previous} {text}" if previous else text)
+
+    # -- download ------------------------------------------------------------------
+
+    def open_spans(self) -> list[ReadableSpan]:
+        """Copies of the spans still open (the conversation, its turn), closed as of now."""
+        now = time.time_ns()
+        spans = [self._conversation, self._speculation, *self._tools.values()]
+        for turn in (self._cut, self._turn):
+            if turn is not None:
+                spans += [turn.span, turn.barge_in]
+        return [
+            scrubbed(span, self.keep_content, end_time=now)
+            for span in spans
+            if span is not None and span.is_recording()
+        ]
+
+    def otlp_json(self) -> dict:
+        """The session's spans so far, as the OTLP/JSON a trace viewer imports."""
+        return otlp_json([*self.spans, *self.open_spans()])
+
+
+def otlp_json(spans: Iterable[ReadableSpan]) -> dict:
+    """``spans`` as an OTLP/JSON ``ExportTraceServiceRequest`` (ids in hex, as the spec says).
+
+    Encoded by the OTLP exporter's own encoder and protobuf's JSON mapping; the
+    OTLP/JSON spec differs from that mapping only in trace and span ids, which
+    it writes as hex rather than base64.
+    """
+    from google.protobuf.json_format import MessageToDict
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    data = MessageToDict(encode_spans(list(spans)), use_integers_for_enums=True)
+    for resource in data.get("resourceSpans", []):
+        for scope in resource.get("scopeSpans", []):
+            for span in scope.get("spans", []):
+                _hex_ids(span)
+                for link in span.get("links", []):
+                    _hex_ids(link)
+    return data
+
+
+def _hex_ids(item: dict) -> None:
+    for key in ("traceId", "spanId", "parentSpanId"):
+        if item.get(key):
+            item[key] = base64.b64decode(item[key]).hex()
