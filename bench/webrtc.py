@@ -183,8 +183,25 @@ def mouth_to_ear_figures(turns: list[dict]) -> dict:
     }
 
 
+async def _scrape_metrics(http, url: str, every: float, took: list[float]) -> None:
+    """GET ``/metrics`` every ``every`` seconds, as a Prometheus scraping this worker would."""
+    while True:
+        started = time.monotonic()
+        async with http.get(f"{url}/metrics") as r:
+            await r.read()
+            r.raise_for_status()
+        took.append(time.monotonic() - started)
+        await asyncio.sleep(max(0.0, every - (time.monotonic() - started)))
+
+
 async def run_webrtc_scenario(
-    profile: str, sessions: int, turns: int, *, dashboard: bool = True
+    profile: str,
+    sessions: int,
+    turns: int,
+    *,
+    dashboard: bool = True,
+    extra_env: dict[str, str] | None = None,
+    scrape_every: float | None = None,
 ) -> dict:
     """``sessions`` aiortc clients talk ``turns`` turns each to ``python app.py``.
 
@@ -200,15 +217,22 @@ async def run_webrtc_scenario(
     renders no HTML or charts: the difference to the default run is what
     rendering the live dashboard costs the voice loop (the headless benchmark
     folds events into state but renders nothing either).
+
+    ``extra_env`` goes to the app's environment (tracing settings, say);
+    ``scrape_every`` seconds, ``/metrics`` is fetched while the visitors talk
+    (``scrapes``: how many, and how long each took).
     """
     load_before = os.getloadavg()
     questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(turns)]
     # Synthesised up front: a microphone does not pause between turns.
     audio = {q: question_audio(q) for q in questions}
     providers: dict[str, Any] = {}
-    async with _profile_env(profile) as (extra_env, fakes):
+    scraped: list[float] = []
+    async with _profile_env(profile) as (profile_env, fakes):
         async with (
-            AppProcess(max_sessions=max(sessions, 4), extra_env=extra_env) as app,
+            AppProcess(
+                max_sessions=max(sessions, 4), extra_env={**profile_env, **(extra_env or {})}
+            ) as app,
             http_session() as http,
         ):
             api = await page_api(http, app.url)
@@ -218,6 +242,11 @@ async def run_webrtc_scenario(
             ]
             cpu_before = (cpu_seconds(), cpu_seconds(app.process.pid))
             talk_started = time.monotonic()
+            scraper = (
+                asyncio.create_task(_scrape_metrics(http, app.url, scrape_every, scraped))
+                if scrape_every
+                else None
+            )
             try:
                 # Different questions per session, so replies do not line up by accident.
                 outcomes = await asyncio.gather(
@@ -234,6 +263,9 @@ async def run_webrtc_scenario(
                 )
             finally:
                 cpu = _cpu_usage(cpu_before, app, talk_started)
+                if scraper is not None:
+                    scraper.cancel()
+                    await asyncio.gather(scraper, return_exceptions=True)
                 await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
         if fakes:  # proof the app ran on the (fake) cloud providers, not locally
             providers = {
@@ -270,6 +302,7 @@ async def run_webrtc_scenario(
         },
         "providers": providers,
         "cpu": cpu,
+        "scrapes": {"every": scrape_every, **summarize(scraped)} if scrape_every else None,
         "audible_rms_threshold": AUDIBLE_RMS,
         "app_log": str(app.log_path),
         "machine": {
@@ -295,7 +328,7 @@ def _rotate(items: list, by: int) -> list:
     return items[by:] + items[:by]
 
 
-async def measure_app_startup() -> dict:
+async def measure_app_startup(extra_env: dict[str, str] | None = None) -> dict:
     """Seconds from ``python app.py`` starting to its models being warm and to HTTP 200 on ``/``.
 
     ``models_ready_seconds`` is when the app logs "Voice Lab ready in" (end of
@@ -306,7 +339,7 @@ async def measure_app_startup() -> dict:
     ``models_ready_seconds`` includes importing gradio, fastrtc and pipecat.
     """
     load_before = os.getloadavg()
-    async with AppProcess(max_sessions=4) as app:
+    async with AppProcess(max_sessions=4, extra_env=extra_env) as app:
         http_ready = app.http_ready_at - app.started_at
         models_ready = app.seconds_to_line(READY_LOG_LINE)
         warm = None

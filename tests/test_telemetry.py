@@ -464,3 +464,30 @@ async def test_a_provider_switch_continues_the_conversation_and_local_services_t
     assert all(s.parent is None or s.parent.span_id in by_id for s in spans)
     assert session.telemetry.trace.open_spans() == []
     assert percentile([e.seconds for e in final.latency], 50) is not None
+
+
+def test_the_cost_benchmark_measures_observe_and_reports_every_variant():
+    from bench.telemetry import format_telemetry, observe_costs
+
+    costs = observe_costs(turns=20)
+    assert 0 < costs["tracing_off"]["us_per_event"] < costs["tracing_on"]["us_per_event"]
+    variant = {
+        "voice_to_voice_client": {"median": 0.9, "p95": 1.2},
+        "server_v2v": {"median": 0.8, "p95": 1.1},
+        "app_cpu_seconds_per_session": 4.0,
+        "app_cpu_seconds_per_turn": 1.3,
+        "scrapes": {"median": 0.004},
+        "loadavg": [0.5, 0.7],
+    }
+    startup = {"http_ready_seconds": 12.0, "models_ready_seconds": 11.0}
+    text = format_telemetry(
+        {
+            "profile": "local",
+            "sessions": 1,
+            "turns": 3,
+            "variants": {"off": variant, "otlp": {"skipped": "no Phoenix"}},
+            "observe": costs,
+            "startup": {"no_endpoint": startup, "endpoint": startup},
+        }
+    )
+    assert "900 / 1200" in text and "skipped: no Phoenix" in text and "us per event" in text
