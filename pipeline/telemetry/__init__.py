@@ -53,8 +53,12 @@ class SessionTelemetry:
         setup = tracing.tracing()
         if setup is None:
             return
-        trace = tracing.SessionTrace(self.session_id, self.view, setup)
-        trace.start()
+        try:
+            trace = tracing.SessionTrace(self.session_id, self.view, setup)
+            trace.start()
+        except Exception:
+            log.exception("this session's trace could not start: it runs untraced")
+            return
         self.trace = trace
 
     def attach(self, worker) -> None:

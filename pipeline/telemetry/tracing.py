@@ -637,7 +637,8 @@ class SessionTrace:
     def open_spans(self) -> list[ReadableSpan]:
         """Copies of the spans still open (the conversation, its turn), closed as of now."""
         now = time.time_ns()
-        spans = [self._conversation, self._speculation, *self._tools.values()]
+        # Called from a Gradio worker thread while the session may run: copies, not views.
+        spans = [self._conversation, self._speculation, *list(self._tools.values())]
         for turn in (self._cut, self._turn):
             if turn is not None:
                 spans += [turn.span, turn.barge_in]
