@@ -404,6 +404,10 @@ class SessionTrace:
 
     def _user_started(self, e: ev.UserStartedSpeaking) -> None:
         previous, view = self._turn, self._view
+        if self._cut is not None and not view.speaking:
+            # The bot's stop after a barge-in never came (a failed pipeline): close it anyway.
+            self._end_turn(self._cut, max(self._cut.last, self._cut.barge_in_at or 0.0), "barge-in")
+            self._cut = None
         if previous is not None:
             if view.speaking:
                 # A barge-in: the cut-off turn stays open until the bot's audio stops.
