@@ -15,6 +15,7 @@ import base64
 import json
 import subprocess
 import sys
+from collections import deque
 from dataclasses import replace
 
 import pytest
@@ -493,3 +494,36 @@ def test_the_cost_benchmark_measures_observe_and_reports_every_variant():
         }
     )
     assert "900 / 1200" in text and "skipped: no Phoenix" in text and "us per event" in text
+
+
+def test_a_barge_in_whose_stop_never_comes_closes_at_the_next_turn():
+    events = [
+        ev.SessionStarted(0.0, "s-1"),
+        ev.UserStartedSpeaking(1.0),
+        ev.UserTurnText(2.0, "Tell me a story"),
+        ev.BotStartedSpeaking(3.0),
+        ev.UserStartedSpeaking(4.0),  # over the bot, whose stop is never reported
+        ev.UserStoppedSpeaking(4.5),
+        ev.BotTurnText(4.6, "Once", interrupted=True),
+        ev.UserStartedSpeaking(6.0),
+        ev.SessionEnded(9.0),
+    ]
+    telemetry, spans = traced(events)
+    first = next(s for s in spans if s.name == "turn" and s.attributes["turn.number"] == 1)
+    assert secs(first.end_time) == pytest.approx(4.0)
+    assert first.attributes["turn.was_interrupted"] is True
+    assert telemetry.trace.open_spans() == []
+
+
+def test_with_download_off_and_no_endpoint_a_session_is_not_traced(monkeypatch):
+    from pipeline.session import SessionRecords
+
+    monkeypatch.setenv("VOICE_LAB_TRACE_DOWNLOAD", "0")
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    telemetry = SessionTelemetry()
+    telemetry.start()
+    records = SessionRecords()
+    records.add("conn", deque(scripted_session()), telemetry)
+    assert telemetry.trace is None and records.trace("conn") is None
+    assert records.get("conn")
