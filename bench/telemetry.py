@@ -71,6 +71,7 @@ def observe_costs(turns: int = 300) -> dict:
     from opentelemetry.sdk.trace import TracerProvider
 
     from pipeline.telemetry import SessionTelemetry, tracing
+    from pipeline.telemetry.spans import SessionTrace
 
     script = [event for i in range(turns) for event in typical_turn(10.0 * i)]
     costs = {}
@@ -81,7 +82,7 @@ def observe_costs(turns: int = 300) -> dict:
             sessions = tracing.SessionSpans()
             provider.add_span_processor(tracing.Scrubber([sessions], keep_content=False))
             setup = tracing.Tracing(provider.get_tracer("bench"), sessions, False, False)
-            telemetry.trace = tracing.SessionTrace(telemetry.session_id, telemetry.view, setup)
+            telemetry.trace = SessionTrace(telemetry.session_id, telemetry.view, setup)
             telemetry.trace.start(0.0)
         started = time.perf_counter()
         for event in script:

@@ -27,6 +27,7 @@ from starlette.testclient import TestClient
 from pipeline import events as ev
 from pipeline.providers.base import ProviderKeys
 from pipeline.telemetry import SessionTelemetry, metrics, tracing
+from pipeline.telemetry.spans import SessionTrace
 from pipeline.telemetry.view import DashboardView
 from tests.test_no_keys_in_logs import groq_canary, leaked, plain_canary
 from ui import cost, observability, state
@@ -141,7 +142,7 @@ def traced(events: list[ev.Event], keep_content: bool = False):
     provider.add_span_processor(tracing.Scrubber([sessions], keep_content))
     setup = tracing.Tracing(provider.get_tracer("test"), sessions, keep_content, False)
     telemetry = SessionTelemetry("s-1")
-    telemetry.trace = tracing.SessionTrace(telemetry.session_id, telemetry.view, setup)
+    telemetry.trace = SessionTrace(telemetry.session_id, telemetry.view, setup)
     telemetry.trace.start(t=0.0)
     for event in events:
         telemetry.observe(event)
@@ -400,7 +401,7 @@ found = {
     "seconds": time.perf_counter() - started,
     "provider": type(trace.get_tracer_provider()).__name__,
     "modules": sorted(m for m in sys.modules if m.startswith(("pipeline.telemetry.tracing",
-        "opentelemetry.exporter", "google.protobuf"))),
+        "pipeline.telemetry.spans", "opentelemetry.exporter", "google.protobuf"))),
 }
 from pipeline.telemetry import SessionTelemetry
 SessionTelemetry().start()  # a session starts: tracing is set up now, for Download trace

@@ -13,7 +13,8 @@ look-up per event, a few attribute writes for the ones that count.
 
 Tracing is set up when the first session starts (never at import): pipecat's
 service spans need a tracer provider, and the OTLP exporter is imported only
-when an endpoint is configured (:mod:`pipeline.telemetry.settings`).
+when an endpoint is configured (:mod:`pipeline.telemetry.settings`). The process's
+tracing is :mod:`pipeline.telemetry.tracing`; a session's spans, :mod:`pipeline.telemetry.spans`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pipeline.telemetry import metrics, settings
 from pipeline.telemetry.view import DashboardView
 
 if TYPE_CHECKING:
-    from pipeline.telemetry.tracing import SessionTrace
+    from pipeline.telemetry.spans import SessionTrace
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +49,13 @@ class SessionTelemetry:
         """Open the session's trace, when tracing is on (set up on the first call)."""
         if self.trace is not None or not settings.tracing_enabled():
             return
-        from pipeline.telemetry import tracing
+        from pipeline.telemetry import spans, tracing
 
         setup = tracing.tracing()
         if setup is None:
             return
         try:
-            trace = tracing.SessionTrace(self.session_id, self.view, setup)
+            trace = spans.SessionTrace(self.session_id, self.view, setup)
             trace.start()
         except Exception:
             log.exception("this session's trace could not start: it runs untraced")
