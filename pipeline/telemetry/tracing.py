@@ -3,7 +3,7 @@
 Imported only once a session starts with tracing on (see
 :func:`pipeline.telemetry.settings.tracing_enabled`); the OTLP exporter only
 when an endpoint is configured. The spans of one session are
-:mod:`pipeline.telemetry.spans`'.
+:mod:`pipeline.telemetry.spans`.
 
 The tracer provider is the OpenTelemetry SDK's, built here rather than by
 pipecat's ``setup_tracing``: that one fixes ``service.instance.id`` to the
