@@ -18,6 +18,7 @@ Against ``python app.py`` over WebRTC instead (aiortc clients, as the page):
     python -m bench webrtc --profile cloud-sim --sessions 3 --turns 3
     python -m bench startup
     python -m bench refusal --limit 2
+    python -m bench telemetry --sessions 1 --turns 3   # tracing off/on/OTLP, /metrics scraped
 
 The developer's provider keys are ignored: every stage is local unless the
 profile says otherwise.
@@ -106,7 +107,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.mode, args.workers, args.baseline = "webrtc", [0], False
     if args.quick and args.mode is None:
         args.turns = QUICK_TURNS
-    if args.mode in (None, "webrtc") and (args.sessions < 1 or args.turns < 1):
+    if args.mode in (None, "webrtc", "telemetry") and (args.sessions < 1 or args.turns < 1):
         parser.error("--sessions and --turns must be at least 1")
     if args.mode == "refusal" and args.limit < 1:
         parser.error("--limit must be at least 1")
@@ -147,7 +148,14 @@ def _add_webrtc_modes(parser: argparse.ArgumentParser) -> None:
         "refusal", help="a visitor beyond VOICE_LAB_MAX_SESSIONS is refused; the others answered"
     )
     refusal.add_argument("--limit", type=int, default=1, help="VOICE_LAB_MAX_SESSIONS")
-    for mode in (webrtc, startup, refusal):
+    telemetry = modes.add_parser(
+        "telemetry",
+        help="V2V and CPU per session: tracing off, in memory, exported; /metrics scraped",
+    )
+    telemetry.add_argument("--profile", choices=PROFILES, default="local")
+    telemetry.add_argument("--sessions", type=int, default=1, help="concurrent visitors")
+    telemetry.add_argument("--turns", type=int, default=3, help="questions per visitor")
+    for mode in (webrtc, startup, refusal, telemetry):
         mode.add_argument("--json", type=Path, help="write the full result here")
 
 
@@ -265,6 +273,11 @@ async def _webrtc_mode(args: argparse.Namespace) -> dict:
     elif args.mode == "startup":
         result = await measure_app_startup()
         print(json.dumps(result, indent=2))
+    elif args.mode == "telemetry":
+        from bench.telemetry import format_telemetry, run_telemetry_cost
+
+        result = await run_telemetry_cost(args.profile, args.sessions, args.turns)
+        print(format_telemetry(result))
     else:
         result = await check_refusal(args.limit)
         print(json.dumps(result, indent=2, default=str))

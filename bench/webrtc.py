@@ -194,6 +194,17 @@ def mouth_to_ear_figures(turns: list[dict]) -> dict:
     }
 
 
+async def _scrape_metrics(http, url: str, every: float, took: list[float]) -> None:
+    """GET ``/metrics`` every ``every`` seconds, as a Prometheus scraping this worker would."""
+    while True:
+        started = time.monotonic()
+        async with http.get(f"{url}/metrics") as r:
+            await r.read()
+            r.raise_for_status()
+        took.append(time.monotonic() - started)
+        await asyncio.sleep(max(0.0, every - (time.monotonic() - started)))
+
+
 @dataclass
 class Servers:
     """What the clients talk to: its URL, and its processes by name (none known for a URL)."""
@@ -202,6 +213,8 @@ class Servers:
     kind: str
     pids: dict[str, int] = field(default_factory=dict)
     log: str | None = None
+    # Where each process serves /metrics (a worker directly, never through the balancer).
+    metrics_urls: list[str] = field(default_factory=list)
 
 
 @contextlib.asynccontextmanager
@@ -218,7 +231,9 @@ async def serving(
         yield Servers(url.rstrip("/"), f"a deployment at {url}")
     elif workers == 0:
         async with AppProcess(max_sessions=max(sessions, 4), extra_env=extra_env) as app:
-            yield Servers(app.url, "1 process", {"app": app.process.pid}, str(app.log_path))
+            yield Servers(
+                app.url, "1 process", {"app": app.process.pid}, str(app.log_path), [app.url]
+            )
     else:
         per_worker = max(4, math.ceil(sessions / workers) + 2)
         log = Path(tempfile.gettempdir()) / f"voice-lab-bench-deploy-{os.getpid()}.log"
@@ -226,7 +241,8 @@ async def serving(
             workers, max_sessions=per_worker, extra_env=extra_env, log_path=log
         ) as deploy:
             pids = {name: w["pid"] for name, w in deploy.workers.items()}
-            yield Servers(deploy.url, f"{workers} workers behind HAProxy", pids, str(log))
+            urls = [w["url"] for w in deploy.workers.values()]
+            yield Servers(deploy.url, f"{workers} workers behind HAProxy", pids, str(log), urls)
 
 
 class ServerUsage:
@@ -259,6 +275,11 @@ class ServerUsage:
             }
             for name, pid in self.pids.items()
         }
+
+
+def _total_cpu(use: dict[str, dict]) -> float | None:
+    seconds = [u["cpu_seconds"] for u in use.values() if u["cpu_seconds"] is not None]
+    return sum(seconds) if seconds else None
 
 
 def _tree(pid: int) -> list[psutil.Process]:
@@ -294,6 +315,8 @@ async def run_webrtc_scenario(
     dashboard: bool = True,
     workers: int = 0,
     url: str | None = None,
+    extra_env: dict[str, str] | None = None,
+    scrape_every: float | None = None,
 ) -> dict:
     """``sessions`` aiortc clients talk ``turns`` turns each to the server.
 
@@ -316,6 +339,10 @@ async def run_webrtc_scenario(
     renders no HTML or charts: the difference to the default run is what
     rendering the live dashboard costs the voice loop (the headless benchmark
     folds events into state but renders nothing either).
+
+    ``extra_env`` goes to the server's environment (tracing settings, say);
+    ``scrape_every`` seconds, each server process's ``/metrics`` is fetched while
+    the visitors talk (``scrapes``: how many, and how long each took).
     """
     load_before = os.getloadavg()
     asked = turns - 1 if turns >= 2 else turns
@@ -328,9 +355,10 @@ async def run_webrtc_scenario(
         else None
     )
     providers: dict[str, Any] = {}
+    scraped: list[float] = []
     async with (
-        _profile_env(profile if url is None else "local") as (extra_env, fakes),
-        serving(extra_env, sessions, workers, url) as servers,
+        _profile_env(profile if url is None else "local") as (profile_env, fakes),
+        serving({**profile_env, **(extra_env or {})}, sessions, workers, url) as servers,
         contextlib.AsyncExitStack() as https,
     ):
         http = [await https.enter_async_context(http_session()) for _ in range(sessions)]
@@ -342,6 +370,10 @@ async def run_webrtc_scenario(
         usage = ServerUsage(servers.pids)
         client_cpu_before = cpu_seconds()
         talk_started = time.monotonic()
+        scrapers = [
+            asyncio.create_task(_scrape_metrics(http[0], u, scrape_every, scraped))
+            for u in (servers.metrics_urls if scrape_every else [])
+        ]
         try:
             # Different questions per session, so replies do not line up by accident.
             outcomes = await asyncio.gather(
@@ -358,11 +390,17 @@ async def run_webrtc_scenario(
                 return_exceptions=True,
             )
         finally:
+            server_use = usage.stop()
             cpu = {
                 "wall_seconds": time.monotonic() - talk_started,
                 "client_seconds": cpu_seconds() - client_cpu_before,
-                "servers": usage.stop(),
+                "servers": server_use,
+                # One number for every server process (the telemetry benchmark's "app").
+                "app_seconds": _total_cpu(server_use),
             }
+            for scraper in scrapers:
+                scraper.cancel()
+            await asyncio.gather(*scrapers, return_exceptions=True)
             await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
         if fakes:  # proof the app ran on the (fake) cloud providers, not locally
             providers = {
@@ -408,6 +446,7 @@ async def run_webrtc_scenario(
         },
         "providers": providers,
         "cpu": cpu,
+        "scrapes": {"every": scrape_every, **summarize(scraped)} if scrape_every else None,
         "audible_rms_threshold": AUDIBLE_RMS,
         "app_log": servers.log,
         "machine": {
@@ -423,7 +462,7 @@ def _rotate(items: list, by: int) -> list:
     return items[by:] + items[:by]
 
 
-async def measure_app_startup() -> dict:
+async def measure_app_startup(extra_env: dict[str, str] | None = None) -> dict:
     """Seconds from ``python app.py`` starting to its models being warm and to HTTP 200 on ``/``.
 
     ``models_ready_seconds`` is when the app logs "Voice Lab ready in" (end of
@@ -434,7 +473,7 @@ async def measure_app_startup() -> dict:
     ``models_ready_seconds`` includes importing gradio, fastrtc and pipecat.
     """
     load_before = os.getloadavg()
-    async with AppProcess(max_sessions=4) as app:
+    async with AppProcess(max_sessions=4, extra_env=extra_env) as app:
         http_ready = app.http_ready_at - app.started_at
         models_ready = app.seconds_to_line(READY_LOG_LINE)
         warm = None

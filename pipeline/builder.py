@@ -52,6 +52,7 @@ from pipeline.speculation import (
     UserResumedFrame,
 )
 from pipeline.switcher import TurnActivity
+from pipeline.telemetry import SessionTelemetry
 from pipeline.tools.installer import attach as attach_tools
 from pipeline.transport import FastRTCTransport, SessionOutbox
 from pipeline.vad_trace import record_vad_confidence
@@ -138,8 +139,13 @@ def build_generation(
     outbox: SessionOutbox,
     sink: EventSink,
     context: LLMContext | None = None,
+    telemetry: SessionTelemetry | None = None,
 ) -> PipelineGeneration:
-    """One pipeline generation; ``context`` carries the conversation over from the previous one."""
+    """One pipeline generation; ``context`` carries the conversation over from the previous one.
+
+    With ``telemetry`` tracing, pipecat's service spans join the session's trace
+    (its turns replace pipecat's own turn tracking: see ``pipeline.telemetry.tracing``).
+    """
     models.require("turn")  # Silero VAD and Smart Turn: no session works without them
     services = {
         stage: PROVIDERS[choice.provider].build(stage, choice, config.keys, config, models)
@@ -212,6 +218,7 @@ def build_generation(
         redact=config.keys.redact,
     )
     activity = TurnActivity()
+    tracing = telemetry is not None and telemetry.tracing
     worker = PipelineWorker(
         pipeline,
         params=PipelineParams(
@@ -228,7 +235,12 @@ def build_generation(
         enable_rtvi=False,
         idle_timeout_secs=config.idle_timeout_secs,
         cancel_runner_on_idle_timeout=False,
+        enable_tracing=tracing,
+        enable_turn_tracking=not tracing,
+        conversation_id=telemetry.session_id if tracing else None,
     )
+    if tracing:
+        telemetry.attach(worker)
     return PipelineGeneration(
         worker=worker,
         transport=transport,

@@ -29,7 +29,9 @@ class Event:
 
 @dataclass(frozen=True)
 class SessionStarted(Event):
-    """The pipeline is up and listening."""
+    """The pipeline is up and listening. ``session_id`` names the session in its traces."""
+
+    session_id: str = ""
 
 
 @dataclass(frozen=True)

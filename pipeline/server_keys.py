@@ -30,8 +30,12 @@ class ServerKeyBudget:
         budget_secs: float | None = None,
         tick_secs: float = SERVER_KEY_TICK_SECS,
         clock: Callable[[], float] = time.monotonic,
+        on_spent: Callable[[list[str], float], None] | None = None,
     ):
         self._report = report
+        # Told every tick which providers' server keys ran and for how long (the
+        # metrics), with or without a budget.
+        self._on_spent = on_spent
         # Seconds this session may spend on the server's own API keys (0: unlimited).
         self.budget = server_key_budget_secs() if budget_secs is None else budget_secs
         self.used = 0.0
@@ -58,7 +62,7 @@ class ServerKeyBudget:
 
         ``running`` is the configuration of the generation that runs now (None before one does).
         """
-        if self.budget <= 0:
+        if self.budget <= 0 and self._on_spent is None:
             return
         last = self._now()
         while True:
@@ -67,6 +71,11 @@ class ServerKeyBudget:
             elapsed, last = now - last, now
             config = running()
             if config is None or not (stages := config.server_key_stages()):
+                continue
+            if self._on_spent is not None:
+                providers = [PROVIDERS[config.choices()[stage].provider].label for stage in stages]
+                self._on_spent(providers, elapsed)
+            if self.budget <= 0:
                 continue
             if not self.spent:  # an A/B run's charge may have spent it already
                 self.charge(elapsed)

@@ -33,6 +33,7 @@ from pipeline.providers.local.models import LocalModels, LocalStageUnavailable, 
 from pipeline.publisher import StatePublisher
 from pipeline.server_keys import ServerKeyBudget
 from pipeline.switcher import GenerationSwitcher
+from pipeline.telemetry import SessionTelemetry, metrics, refused
 from pipeline.transport import SessionOutbox, microphone_resampler
 
 log = logging.getLogger(__name__)
@@ -58,25 +59,38 @@ def _weakly(owner, method: Callable) -> Callable:
 
 
 class SessionRecords:
-    """The event logs of the most recent sessions, by WebRTC connection id, for export.
+    """The event logs and traces of the most recent sessions, by WebRTC connection id, for export.
 
-    Only the log is kept (not the pipeline), bounded to ``limit`` sessions. A
+    Only the log and the trace's spans are kept (not the pipeline), bounded to
+    ``limit`` sessions (traces, which are larger, to ``trace_limit``). A
     connection id is random and known only to the browser that made it, so a
     visitor can only export their own session.
     """
 
-    def __init__(self, limit: int = 64):
-        self._limit = limit
+    def __init__(self, limit: int = 64, trace_limit: int = 16):
+        self._limit, self._trace_limit = limit, trace_limit
         self._logs: OrderedDict[str, deque[ev.Event]] = OrderedDict()
+        self._traces: OrderedDict[str, SessionTelemetry] = OrderedDict()
 
-    def add(self, connection_id: str, log_: deque[ev.Event]) -> None:
+    def add(
+        self, connection_id: str, log_: deque[ev.Event], telemetry: SessionTelemetry | None = None
+    ) -> None:
         self._logs[connection_id] = log_
         while len(self._logs) > self._limit:
             self._logs.popitem(last=False)
+        if telemetry is not None and telemetry.tracing:
+            self._traces[connection_id] = telemetry
+            while len(self._traces) > self._trace_limit:
+                self._traces.popitem(last=False)
 
     def get(self, connection_id: str) -> list[ev.Event] | None:
         found = self._logs.get(connection_id)
         return None if found is None else list(found)
+
+    def trace(self, connection_id: str) -> dict | None:
+        """The session's spans as OTLP/JSON (None: no such session, or it was not traced)."""
+        telemetry = self._traces.get(connection_id)
+        return None if telemetry is None or telemetry.trace is None else telemetry.trace.otlp_json()
 
 
 class VoiceSession(AsyncStreamHandler, Generic[S]):
@@ -119,12 +133,17 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         report = _weakly(self, lambda session, event: session.report(event))
         self.publisher = StatePublisher(reduce, initial_state, outbox, publish_interval)
         self.ui_delays = self.publisher.ui_delays  # event -> fastrtc, for the benchmark
+        # Metrics and spans, made from the events as the dashboard is (pipeline.telemetry).
+        self.telemetry = telemetry = SessionTelemetry()
         self.switcher = GenerationSwitcher(
             config,
-            lambda settings, context: build_generation(settings, models, outbox, report, context),
+            lambda settings, context: build_generation(
+                settings, models, outbox, report, context, telemetry
+            ),
             report,
+            session_id=telemetry.session_id,
         )
-        self.key_budget = ServerKeyBudget(report)
+        self.key_budget = ServerKeyBudget(report, on_spent=metrics.server_key_seconds)
         self._closed = self._started = self._heard_audio = False
         self._last_audio_at: float | None = None
         try:
@@ -164,6 +183,7 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
     def report(self, event: ev.Event) -> None:
         """Called by observers: cheap and synchronous, never blocks the pipeline."""
         self.events.append(event)
+        self.telemetry.observe(event)
         self.utterance.observe(event)
         if self.config.dashboard:
             self.publisher.add(event)
@@ -185,9 +205,10 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
     async def start_up(self) -> None:
         self._started = True
         self._loop = asyncio.get_running_loop()
+        self.telemetry.start()
         connection = current_context.get()
         if connection is not None:
-            self.records.add(connection.webrtc_id, self.events)
+            self.records.add(connection.webrtc_id, self.events, self.telemetry)
         if self.config.dashboard:
             self.publisher.start()
         watchdog = asyncio.create_task(self._watch_audio(), name="voice-lab-audio-watchdog")
@@ -201,6 +222,7 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
             await self.switcher.run()
         except LocalStageUnavailable as e:
             log.warning("session refused: %s", e)
+            refused("local_models_unavailable")
             self.report(ev.ErrorReported(time.time(), str(e), True))
         except Exception as e:
             log.exception("session failed")

@@ -139,8 +139,10 @@ class GenerationSwitcher:
         *,
         idle_secs: float = SWITCH_IDLE_SECS,
         runner: Callable[[], WorkerRunner] = lambda: WorkerRunner(handle_sigint=False),
+        session_id: str = "",
     ):
         self.config = config
+        self._session_id = session_id
         self._build = build
         self._report = report
         self._idle_secs = idle_secs
@@ -233,7 +235,7 @@ class GenerationSwitcher:
 
     def _generation_started(self, generation: Generation, first: bool) -> None:
         if first:
-            self._report(ev.SessionStarted(time.time()))
+            self._report(ev.SessionStarted(time.time(), self._session_id))
         self._report(ev.ProvidersChanged(time.time(), *_labels(generation.config)))
         if self._notice:
             # After SessionStarted, which clears the page's error line.

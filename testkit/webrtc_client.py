@@ -65,6 +65,7 @@ REPLY_QUIET_SECS = 1.5
 TURN_TIMEOUT = 40.0
 CONNECT_TIMEOUT = 30.0
 EXPORT_BUTTON = "export-button"
+TRACE_BUTTON = "trace-button"
 # A microphone sample above this (int16) is voice: the end of a question is its last one.
 VOICE_LEVEL = 300
 # Quiet this long after an interrupted reply's last audible frame: it stopped (the
@@ -90,6 +91,8 @@ class PageApi:
     export_fn: int | None = None
     # The speech-to-text provider dropdown's input (None: a page without one).
     stt_provider_fn: int | None = None
+    # The "Download trace" button's click (None: a page without one).
+    trace_fn: int | None = None
 
 
 async def page_api(http, base_url: str) -> PageApi:
@@ -117,6 +120,7 @@ async def page_api(http, base_url: str) -> PageApi:
         dependency("state_change"),
         event_of(EXPORT_BUTTON, "click"),
         event_of("stt-provider", "input"),
+        event_of(TRACE_BUTTON, "click"),
     )
 
 
@@ -657,15 +661,29 @@ class WebRTCClient:
         """The session's events as the page's "Export session" button gets them (its own only)."""
         if self.api.export_fn is None:
             return []
-        event_id = await self._join(self.api.export_fn, [self.value])
+        exported = await self._download(self.api.export_fn, timeout)
+        return [] if exported is None else exported.get("events", [])
+
+    async def download_trace(self, timeout: float = 20.0) -> dict | None:
+        """The session's spans (OTLP/JSON) as the page's "Download trace" button gets them.
+
+        None when the page refused (its error says why) or has no such button.
+        """
+        if self.api.trace_fn is None:
+            return None
+        return await self._download(self.api.trace_fn, timeout)
+
+    async def _download(self, fn_index: int, timeout: float) -> dict | None:
+        """Click a button whose output is a file, and read the file the page would offer."""
+        event_id = await self._join(fn_index, [self.value])
         output = await self._completed_output(event_id, timeout)
         data = (output.get("data") or [None])[0]
         value = data.get("value") if isinstance(data, dict) else None
         if not isinstance(value, dict) or not value.get("url"):
-            return []
+            return None
         async with self.http.get(value["url"]) as r:
             r.raise_for_status()
-            return json.loads(await r.read()).get("events", [])
+            return json.loads(await r.read())
 
     async def _wait_frames(self, timeout: float) -> None:
         self.heard.arrived.clear()

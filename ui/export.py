@@ -35,6 +35,7 @@ FORMAT = "voice-lab-session/1"
 MAX_REPLAY_EVENTS = 5000
 MAX_REPLAY_BYTES = 2_000_000
 EXPORT_GLOB = "voice-lab-session-*.json"
+TRACE_GLOB = "voice-lab-trace-*.json"
 DEFAULT_EXPORT_MAX_FILES = 200
 DEFAULT_EXPORT_MAX_AGE_SECS = 3600.0
 
@@ -109,11 +110,11 @@ def export_retention() -> tuple[int, float]:
     )
 
 
-def prune_exports(directory: Path, keep: int, max_age: float) -> None:
+def prune_exports(directory: Path, keep: int, max_age: float, pattern: str = EXPORT_GLOB) -> None:
     """Delete exports older than ``max_age`` seconds, then all but the ``keep`` newest."""
     now = time.time()
     found = []
-    for path in directory.glob(EXPORT_GLOB):
+    for path in directory.glob(pattern):
         try:
             found.append((path.stat().st_mtime, path))
         except FileNotFoundError:  # another visitor's export pruned it first
@@ -125,13 +126,26 @@ def prune_exports(directory: Path, keep: int, max_age: float) -> None:
 
 
 def write_export(events: list[ev.Event], directory: Path) -> Path:
+    return _write(directory, "voice-lab-session", EXPORT_GLOB, export_session(events))
+
+
+def write_trace(otlp: dict, directory: Path) -> Path:
+    """The session's spans (OTLP/JSON, as ``pipeline.telemetry.tracing.otlp_json`` made them).
+
+    Jaeger's UI opens such a file (Search > Upload), and any OTLP/HTTP receiver
+    that takes JSON accepts it as the body of ``POST /v1/traces``.
+    """
+    return _write(directory, "voice-lab-trace", TRACE_GLOB, otlp)
+
+
+def _write(directory: Path, prefix: str, pattern: str, data: dict) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     max_files, max_age = export_retention()
-    prune_exports(directory, max_files - 1, max_age)
+    prune_exports(directory, max_files - 1, max_age, pattern)
     # Unique per export: two visitors exporting in the same second must not share a file.
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = directory / f"voice-lab-session-{stamp}-{uuid.uuid4().hex[:8]}.json"
-    path.write_text(json.dumps(export_session(events), indent=1))
+    path = directory / f"{prefix}-{stamp}-{uuid.uuid4().hex[:8]}.json"
+    path.write_text(json.dumps(data, indent=1))
     return path
 
 

@@ -20,7 +20,7 @@ from pipeline.config import (
 from pipeline.providers.local.models import shared_models
 from pipeline.session import SessionRecords, VoiceSession
 from pipeline.transport import tighten_audio_jitter_buffer
-from ui import export, heard, render, server, state, views
+from ui import export, heard, observability, render, server, state, views
 from ui.ab import build_ab_panel, wire_ab_panel
 from ui.relay import TurnRelay, relay_policy, relay_source
 from ui.settings import build_settings_panel, config_from_settings
@@ -66,6 +66,7 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
     )
     source = relay_source()
     relay = TurnRelay(source, policy=relay_policy()).start() if source else None
+    observability.install()
     # Every call's microphone audio reaches the pipeline 60 ms sooner (see its docstring).
     tighten_audio_jitter_buffer()
     css = (ASSETS / "style.css").read_text()
@@ -121,10 +122,19 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
                     export_button = gr.Button(
                         "Export session (JSON)", size="sm", elem_id="export-button"
                     )
+                    trace_button = gr.Button(
+                        "Download trace (OTLP JSON)", size="sm", elem_id="trace-button"
+                    )
                     replay_button = gr.UploadButton(
                         "Replay a session file", file_types=[".json"], size="sm"
                     )
                 export_file = gr.File(label="Session file", visible=False, elem_id="export-file")
+                trace_file = gr.File(
+                    label="Trace file: open it in Jaeger (Search > Upload) or send it to "
+                    "any OTLP/HTTP receiver",
+                    visible=False,
+                    elem_id="trace-file",
+                )
                 # Where assets/heard_latency.js puts each figure the page measured:
                 # in the page (so its script can set it), never shown.
                 heard_input = gr.Textbox(
@@ -188,6 +198,20 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
                 raise gr.Error("Nothing to export yet: press Record and talk first.")
             return gr.update(value=str(export.write_export(events, EXPORT_DIR)), visible=True)
 
+        def download_trace(connection, request: gr.Request) -> dict:
+            connection_id = webrtc_id_of(connection)
+            # As the export: only the page that made the connection may read its trace.
+            owned = guard.owns(connection_id, request.session_hash)
+            if not owned or not records.get(connection_id):
+                raise gr.Error("No trace yet: press Record and talk first.")
+            otlp = records.trace(connection_id)
+            if not otlp or not otlp.get("resourceSpans"):
+                raise gr.Error(
+                    "This session has no trace: tracing is off on this server "
+                    "(VOICE_LAB_TRACE_DOWNLOAD=0, or OTEL_SDK_DISABLED) or its sampler left it out."
+                )
+            return gr.update(value=str(export.write_trace(otlp, EXPORT_DIR)), visible=True)
+
         def replay_file(file) -> tuple:
             # Anyone can upload anything: load_replay bounds the work and
             # checks every field; its message is plain text and quotes nothing.
@@ -199,6 +223,7 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
                 ) from None
 
         export_button.click(export_current, inputs=[audio], outputs=[export_file])
+        trace_button.click(download_trace, inputs=[audio], outputs=[trace_file])
         heard_intake = heard.HeardIntake()
 
         def take_heard(raw, connection, request: gr.Request) -> None:

@@ -45,6 +45,10 @@ access = logging.getLogger("voice_lab.access")
 
 ROUTES: list[BaseRoute] = []
 MIDDLEWARE: list[Middleware] = []
+# FastAPI (0.163+) traces and measures every request into the global OpenTelemetry
+# providers once they exist: with tracing on (pipeline.telemetry) each of the page's
+# queue polls and SSE streams would become a trace of its own. Sessions are what we trace.
+FASTAPI_TELEMETRY = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
 
 WORKER_HEADER = "X-Voice-Lab-Worker"
 # A draining worker exits this long after the signal even if calls remain (they end).
@@ -159,7 +163,7 @@ def app_kwargs(status: WorkerStatus | None = None) -> dict[str, Any]:
         Middleware(WorkerHeader, worker=worker_id(), log_requests=access_log()),
         *MIDDLEWARE,
     ]
-    return {"routes": routes, "middleware": middleware}
+    return {"routes": routes, "middleware": middleware, "telemetry": dict(FASTAPI_TELEMETRY)}
 
 
 def serve_worker(status: WorkerStatus) -> None:

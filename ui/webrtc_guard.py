@@ -49,6 +49,7 @@ from fastrtc import WebRTC
 from fastrtc.utils import AdditionalOutputs, WebRTCData
 
 from pipeline.config import balancer_cookie
+from pipeline.telemetry import refused as count_refusal
 
 log = logging.getLogger(__name__)
 
@@ -248,15 +249,18 @@ class WebRTCGuard:
         sdp = body.get("sdp")
         if body.get("type") != "offer" or not _plausible_sdp(sdp):
             log.info("refused a malformed WebRTC offer")
+            count_refusal("invalid_offer")
             return refused("invalid_offer")
         if webrtc_id in self._owners:
             return refused("connection_already_exists")
         limit = component.concurrency_limit
         if limit is not None and len(component.pcs) >= limit:
+            count_refusal("capacity")
             return _expire_balancer_cookie(refused("concurrency_limit_reached", limit=limit))
         client = self._client_of(request)
         if self._held_by(client) >= self.per_client:
             log.info("refused an offer: this client already holds %d connections", self.per_client)
+            count_refusal("per_client")
             # The page words this one as "Too many concurrent connections".
             return refused("concurrency_limit_reached", limit=self.per_client, per_client=True)
 
@@ -270,6 +274,7 @@ class WebRTCGuard:
         except Exception as e:
             # fastrtc registered the connection before parsing: free its slot.
             log.info("refused a WebRTC offer that failed to parse: %s", type(e).__name__)
+            count_refusal("invalid_offer")
             await self._drop(webrtc_id)
             return refused("invalid_offer")
         if isinstance(answer, dict) and "sdp" in answer:
@@ -295,6 +300,7 @@ class WebRTCGuard:
                 "closing a connection that sent no audio within %.0fs of its offer",
                 self.admission_secs,
             )
+            count_refusal("no_audio")
             await self._drop(webrtc_id)
 
     async def _drop(self, webrtc_id: str) -> None:

@@ -33,6 +33,7 @@ from pipecat.services.stt_service import SegmentedSTTService
 from pipecat.services.tts_service import TTSService
 from pipecat.transcriptions.language import Language
 from pipecat.utils.time import time_now_iso8601
+from pipecat.utils.tracing.service_decorators import traced_llm, traced_stt, traced_tts
 
 from pipeline.providers.local.models import LLM_LABEL, PIPER_LABEL, WHISPER_LABEL, LocalModels
 from pipeline.speculation import EagerSegment, EagerSegmentsMixin
@@ -244,6 +245,7 @@ class LocalWhisperSTTService(EagerSegmentsMixin, SegmentedSTTService):
     def eager_frame_text(self, text: str) -> str:
         return " ".join(t for t in [*(b.text for b in self._blocks), text] if t)
 
+    @traced_stt  # an "stt" span per transcript when the session is traced (pipecat's)
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame, None]:
         if isinstance(audio, _DropBlocks):
             self._final_blocks.clear()
@@ -357,6 +359,7 @@ class LocalLlamaLLMService(LLMService):
                 self._history_start += 1
         return history[self._history_start :]
 
+    @traced_llm  # an "llm" span per reply when the session is traced (pipecat's)
     async def _generate(self, context: LLMContext) -> None:
         messages = await self._messages(context)
         await self.start_ttfb_metrics()
@@ -441,6 +444,7 @@ class LocalPiperTTSService(TTSService):
         with self._models.tts_lock:
             return [chunk.audio_int16_bytes for chunk in self._models.piper.synthesize(text)]
 
+    @traced_tts  # a "tts" span per reply's audio when the session is traced (pipecat's)
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
         await self.start_tts_usage_metrics(text)
         try:
