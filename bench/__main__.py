@@ -18,6 +18,7 @@ Against ``python app.py`` over WebRTC instead (aiortc clients, as the page):
     python -m bench webrtc --profile cloud-sim --sessions 3 --turns 3
     python -m bench startup
     python -m bench refusal --limit 2
+    python -m bench abuse [--only lockout,queue]
 
 The developer's provider keys are ignored: every stage is local unless the
 profile says otherwise.
@@ -51,6 +52,18 @@ def _levels(text: str) -> list[int]:
     if not levels or min(levels) < 1:
         raise argparse.ArgumentTypeError("--sweep takes session counts such as 1,2,3,4")
     return levels
+
+
+def _names(text: str) -> list[str]:
+    from bench.abuse import SCENARIOS
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SCENARIOS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown attack(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}"
+        )
+    return names
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -101,7 +114,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def _add_webrtc_modes(parser: argparse.ArgumentParser) -> None:
-    """``webrtc``, ``startup`` and ``refusal``: ``python app.py`` measured over WebRTC."""
+    """``webrtc``, ``startup``, ``refusal``, ``abuse``: ``python app.py`` measured over WebRTC."""
     modes = parser.add_subparsers(
         dest="mode",
         title="modes against python app.py over WebRTC (instead of the headless run)",
@@ -118,7 +131,13 @@ def _add_webrtc_modes(parser: argparse.ArgumentParser) -> None:
         "refusal", help="a visitor beyond VOICE_LAB_MAX_SESSIONS is refused; the others answered"
     )
     refusal.add_argument("--limit", type=int, default=1, help="VOICE_LAB_MAX_SESSIONS")
-    for mode in (webrtc, startup, refusal):
+    abuse = modes.add_parser(
+        "abuse", help="one address attacks the app; a visitor is answered during and after"
+    )
+    abuse.add_argument(
+        "--only", type=_names, help="comma-separated attacks (default: all; see bench/abuse.py)"
+    )
+    for mode in (webrtc, startup, refusal, abuse):
         mode.add_argument("--json", type=Path, help="write the full result here")
 
 
@@ -216,6 +235,15 @@ async def _webrtc_mode(args: argparse.Namespace) -> dict:
     elif args.mode == "startup":
         result = await measure_app_startup()
         print(json.dumps(result, indent=2))
+    elif args.mode == "abuse":
+        from bench.abuse import run_abuse
+
+        result = await run_abuse(args.only)
+        load = result["machine"]
+        print(
+            f"load avg before {load['loadavg_before'][0]:.2f} after "
+            f"{load['loadavg_after'][0]:.2f}; app log {result['app_log']}"
+        )
     else:
         result = await check_refusal(args.limit)
         print(json.dumps(result, indent=2, default=str))

@@ -84,6 +84,7 @@ from testkit.webrtc_client import (
     http_session,
     page_api,
     question_audio,
+    visitor_address,
 )
 
 # Silence the client keeps sending between a reply's end and the next question.
@@ -208,7 +209,9 @@ async def run_webrtc_scenario(
     providers: dict[str, Any] = {}
     async with _profile_env(profile) as (extra_env, fakes):
         async with (
-            AppProcess(max_sessions=max(sessions, 4), extra_env=extra_env) as app,
+            # One slot more than the visitors: they all come from 127.0.0.1, and one
+            # client may hold one connection fewer than there are slots.
+            AppProcess(max_sessions=max(sessions + 1, 4), extra_env=extra_env) as app,
             http_session() as http,
         ):
             api = await page_api(http, app.url)
@@ -334,10 +337,18 @@ async def check_refusal(limit: int) -> dict:
     question = QUESTIONS[0]
     audio = question_audio(question)
     result: dict[str, Any] = {"limit": limit}
-    async with AppProcess(max_sessions=limit) as app, http_session() as http:
-        api = await page_api(http, app.url)
-        admitted = [WebRTCClient(http, app.url, api, name=f"visitor-{i + 1}") for i in range(limit)]
-        extra = WebRTCClient(http, app.url, api, name=f"visitor-{limit + 1}")
+    async with contextlib.AsyncExitStack() as stack:
+        app = await stack.enter_async_context(AppProcess(max_sessions=limit))
+        # Each visitor from an address of its own (one client holds fewer than all the slots).
+        https = [
+            await stack.enter_async_context(http_session(visitor_address(i)))
+            for i in range(limit + 1)
+        ]
+        api = await page_api(https[0], app.url)
+        admitted = [
+            WebRTCClient(https[i], app.url, api, name=f"visitor-{i + 1}") for i in range(limit)
+        ]
+        extra = WebRTCClient(https[limit], app.url, api, name=f"visitor-{limit + 1}")
         try:
             for client in admitted:
                 await client.connect()

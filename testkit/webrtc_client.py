@@ -569,8 +569,22 @@ class WebRTCClient:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def http_session():
-    """An aiohttp session for the clients: never through a proxy (trust_env stays False)."""
+def visitor_address(index: int) -> str:
+    """A loopback address of its own for visitor ``index`` (0, 1, ...): 127.0.0.2 upwards."""
+    if not 0 <= index < 250:
+        raise ValueError("visitor addresses run from 127.0.0.2 to 127.0.0.251")
+    return f"127.0.0.{index + 2}"
+
+
+def http_session(address: str | None = None, headers: dict[str, str] | None = None):
+    """An aiohttp session for the clients: never through a proxy (trust_env stays False).
+
+    ``address``: connect from this local address (any of 127.0.0.0/8 on Linux),
+    so the app counts its requests as another client's.
+    """
     import aiohttp
 
-    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+    connector = aiohttp.TCPConnector(local_addr=(address, 0)) if address else None
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=30), connector=connector, headers=headers
+    )

@@ -12,14 +12,15 @@ from fastrtc import WebRTC
 
 from pipeline.config import (
     admission_secs,
+    handshake_secs,
     max_sessions,
     max_sessions_per_client,
-    trust_forwarded_for,
+    offers_per_minute,
 )
 from pipeline.providers.local.models import shared_models
 from pipeline.session import SessionRecords, VoiceSession
 from pipeline.transport import tighten_audio_jitter_buffer
-from ui import export, heard, render, server, state, views
+from ui import clients, export, heard, hostile, render, server, state, views
 from ui.ab import build_ab_panel, wire_ab_panel
 from ui.relay import TurnRelay, relay_wanted
 from ui.settings import build_settings_panel, config_from_settings
@@ -27,10 +28,6 @@ from ui.webrtc_guard import WebRTCGuard, webrtc_id_of
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 EXPORT_DIR = Path(tempfile.gettempdir()) / "voice-lab-exports"
-# Requests waiting in Gradio's queue beyond this are turned away ("queue full").
-QUEUE_MAX_SIZE = 64
-# What Gradio accepts as an upload at all (a session file is the only upload).
-MAX_UPLOAD_BYTES = 8 * 1024 * 1024
 # Gradio's upload cache: files older than an hour are deleted every 10 minutes.
 DELETE_CACHE = (600, 3600)
 
@@ -135,7 +132,8 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
             audio,
             per_client=max_sessions_per_client(),
             admission_secs=admission_secs(),
-            trust_forwarded_for=trust_forwarded_for(),
+            handshake_secs=handshake_secs(),
+            offers_per_minute=offers_per_minute(),
         )
         # Before ``stream()``: it wires the settings to the method it finds now.
         guard.install()
@@ -182,18 +180,23 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
             owned = guard.owns(connection_id, request.session_hash)
             events = records.get(connection_id) if owned else None
             if not events:
-                raise gr.Error("Nothing to export yet: press Record and talk first.")
+                raise gr.Error(
+                    "Nothing to export yet: press Record and talk first.", print_exception=False
+                )
             return gr.update(value=str(export.write_export(events, EXPORT_DIR)), visible=True)
 
         def replay_file(file) -> tuple:
             # Anyone can upload anything: load_replay bounds the work and
             # checks every field; its message is plain text and quotes nothing.
+            path = getattr(file, "name", file)
             try:
-                return views.render_all(export.load_replay(getattr(file, "name", file)))
+                return views.render_all(export.load_replay(path))
             except export.ReplayError as e:
                 raise gr.Error(
                     str(e), title="Could not replay that file", print_exception=False
                 ) from None
+            finally:
+                export.discard_upload(path, Path(demo.GRADIO_CACHE))
 
         export_button.click(export_current, inputs=[audio], outputs=[export_file])
         heard_intake = heard.HeardIntake()
@@ -218,11 +221,15 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
     for fn in demo.fns.values():
         # Every endpoint here serves this page only; none is a public API.
         fn.show_api = False
-    return demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=4)
+    hostile.quiet_input_refusals(demo)
+    return demo.queue(max_size=server.QUEUE_MAX_SIZE, default_concurrency_limit=4)
 
 
 def launch(demo: gr.Blocks, **options) -> None:
     """Serve the page as a public Space should: bounded uploads, no API page, no tracebacks.
+
+    Who a client is is decided by ``ui.clients`` alone (uvicorn's own reading of
+    ``X-Forwarded-For`` is turned off).
 
     Gradio 5.50 builds its FastAPI app with ``debug=True`` (``App.create_app``),
     so any exception in a route (an unknown component id, say) answers the
@@ -233,9 +240,10 @@ def launch(demo: gr.Blocks, **options) -> None:
     # GC's way, a collection then costs ~1-2 ms instead of ~300 ms (see webrtc_guard).
     gc.collect()
     gc.freeze()
+    clients.keep_uvicorn_out_of_it()
     demo.launch(
         show_api=False,
-        max_file_size=MAX_UPLOAD_BYTES,
+        max_file_size=server.MAX_UPLOAD_BYTES,
         prevent_thread_lock=True,
         app_kwargs=server.app_kwargs(),
         **options,

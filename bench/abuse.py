@@ -1,0 +1,199 @@
+"""``python -m bench abuse``: one address attacks ``python app.py``; a visitor is answered too.
+
+Each attack of :mod:`testkit.attacks` runs against one app (two slots, the
+attack settings of :func:`testkit.attacks.abuse_environment`), with a visitor
+from another address during it where the attack lasts, and another after it.
+Per attack it prints what was tried, what the server answered the attacker,
+what the visitors got (answered, voice-to-voice as heard), the app's resident
+memory and threads before and after (2 s after the attack and its visitors
+left: a closed connection is collected then), and the tracebacks it logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from testkit import attacks
+from testkit.attacks import Target
+
+# A closed connection is collected 2 s after its clean-up (ui.webrtc_guard).
+SETTLE_SECS = 3.0
+
+
+async def _lockout(target: Target) -> dict:
+    async with attacks.lockout_offers(target) as spam:
+        during = await attacks.visitor(target)
+    async with attacks.stuck_handshakes(target) as held:
+        # Every slot is held: the visitor presses Record until let in.
+        waiting = await attacks.visitor(target, retry_for=attacks.ADMISSION_SECS + 5)
+    return {"attack": spam, "held": held, "during": during, "waiting": waiting}
+
+
+async def _many_audio_sections(target: Target) -> dict:
+    return {"attack": await attacks.many_audio_sections(target)}
+
+
+async def _server_key(target: Target) -> dict:
+    return {"attack": await attacks.server_key_reconnects(target)}
+
+
+async def _uploads(target: Target) -> dict:
+    async with attacks.upload_flood(target) as flood:
+        during = await attacks.visitor_replay(target)
+    after_replay = await attacks.visitor_replay(target)
+    return {"attack": flood, "during": during, "after_replay": after_replay}
+
+
+async def _upload_cache(target: Target) -> dict:
+    return {"attack": await attacks.fill_upload_cache(target)}
+
+
+async def _spoofed(target: Target) -> dict:
+    async with attacks.spoofed_connections(target) as spoof:
+        during = await attacks.visitor(target)
+    return {"attack": spoof, "during": during}
+
+
+async def _offer_flood(target: Target) -> dict:
+    return {"attack": await attacks.offer_flood(target)}
+
+
+async def _queue(target: Target) -> dict:
+    async with attacks.queue_flood(target) as flood:
+        during = await attacks.visitor_queued(target)
+    return {"attack": flood, "during": during}
+
+
+async def _hostile(target: Target) -> dict:
+    async with attacks.hostile_requests(target) as hostile:
+        during = await attacks.visitor(target)
+    return {"attack": hostile, "during": during}
+
+
+async def _tools(target: Target) -> dict:
+    return {"attack": await attacks.non_object_tool_arguments(target)}
+
+
+SCENARIOS: dict[str, Callable[[Target], Awaitable[dict]]] = {
+    "lockout": _lockout,
+    "audio-sections": _many_audio_sections,
+    "server-key": _server_key,
+    "uploads": _uploads,
+    "upload-cache": _upload_cache,
+    "spoofed-address": _spoofed,
+    "offer-flood": _offer_flood,
+    "queue": _queue,
+    "hostile-requests": _hostile,
+    "tool-arguments": _tools,
+}
+
+
+async def run_abuse(only: list[str] | None = None) -> dict:
+    """Every scenario (or ``only`` these), each followed by a visitor; the figures per attack."""
+    load_before = os.getloadavg()
+    results = []
+    async with attacks.abuse_target() as target:
+        for name, scenario in SCENARIOS.items():
+            if only and name not in only:
+                continue
+            before, offset, started = target.figures(), target.app.log_size(), time.monotonic()
+            record: dict[str, Any] = {"name": name, **await scenario(target)}
+            record["after"] = await attacks.visitor(target)
+            record["seconds"] = time.monotonic() - started
+            await asyncio.sleep(SETTLE_SECS)
+            record["app_before"], record["app_after"] = before, target.figures()
+            record["tracebacks"] = target.log_tracebacks(offset)
+            results.append(record)
+            print(format_attack(record), flush=True)
+        log = str(target.app.log_path)
+    return {
+        "attacks": results,
+        "app_log": log,
+        "machine": {
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+            "cpus": os.cpu_count(),
+        },
+    }
+
+
+def _visitor(seen: dict | None) -> str:
+    if not seen:
+        return "-"
+    if "replayed" in seen:
+        left = ", its file left in the cache" if seen.get("file_left") else ""
+        return (
+            f"replayed{left}"
+            if seen["replayed"]
+            else f"not replayed (upload {seen.get('upload_status')})"
+        )
+    if "seconds" in seen and "voice_to_voice" not in seen:
+        return f"answered in {seen['seconds']:.1f} s" if seen["answered"] else "refused"
+    if not seen.get("answered"):
+        refusals = seen.get("refusals") or []
+        return f"NOT answered ({refusals[-1] if refusals else seen.get('error')})"
+    waited = seen.get("admitted_after") or 0
+    admitted = f" after {waited:.1f} s of pressing Record" if waited > 0.5 else ""
+    return f"answered{admitted}, V2V {seen['voice_to_voice']:.2f} s"
+
+
+def _server(name: str, record: dict) -> str:
+    attack = record["attack"]
+    if name == "lockout":
+        held = record["held"]
+        return (
+            f"{attack['answered']} of {attack['offers']} bad offers answered "
+            f"(refused: {dict(attack['refusals'])}); {held['answered']} wrong-fingerprint "
+            f"offers answered, each closed once its handshake stalled"
+        )
+    if name == "audio-sections":
+        return "answered" if attack["answered"] else f"refused ({attack['error']})"
+    if name == "server-key":
+        parts = [
+            f"{page}: {'answered' if seen['answered'] else 'NOT answered'}, "
+            f"{seen['server_key_calls']} calls on the server's key"
+            f"{', told it was used up' if seen['used_up_shown'] else ''}"
+            for page, seen in ((p, attack[p]) for p in ("same page", "new page"))
+        ]
+        return f"budget spent: {attack.get('spent')}; " + "; ".join(parts)
+    if name in ("uploads", "upload-cache"):
+        cache = attack.get("cache_mb_after", attack.get("cache_mb"))
+        return f"statuses {dict(attack['statuses'])}, upload cache {cache:.0f} MB"
+    if name == "spoofed-address":
+        return f"{attack['admitted']} admitted, refused: {attack['refusals']}"
+    if name == "offer-flood":
+        return f"refused: {dict(attack['refusals'])}"
+    if name == "queue":
+        return f"statuses {dict(attack['statuses'])}"
+    if name == "hostile-requests":
+        return (
+            f"{attack['requests']} requests: {dict(attack['statuses'])}; "
+            f"/openapi.json {attack.get('/openapi.json')}"
+        )
+    if name == "tool-arguments":
+        return (
+            f"tool cards {attack['tool_cards']}, apology spoken: {attack['apology_spoken']}, "
+            f"visitor {_visitor(attack)}"
+        )
+    return str(attack)
+
+
+def format_attack(record: dict) -> str:
+    name = record["name"]
+    before, after = record["app_before"], record["app_after"]
+    lines = [
+        f"[{name}] {record['attack']['tried']}",
+        f"    server: {_server(name, record)}",
+    ]
+    for when in ("during", "waiting", "after_replay", "after"):
+        if when in record:
+            lines.append(f"    visitor {when.replace('_', ' ')}: {_visitor(record[when])}")
+    lines.append(
+        f"    app RSS {before['rss_mb']:.0f} -> {after['rss_mb']:.0f} MB, threads "
+        f"{before['threads']} -> {after['threads']}, tracebacks logged {record['tracebacks']}"
+    )
+    return "\n".join(lines)
