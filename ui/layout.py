@@ -28,8 +28,10 @@ from ui.webrtc_guard import WebRTCGuard, webrtc_id_of
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 EXPORT_DIR = Path(tempfile.gettempdir()) / "voice-lab-exports"
-# Gradio's upload cache: files older than an hour are deleted every 10 minutes.
-DELETE_CACHE = (600, 3600)
+# Gradio's upload cache: files older than 15 minutes are deleted every 5 minutes. A
+# replay reads its file at once (and deletes it), a download follows its export within
+# seconds; what stays is what an attacker left, counted against the cache's cap.
+DELETE_CACHE = (300, 900)
 
 
 def _browser_rtc(relay: TurnRelay | None):
