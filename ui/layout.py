@@ -20,7 +20,7 @@ from pipeline.config import (
 from pipeline.providers.local.models import shared_models
 from pipeline.session import SessionRecords, VoiceSession
 from pipeline.transport import tighten_audio_jitter_buffer
-from ui import clients, export, heard, hostile, render, server, state, views
+from ui import clients, export, heard, hostile, limits, render, server, state, views
 from ui.ab import build_ab_panel, wire_ab_panel
 from ui.relay import TurnRelay, relay_wanted
 from ui.settings import build_settings_panel, config_from_settings
@@ -198,7 +198,9 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
                     str(e), title="Could not replay that file", print_exception=False
                 ) from None
             finally:
-                export.discard_upload(path, Path(demo.GRADIO_CACHE))
+                # Read once and done with, unless an identical upload still waits.
+                if isinstance(path, str) and limits.PENDING_UPLOADS.release(path):
+                    export.discard_upload(path, Path(demo.GRADIO_CACHE))
 
         export_button.click(export_current, inputs=[audio], outputs=[export_file])
         heard_intake = heard.HeardIntake()

@@ -168,12 +168,46 @@ def upload_folder(scope) -> Path:
     return Path(folder)
 
 
+class PendingUploads:
+    """Uploaded files not read yet, by path: a file is deleted only once nobody waits for it.
+
+    Gradio stores an upload under a folder named by its content, so identical
+    uploads (two visitors replaying the same file) share one path.
+    """
+
+    def __init__(self, max_paths: int = 10_000):
+        self._waiting: OrderedDict[str, int] = OrderedDict()
+        self._max = max_paths
+
+    def add(self, path: str) -> None:
+        key = str(Path(path).resolve())
+        self._waiting[key] = self._waiting.get(key, 0) + 1
+        self._waiting.move_to_end(key)
+        while len(self._waiting) > self._max:
+            self._waiting.popitem(last=False)
+
+    def release(self, path: str) -> bool:
+        """One upload of ``path`` was read; True if no other upload of it waits (delete it)."""
+        key = str(Path(path).resolve())
+        left = self._waiting.get(key, 1) - 1
+        if left > 0:
+            self._waiting[key] = left
+            return False
+        self._waiting.pop(key, None)
+        return True
+
+
+# Every upload the gate let through; ``ui.layout`` releases each as its replay reads it.
+PENDING_UPLOADS = PendingUploads()
+
+
 class UploadGate:
     """ASGI middleware: a per-client allowance and a total cap on Gradio's upload cache."""
 
-    def __init__(self, app, limits: UploadLimits):
+    def __init__(self, app, limits: UploadLimits, pending: PendingUploads = PENDING_UPLOADS):
         self.app = app
         self.limits = limits
+        self.pending = pending
         self.per_client = RateWindow(limits.per_client_bytes, UPLOAD_WINDOW_SECS)
         self.in_flight = 0
 
@@ -190,10 +224,13 @@ class UploadGate:
             await refusal(scope, receive, send)
             return
         self.in_flight += size
+        response = _Captured(send)
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, response.send)
         finally:
             self.in_flight -= size
+        for path in response.paths():
+            self.pending.add(path)
 
     async def _check(self, scope) -> tuple[PlainTextResponse | None, int]:
         client = client_of_scope(scope)
@@ -222,6 +259,33 @@ class UploadGate:
                 "The server's upload space is full: try again later.", status_code=507
             ), 0
         return None, size
+
+
+class _Captured:
+    """Passes a response on, keeping a small successful one's body (the stored paths)."""
+
+    LIMIT = 64 * 1024
+
+    def __init__(self, send):
+        self._send = send
+        self.status = 0
+        self.body = b""
+
+    async def send(self, message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        elif message["type"] == "http.response.body" and len(self.body) < self.LIMIT:
+            self.body += message.get("body", b"")
+        await self._send(message)
+
+    def paths(self) -> list[str]:
+        if self.status != 200:
+            return []
+        try:
+            paths = json.loads(self.body)
+        except ValueError:
+            return []
+        return [p for p in paths if isinstance(p, str)] if isinstance(paths, list) else []
 
 
 # -- the queue ----------------------------------------------------------------------
