@@ -64,6 +64,14 @@ MB = 1024 * 1024
 RETRY_SECS = 0.75
 TRACEBACK_MARKERS = ("Traceback", 'File "', "site-packages")
 HOSTILE_VALUES = ([1, 2, 3], "x" * 100_000, {"a": 1}, -1e308)
+# Trickled ICE candidates no browser sends (fastrtc logged each failure with a traceback).
+HOSTILE_CANDIDATES = (
+    {"candidate": "candidate:1 x udp 1 127.0.0.1 9 typ host generation 0 ufrag x", "sdpMid": "0"},
+    {"candidate": "candidate:1 1 udp 1 127.0.0.1 99999999 typ host generation 0 ufrag x"},
+    {"candidate": "candidate:1 1 udp 1 evil.example 9 typ host generation 0 ufrag x"},
+    {"candidate": "candidate:" + "x " * 2000},
+    {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host generation 0 ufrag x", "sdpMid": 7},
+)
 
 
 def abuse_environment(groq: FakeGroq) -> dict[str, str]:
@@ -642,7 +650,8 @@ async def hostile_requests(target: Target) -> AsyncIterator[dict]:
         dependencies = config["dependencies"]
         result["tried"] = (
             f"{len(HOSTILE_VALUES)} ill-typed inputs to each of the page's {len(dependencies)} "
-            "events, calls to unknown components and functions, /openapi.json"
+            "events, calls to unknown components and functions, malformed ICE candidates, "
+            "/openapi.json"
         )
         for dependency in dependencies:
             for value in HOSTILE_VALUES:
@@ -667,6 +676,35 @@ async def hostile_requests(target: Target) -> AsyncIterator[dict]:
             async with http.get(target.url + path) as r:
                 result["requests"] += 1
                 result[path] = r.status
+        await hostile_candidates(http)
+
+    async def hostile_candidates(http) -> None:
+        # ICE candidates are only taken for one's own connection: make one first.
+        pc, sdp = await aiortc_offer()
+        webrtc_id, session_hash = random_id(), random_id()
+        try:
+            answer = await page_offer(
+                http, target, sdp, webrtc_id=webrtc_id, session_hash=session_hash
+            )
+            if "sdp" not in answer:
+                return
+            for candidate in HOSTILE_CANDIDATES:
+                body = {
+                    "data": {
+                        "type": "ice-candidate",
+                        "webrtc_id": webrtc_id,
+                        "candidate": candidate,
+                    },
+                    "component_id": target.api.webrtc_id,
+                    "fn_name": "offer",
+                    "session_hash": session_hash,
+                }
+                async with http.post(f"{target.url}/gradio_api/component_server", json=body) as r:
+                    reply = await r.json(content_type=None) or {}
+                result["requests"] += 1
+                result["statuses"][f"candidate {(reply.get('meta') or {}).get('error')}"] += 1
+        finally:
+            await pc.close()
 
     async with http_session(target.address()) as http:
         task = asyncio.create_task(attack(http))

@@ -14,6 +14,7 @@ import pytest
 
 from pipeline import config
 from testkit.attacks import (
+    HOSTILE_CANDIDATES,
     aiortc_offer,
     with_fingerprint,
     without_fingerprint,
@@ -28,7 +29,7 @@ from ui.clients import (
     keep_uvicorn_out_of_it,
 )
 from ui.limits import RateWindow
-from ui.webrtc_guard import offer_problem
+from ui.webrtc_guard import candidate_problem, offer_problem
 
 # -- which address -------------------------------------------------------------------
 
@@ -165,3 +166,18 @@ async def test_only_what_a_browser_sends_is_an_acceptable_offer():
         assert offer_problem(12) == "not an SDP offer"
     finally:
         await asyncio.gather(pc.close(), many.close(), bare.close())
+
+
+def test_only_candidates_a_browser_trickles_reach_fastrtc():
+    chrome = (
+        "candidate:842163049 1 udp 1677729535 203.0.113.9 61665 typ srflx raddr 0.0.0.0 "
+        "rport 0 generation 0 ufrag sAq5 network-cost 999"
+    )
+    hidden = (
+        "candidate:3 1 udp 2122260223 1f0b2c4e-5d6a-4b7c-8d9e-0a1b2c3d4e5f.local 53421 "
+        "typ host generation 0 ufrag sAq5 network-id 1"
+    )
+    assert candidate_problem({"candidate": chrome, "sdpMid": "0", "sdpMLineIndex": 0}) is None
+    assert candidate_problem({"candidate": hidden}) is None
+    for hostile in HOSTILE_CANDIDATES:
+        assert candidate_problem(hostile) is not None, hostile

@@ -16,6 +16,7 @@ from testkit import attacks
 from testkit.attacks import (
     ADMISSION_SECS,
     HANDSHAKE_SECS,
+    HOSTILE_CANDIDATES,
     OFFERS_PER_MINUTE,
     SLOTS,
     UPLOAD_CACHE_MB,
@@ -120,6 +121,7 @@ async def test_hostile_requests_are_refused_without_a_traceback_or_a_route_list(
     async with attacks.hostile_requests(target) as hostile:
         await a_visitor_is_answered(target)
     assert hostile["statuses"]["component_server 404"] == 3, hostile
+    assert hostile["statuses"]["candidate invalid_candidate_format"] == len(HOSTILE_CANDIDATES)
     assert hostile["/openapi.json"] == 404 and hostile["/gradio_api/openapi.json"] == 404
     log = target.app.log_since(log_offset)
     refusals = [line for line in log.splitlines() if "refused a" in line]

@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
+import ipaddress
 import logging
 import re
 import time
@@ -85,6 +86,9 @@ FINGERPRINT = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2})*$")
 # RFC 8839: ice-char is ALPHA / DIGIT / "+" / "/"; ufrag 4-256 of them, pwd 22-256.
 ICE_UFRAG = re.compile(r"^[A-Za-z0-9+/]{4,256}$")
 ICE_PWD = re.compile(r"^[A-Za-z0-9+/]{22,256}$")
+MAX_CANDIDATE_CHARS = 1024
+# A browser that hides its address names a host candidate "<uuid>.local" (mDNS).
+MDNS_NAME = re.compile(r"^[A-Za-z0-9-]{1,63}\.local$")
 
 
 @dataclass(frozen=True)
@@ -266,10 +270,14 @@ class WebRTCGuard:
                 body.get("candidate"), dict
             ):
                 return refused("unknown_connection")
+            if problem := candidate_problem(body["candidate"]):
+                # fastrtc would log its own parse failure with a traceback.
+                log.info("refused an ICE candidate: %s", problem)
+                return refused("invalid_candidate_format")
             try:
                 return await handle_offer(body, component.set_additional_outputs(webrtc_id))
-            except Exception:
-                log.warning("an ICE candidate could not be added", exc_info=True)
+            except Exception as e:
+                log.info("an ICE candidate could not be added: %s", type(e).__name__)
                 return refused("invalid_candidate_format")
 
         client = client_of(request)
@@ -383,6 +391,45 @@ def offer_problem(sdp) -> str | None:
         if not _verifiable_fingerprints(media.dtls.fingerprints if media.dtls else []):
             return "no valid DTLS fingerprint"
     return None
+
+
+def candidate_problem(candidate: dict) -> str | None:
+    """Why a trickled ICE candidate is not one a browser sends (None: it is one).
+
+    As fastrtc reads it: ``candidate:`` then at least ten fields, numbers where
+    numbers go, an IP address or an mDNS name; ``sdpMid`` a string,
+    ``sdpMLineIndex`` a number, either may be absent.
+    """
+    text = candidate.get("candidate")
+    if not isinstance(text, str) or len(text) > MAX_CANDIDATE_CHARS:
+        return "not a candidate line"
+    fields = text.split()
+    if len(fields) < 10 or not fields[0].startswith("candidate:"):
+        return "not a candidate line"
+    from aiortc.sdp import candidate_from_sdp
+
+    try:
+        parsed = candidate_from_sdp(text.split(":", 1)[1])
+    except (AssertionError, ValueError, IndexError):
+        return "a candidate that does not parse"
+    if not (0 <= parsed.port <= 65535 and 1 <= parsed.component <= 256):
+        return "a port or component out of range"
+    if not (_ip_address(parsed.ip) or MDNS_NAME.match(parsed.ip)):
+        return "neither an address nor an mDNS name"
+    mid, index = candidate.get("sdpMid"), candidate.get("sdpMLineIndex")
+    if not (mid is None or isinstance(mid, str)) or not (
+        index is None or (isinstance(index, int) and not isinstance(index, bool))
+    ):
+        return "a malformed media section reference"
+    return None
+
+
+def _ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _verifiable_fingerprints(fingerprints) -> bool:
