@@ -15,6 +15,7 @@ import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from testkit import attacks
@@ -24,71 +25,41 @@ from testkit.attacks import Target
 SETTLE_SECS = 3.0
 
 
+async def _during(attack: AbstractAsyncContextManager[dict], visit: Awaitable[dict]) -> dict:
+    """``visit`` while ``attack`` lasts."""
+    async with attack as result:
+        during = await visit
+    return {"attack": result, "during": during}
+
+
+async def _once(attack: Awaitable[dict]) -> dict:
+    return {"attack": await attack}
+
+
 async def _lockout(target: Target) -> dict:
-    async with attacks.lockout_offers(target) as spam:
-        during = await attacks.visitor(target)
+    record = await _during(attacks.lockout_offers(target), attacks.visitor(target))
     async with attacks.stuck_handshakes(target) as held:
         # Every slot is held: the visitor presses Record until let in.
         waiting = await attacks.visitor(target, retry_for=attacks.ADMISSION_SECS + 5)
-    return {"attack": spam, "held": held, "during": during, "waiting": waiting}
-
-
-async def _many_audio_sections(target: Target) -> dict:
-    return {"attack": await attacks.many_audio_sections(target)}
-
-
-async def _server_key(target: Target) -> dict:
-    return {"attack": await attacks.server_key_reconnects(target)}
+    return {**record, "held": held, "waiting": waiting}
 
 
 async def _uploads(target: Target) -> dict:
-    async with attacks.upload_flood(target) as flood:
-        during = await attacks.visitor_replay(target)
-    after_replay = await attacks.visitor_replay(target)
-    return {"attack": flood, "during": during, "after_replay": after_replay}
-
-
-async def _upload_cache(target: Target) -> dict:
-    return {"attack": await attacks.fill_upload_cache(target)}
-
-
-async def _spoofed(target: Target) -> dict:
-    async with attacks.spoofed_connections(target) as spoof:
-        during = await attacks.visitor(target)
-    return {"attack": spoof, "during": during}
-
-
-async def _offer_flood(target: Target) -> dict:
-    return {"attack": await attacks.offer_flood(target)}
-
-
-async def _queue(target: Target) -> dict:
-    async with attacks.queue_flood(target) as flood:
-        during = await attacks.visitor_queued(target)
-    return {"attack": flood, "during": during}
-
-
-async def _hostile(target: Target) -> dict:
-    async with attacks.hostile_requests(target) as hostile:
-        during = await attacks.visitor(target)
-    return {"attack": hostile, "during": during}
-
-
-async def _tools(target: Target) -> dict:
-    return {"attack": await attacks.non_object_tool_arguments(target)}
+    record = await _during(attacks.upload_flood(target), attacks.visitor_replay(target))
+    return {**record, "after_replay": await attacks.visitor_replay(target)}
 
 
 SCENARIOS: dict[str, Callable[[Target], Awaitable[dict]]] = {
     "lockout": _lockout,
-    "audio-sections": _many_audio_sections,
-    "server-key": _server_key,
+    "audio-sections": lambda t: _once(attacks.many_audio_sections(t)),
+    "server-key": lambda t: _once(attacks.server_key_reconnects(t)),
     "uploads": _uploads,
-    "upload-cache": _upload_cache,
-    "spoofed-address": _spoofed,
-    "offer-flood": _offer_flood,
-    "queue": _queue,
-    "hostile-requests": _hostile,
-    "tool-arguments": _tools,
+    "upload-cache": lambda t: _once(attacks.fill_upload_cache(t)),
+    "spoofed-address": lambda t: _during(attacks.spoofed_connections(t), attacks.visitor(t)),
+    "offer-flood": lambda t: _once(attacks.offer_flood(t)),
+    "queue": lambda t: _during(attacks.queue_flood(t), attacks.visitor_queued(t)),
+    "hostile-requests": lambda t: _during(attacks.hostile_requests(t), attacks.visitor(t)),
+    "tool-arguments": lambda t: _once(attacks.non_object_tool_arguments(t)),
 }
 
 

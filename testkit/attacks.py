@@ -676,6 +676,11 @@ async def hostile_requests(target: Target) -> AsyncIterator[dict]:
             async with http.get(target.url + path) as r:
                 result["requests"] += 1
                 result[path] = r.status
+        # A queued event posted directly, past the queue (the A/B run: two pipelines' work).
+        run = {"data": [None] * 3, "session_hash": random_id()}
+        async with http.post(f"{target.url}/gradio_api/run/on_click", json=run) as r:
+            result["requests"] += 1
+            result["run past the queue"] = r.status
         await hostile_candidates(http)
 
     async def hostile_candidates(http) -> None:

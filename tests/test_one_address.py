@@ -123,6 +123,7 @@ async def test_hostile_requests_are_refused_without_a_traceback_or_a_route_list(
     assert hostile["statuses"]["component_server 404"] == 3, hostile
     assert hostile["statuses"]["candidate invalid_candidate_format"] == len(HOSTILE_CANDIDATES)
     assert hostile["/openapi.json"] == 404 and hostile["/gradio_api/openapi.json"] == 404
+    assert hostile["run past the queue"] == 404, hostile
     log = target.app.log_since(log_offset)
     refusals = [line for line in log.splitlines() if "refused a" in line]
     # One line per refused request, never more.

@@ -27,7 +27,7 @@ import gradio as gr
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from ui.limits import read_body, replay
+from ui.limits import posted_to, read_body, replay
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,7 @@ class QuietErrors:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if scope["method"] == "POST" and scope["path"].rstrip("/").endswith(
-            "/gradio_api/component_server"
-        ):
+        if posted_to(scope, "/gradio_api/component_server"):
             body = await read_body(receive, MAX_COMPONENT_CALL_BODY)
             problem = "too large" if body is None else _unknown_call(scope.get("app"), body)
             if problem:

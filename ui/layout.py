@@ -226,7 +226,9 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
         # Every endpoint here serves this page only; none is a public API.
         fn.show_api = False
     hostile.quiet_input_refusals(demo)
-    return demo.queue(max_size=server.QUEUE_MAX_SIZE, default_concurrency_limit=4)
+    # api_open=False: a queued event is reached through the queue only, never by a
+    # direct POST to /gradio_api/run/<name> past its concurrency limit and the queue's caps.
+    return demo.queue(max_size=server.QUEUE_MAX_SIZE, default_concurrency_limit=4, api_open=False)
 
 
 def launch(demo: gr.Blocks, **options) -> None:

@@ -6,13 +6,15 @@ by :func:`ui.clients.client_of_scope`:
 - :class:`UploadGate`, on ``/gradio_api/upload``: one client may upload
   ``VOICE_LAB_UPLOAD_MB_PER_CLIENT`` megabytes per 10 minutes (each upload
   counts as at least 1 MB, so a flood of tiny files is bounded too), and the
-  upload cache (what Gradio keeps for an hour) holds at most
+  upload cache (what Gradio keeps until its sweep) holds at most
   ``VOICE_LAB_UPLOAD_CACHE_MB`` with the uploads under way. Gradio itself only
-  bounds each file's size.
-- :class:`QueueGate`, on ``/gradio_api/queue/join``: one page (Gradio
-  session) may have ``per_session`` requests waiting in Gradio's queue and one
-  client ``per_client``, both below the queue's global size, so one client
-  cannot fill it and turn every other visitor away with "queue full".
+  bounds each file's size. :data:`PENDING_UPLOADS` tells a replay when no
+  other upload waits for the file it read, so it can delete it.
+- :class:`QueueGate`, on ``/gradio_api/queue/join`` and ``/gradio_api/call/``:
+  one page (Gradio session) may have ``per_session`` requests waiting in
+  Gradio's queue and one client ``per_client``, both below the queue's global
+  size, so one client cannot fill it and turn every other visitor away with
+  "queue full".
 
 A refusal is a 429 (or 507: the cache is full) with a plain sentence, and one
 line in the log.
@@ -111,6 +113,15 @@ class RateWindow:
 def _minutes(seconds: float) -> str:
     minutes = max(1, math.ceil(seconds / 60))
     return f"{minutes} minute{'s' if minutes > 1 else ''}"
+
+
+def posted_to(scope, route: str) -> bool:
+    """An HTTP POST to Gradio's ``route`` (wherever the app is mounted)."""
+    return (
+        scope["type"] == "http"
+        and scope["method"] == "POST"
+        and scope["path"].rstrip("/").endswith(route)
+    )
 
 
 def _header(scope, name: bytes) -> str | None:
@@ -212,11 +223,7 @@ class UploadGate:
         self.in_flight = 0
 
     async def __call__(self, scope, receive, send):
-        if not (
-            scope["type"] == "http"
-            and scope["method"] == "POST"
-            and scope["path"].endswith("/gradio_api/upload")
-        ):
+        if not posted_to(scope, "/gradio_api/upload"):
             await self.app(scope, receive, send)
             return
         refusal, size = await self._check(scope)
@@ -328,11 +335,8 @@ class QueueGate:
         self._joining: Counter[str] = Counter()
 
     async def __call__(self, scope, receive, send):
-        if not (
-            scope["type"] == "http"
-            and scope["method"] == "POST"
-            and scope["path"].endswith("/gradio_api/queue/join")
-        ):
+        # The page joins the queue; Gradio's "simple" API (/call/<name>) queues the same way.
+        if not (posted_to(scope, "/gradio_api/queue/join") or _posted_call(scope)):
             await self.app(scope, receive, send)
             return
         body = await read_body(receive, MAX_JOIN_BODY)
@@ -375,6 +379,14 @@ class QueueGate:
             status_code=429,
             headers={"Retry-After": "2"},
         )
+
+
+def _posted_call(scope) -> bool:
+    return (
+        scope["type"] == "http"
+        and scope["method"] == "POST"
+        and "/gradio_api/call/" in scope["path"]
+    )
 
 
 def _session_hash(body: bytes) -> str | None:
