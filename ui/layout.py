@@ -19,7 +19,7 @@ from pipeline.config import (
 )
 from pipeline.providers.local.models import shared_models
 from pipeline.session import SessionRecords, VoiceSession
-from pipeline.transport import tighten_audio_jitter_buffer
+from pipeline.transport import end_streams_quietly, tighten_audio_jitter_buffer
 from ui import clients, export, heard, hostile, limits, render, server, state, views
 from ui.ab import build_ab_panel, wire_ab_panel
 from ui.relay import TurnRelay, relay_wanted
@@ -65,6 +65,7 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
     relay = TurnRelay().start() if relay_wanted() else None
     # Every call's microphone audio reaches the pipeline 60 ms sooner (see its docstring).
     tighten_audio_jitter_buffer()
+    end_streams_quietly()
     css = (ASSETS / "style.css").read_text()
     head = f"<script>{(ASSETS / 'mic_errors.js').read_text()}</script>"
     head += f"<script>{(ASSETS / 'heard_latency.js').read_text()}</script>"
