@@ -5,8 +5,9 @@ attack settings of :func:`testkit.attacks.abuse_environment`), with a visitor
 from another address during it where the attack lasts, and another after it.
 Per attack it prints what was tried, what the server answered the attacker,
 what the visitors got (answered, voice-to-voice as heard), the app's resident
-memory and threads before and after (2 s after the attack and its visitors
-left: a closed connection is collected then), and the tracebacks it logged.
+memory and threads before, right after the attack, and once the visitor after
+it has left (3 s later: a closed connection is collected 2 s after its close),
+and the tracebacks it logged.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ async def run_abuse(only: list[str] | None = None) -> dict:
                 continue
             before, offset, started = target.figures(), target.app.log_size(), time.monotonic()
             record: dict[str, Any] = {"name": name, **await scenario(target)}
+            record["app_after_attack"] = target.figures()
             record["after"] = await attacks.visitor(target)
             record["seconds"] = time.monotonic() - started
             await asyncio.sleep(SETTLE_SECS)
@@ -163,8 +165,10 @@ def format_attack(record: dict) -> str:
     for when in ("during", "waiting", "after_replay", "after"):
         if when in record:
             lines.append(f"    visitor {when.replace('_', ' ')}: {_visitor(record[when])}")
+    attacked = record["app_after_attack"]
     lines.append(
-        f"    app RSS {before['rss_mb']:.0f} -> {after['rss_mb']:.0f} MB, threads "
-        f"{before['threads']} -> {after['threads']}, tracebacks logged {record['tracebacks']}"
+        f"    app RSS {before['rss_mb']:.0f} -> {attacked['rss_mb']:.0f} MB after the attack, "
+        f"{after['rss_mb']:.0f} MB after the last visitor; threads {before['threads']} -> "
+        f"{attacked['threads']} -> {after['threads']}; tracebacks logged {record['tracebacks']}"
     )
     return "\n".join(lines)
