@@ -109,8 +109,13 @@ def _visitor(seen: dict | None) -> str:
     if not seen.get("answered"):
         refusals = seen.get("refusals") or []
         return f"NOT answered ({refusals[-1] if refusals else seen.get('error')})"
-    waited = seen.get("admitted_after") or 0
-    admitted = f" after {waited:.1f} s of pressing Record" if waited > 0.5 else ""
+    refused = len(seen.get("refusals") or [])
+    admitted = (
+        f" after {refused} refusal{'s' if refused > 1 else ''} "
+        f"({seen['admitted_after']:.1f} s of pressing Record)"
+        if refused
+        else ""
+    )
     return f"answered{admitted}, V2V {seen['voice_to_voice']:.2f} s"
 
 
