@@ -19,6 +19,7 @@ Against ``python app.py`` over WebRTC instead (aiortc clients, as the page):
     python -m bench startup
     python -m bench refusal --limit 2
     python -m bench telemetry --sessions 1 --turns 3   # tracing off/on/OTLP, /metrics scraped
+    python -m bench abuse [--only lockout,queue]
 
 The developer's provider keys are ignored: every stage is local unless the
 profile says otherwise.
@@ -59,6 +60,18 @@ def _worker_counts(text: str) -> list[int]:
     if not counts or min(counts) < 0:
         raise argparse.ArgumentTypeError("--workers takes counts such as 0 or 0,2")
     return counts
+
+
+def _names(text: str) -> list[str]:
+    from bench.abuse import SCENARIOS
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SCENARIOS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown attack(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}"
+        )
+    return names
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -115,7 +128,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def _add_webrtc_modes(parser: argparse.ArgumentParser) -> None:
-    """``webrtc``, ``startup`` and ``refusal``: ``python app.py`` measured over WebRTC."""
+    """``webrtc``, ``startup``, ``refusal``, ``abuse``: ``python app.py`` measured over WebRTC."""
     modes = parser.add_subparsers(
         dest="mode",
         title="modes against python app.py over WebRTC (instead of the headless run)",
@@ -155,7 +168,13 @@ def _add_webrtc_modes(parser: argparse.ArgumentParser) -> None:
     telemetry.add_argument("--profile", choices=PROFILES, default="local")
     telemetry.add_argument("--sessions", type=int, default=1, help="concurrent visitors")
     telemetry.add_argument("--turns", type=int, default=3, help="questions per visitor")
-    for mode in (webrtc, startup, refusal, telemetry):
+    abuse = modes.add_parser(
+        "abuse", help="one address attacks the app; a visitor is answered during and after"
+    )
+    abuse.add_argument(
+        "--only", type=_names, help="comma-separated attacks (default: all; see bench/abuse.py)"
+    )
+    for mode in (webrtc, startup, refusal, telemetry, abuse):
         mode.add_argument("--json", type=Path, help="write the full result here")
 
 
@@ -278,6 +297,15 @@ async def _webrtc_mode(args: argparse.Namespace) -> dict:
 
         result = await run_telemetry_cost(args.profile, args.sessions, args.turns)
         print(format_telemetry(result))
+    elif args.mode == "abuse":
+        from bench.abuse import run_abuse
+
+        result = await run_abuse(args.only)
+        load = result["machine"]
+        print(
+            f"load avg before {load['loadavg_before'][0]:.2f} after "
+            f"{load['loadavg_after'][0]:.2f}; app log {result['app_log']}"
+        )
     else:
         result = await check_refusal(args.limit)
         print(json.dumps(result, indent=2, default=str))

@@ -91,6 +91,7 @@ from testkit.webrtc_client import (
     http_session,
     page_api,
     question_audio,
+    visitor_address,
 )
 
 # Silence the client keeps sending between a reply's end and the next question.
@@ -230,7 +231,9 @@ async def serving(
     if url is not None:
         yield Servers(url.rstrip("/"), f"a deployment at {url}")
     elif workers == 0:
-        async with AppProcess(max_sessions=max(sessions, 4), extra_env=extra_env) as app:
+        # One slot more than the visitors: they all come from 127.0.0.1, and one
+        # client may hold one connection fewer than there are slots.
+        async with AppProcess(max_sessions=max(sessions + 1, 4), extra_env=extra_env) as app:
             yield Servers(
                 app.url, "1 process", {"app": app.process.pid}, str(app.log_path), [app.url]
             )
@@ -501,10 +504,18 @@ async def check_refusal(limit: int) -> dict:
     question = QUESTIONS[0]
     audio = question_audio(question)
     result: dict[str, Any] = {"limit": limit}
-    async with AppProcess(max_sessions=limit) as app, http_session() as http:
-        api = await page_api(http, app.url)
-        admitted = [WebRTCClient(http, app.url, api, name=f"visitor-{i + 1}") for i in range(limit)]
-        extra = WebRTCClient(http, app.url, api, name=f"visitor-{limit + 1}")
+    async with contextlib.AsyncExitStack() as stack:
+        app = await stack.enter_async_context(AppProcess(max_sessions=limit))
+        # Each visitor from an address of its own (one client holds fewer than all the slots).
+        https = [
+            await stack.enter_async_context(http_session(visitor_address(i)))
+            for i in range(limit + 1)
+        ]
+        api = await page_api(https[0], app.url)
+        admitted = [
+            WebRTCClient(https[i], app.url, api, name=f"visitor-{i + 1}") for i in range(limit)
+        ]
+        extra = WebRTCClient(https[limit], app.url, api, name=f"visitor-{limit + 1}")
         try:
             for client in admitted:
                 await client.connect()

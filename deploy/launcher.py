@@ -140,7 +140,6 @@ class Deployment:
             "VOICE_LAB_BALANCER_COOKIE": haproxy.COOKIE,
             # HAProxy connects from 127.0.0.1 and puts the visitor's address in X-Forwarded-For.
             "VOICE_LAB_TRUSTED_PROXIES": "127.0.0.1",
-            "VOICE_LAB_TRUST_FORWARDED_FOR": "1",
         }
         if self.options.max_sessions is not None:
             env["VOICE_LAB_MAX_SESSIONS"] = str(self.options.max_sessions)

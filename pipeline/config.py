@@ -121,24 +121,33 @@ class SessionConfig:
 
 
 def server_key_budget_secs() -> float:
-    """How long one session may use the server's own API keys (0: no limit).
+    """How long one visitor may use the server's own API keys per window (0: no limit).
 
     On a public Space the owner's keys serve every visitor who types none, so
-    each session gets this much time on them (fastrtc's demos use 90 s there),
-    then continues on the local models.
+    each visitor gets this much time on them per :func:`server_key_window_secs`
+    (fastrtc's demos use 90 s there), then continues on the local models.
     """
     default = 90.0 if os.environ.get("SPACE_ID") else 0.0
     return _env_float("VOICE_LAB_SERVER_KEY_SECS", default)
 
 
+def server_key_window_secs() -> float:
+    """The window a visitor's time on the server's keys is counted over (then it starts afresh)."""
+    return _env_float("VOICE_LAB_SERVER_KEY_WINDOW_SECS", 3600.0)
+
+
 def max_sessions() -> int:
     """How many browser connections the server accepts at once (beyond that: a clear refusal)."""
-    return _env_int("VOICE_LAB_MAX_SESSIONS", 4)
+    return max(1, _env_int("VOICE_LAB_MAX_SESSIONS", 4))
 
 
 def max_sessions_per_client() -> int:
-    """Connections one visitor (one address) may hold at once: no client takes every slot."""
-    return _env_int("VOICE_LAB_MAX_SESSIONS_PER_CLIENT", 2)
+    """Connections one client may hold at once: fewer than the total, so none holds every slot.
+
+    (With a single slot in all, that one.)
+    """
+    configured = _env_int("VOICE_LAB_MAX_SESSIONS_PER_CLIENT", 2)
+    return max(1, min(configured, max_sessions() - 1))
 
 
 def admission_secs() -> float:
@@ -146,12 +155,14 @@ def admission_secs() -> float:
     return _env_float("VOICE_LAB_ADMISSION_SECS", 10.0)
 
 
-def trust_forwarded_for() -> bool:
-    """Behind a proxy that appends the visitor's address (a Space), count clients by it."""
-    value = os.environ.get("VOICE_LAB_TRUST_FORWARDED_FOR", "").strip().lower()
-    if value:
-        return value in ("1", "true", "yes")
-    return bool(os.environ.get("SPACE_ID"))
+def handshake_secs() -> float:
+    """A connection whose ICE and DTLS have not completed this long after its offer is closed."""
+    return _env_float("VOICE_LAB_HANDSHAKE_SECS", 5.0)
+
+
+def offers_per_minute() -> int:
+    """WebRTC offers one client may make per minute (each press of Record is one)."""
+    return _env_int("VOICE_LAB_OFFERS_PER_MINUTE", 12)
 
 
 def tools_allowed() -> bool:

@@ -1,28 +1,87 @@
-"""The time one session may spend on the server's own API keys.
+"""The time one visitor may spend on the server's own API keys.
 
 On a public Space the owner's keys serve every visitor who types none: without
 a limit one visitor could talk on the owner's account for ever. The budget is
 counted only while a generation runs on a server key; once it is spent, those
 stages move to the local models, and picking them again without a key of
 one's own stays local. A visitor's own key has no limit.
+
+The time belongs to the visitor, not to the connection: a
+:class:`ServerKeyLedger` shared by every session counts it per account over a
+window (an hour by default), and each session charges every account its
+visitor has (the web layer names them: the client's address and the page's
+Gradio session), so reconnecting, reloading the page or coming back from
+another address within the window all start where the visitor left off.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 
 from pipeline import events as ev
-from pipeline.config import SessionConfig, server_key_budget_secs
+from pipeline.config import SessionConfig, server_key_budget_secs, server_key_window_secs
 from pipeline.providers.registry import PROVIDERS
 
 # How often the time on the server's keys is counted and shown.
 SERVER_KEY_TICK_SECS = 1.0
+# Accounts remembered at once (least recently charged forgotten first).
+MAX_ACCOUNTS = 100_000
+
+_connections = itertools.count(1)
+
+
+class ServerKeyLedger:
+    """Seconds on the server's keys per account, each counted for a window from its first charge.
+
+    Shared by every session of the process (:data:`SERVER_KEYS`); the web layer
+    decides what an account is.
+    """
+
+    def __init__(
+        self,
+        window_secs: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        max_accounts: int = MAX_ACCOUNTS,
+    ):
+        self.window = server_key_window_secs() if window_secs is None else window_secs
+        self._now = clock
+        self._max = max_accounts
+        # account -> (when its window started, seconds used in it)
+        self._accounts: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def _current(self, account: str) -> tuple[float, float] | None:
+        entry = self._accounts.get(account)
+        if entry is not None and self._now() - entry[0] >= self.window:
+            del self._accounts[account]
+            return None
+        return entry
+
+    def used(self, accounts: Iterable[str]) -> float:
+        """The most any of ``accounts`` has used in its window (one visitor, several names)."""
+        return max((e[1] for a in accounts if (e := self._current(a))), default=0.0)
+
+    def charge(self, accounts: Iterable[str], seconds: float) -> None:
+        for account in accounts:
+            started, used = self._current(account) or (self._now(), 0.0)
+            self._accounts[account] = (started, used + seconds)
+            self._accounts.move_to_end(account)
+        while len(self._accounts) > self._max:
+            self._accounts.popitem(last=False)
+
+
+# Every session of this process charges here (one worker; see the README on several).
+SERVER_KEYS = ServerKeyLedger()
 
 
 class ServerKeyBudget:
-    """Counts one session's seconds on the server's keys and moves those stages local once spent."""
+    """Counts a visitor's seconds on the server's keys and moves those stages local once spent.
+
+    Until :meth:`bill_to` names the visitor, the time is the connection's own.
+    """
 
     def __init__(
         self,
@@ -30,17 +89,31 @@ class ServerKeyBudget:
         budget_secs: float | None = None,
         tick_secs: float = SERVER_KEY_TICK_SECS,
         clock: Callable[[], float] = time.monotonic,
+        ledger: ServerKeyLedger | None = None,
         on_spent: Callable[[list[str], float], None] | None = None,
     ):
         self._report = report
         # Told every tick which providers' server keys ran and for how long (the
         # metrics), with or without a budget.
         self._on_spent = on_spent
-        # Seconds this session may spend on the server's own API keys (0: unlimited).
+        # Seconds a visitor may spend on the server's own API keys (0: unlimited).
         self.budget = server_key_budget_secs() if budget_secs is None else budget_secs
-        self.used = 0.0
         self._tick = tick_secs
         self._now = clock
+        self._ledger = ledger if ledger is not None else ServerKeyLedger()
+        self._accounts: tuple[str, ...] = (f"connection:{next(_connections)}",)
+
+    def bill_to(self, accounts: Iterable[str]) -> None:
+        """Charge (and limit by) these accounts of the visitor from now on."""
+        self._accounts = tuple(accounts) or self._accounts
+
+    @property
+    def used(self) -> float:
+        return self._ledger.used(self._accounts)
+
+    @property
+    def remaining(self) -> float:
+        return max(0.0, self.budget - self.used)
 
     @property
     def spent(self) -> bool:
@@ -88,9 +161,8 @@ class ServerKeyBudget:
         """Count ``seconds`` on the server's keys: the call's, tick by tick, or an A/B run's."""
         if self.budget <= 0:
             return
-        self.used += seconds
-        remaining = max(0.0, self.budget - self.used)
-        self._report(ev.ServerKeyTime(time.time(), remaining, self.budget))
+        self._ledger.charge(self._accounts, seconds)
+        self._report(ev.ServerKeyTime(time.time(), self.remaining, self.budget))
 
     def _message(self, config: SessionConfig, stages: list[str]) -> str:
         names = sorted({PROVIDERS[config.choices()[stage].provider].label for stage in stages})

@@ -23,7 +23,7 @@ from typing import Generic, TypeVar
 
 import numpy as np
 from fastrtc import AsyncStreamHandler, CloseStream
-from fastrtc.utils import current_context
+from fastrtc.utils import AdditionalOutputs, current_context
 
 from pipeline import events as ev
 from pipeline.ab import UtteranceRecorder
@@ -31,7 +31,7 @@ from pipeline.builder import PipelineGeneration, build_generation
 from pipeline.config import SessionConfig
 from pipeline.providers.local.models import LocalModels, LocalStageUnavailable, shared_models
 from pipeline.publisher import StatePublisher
-from pipeline.server_keys import ServerKeyBudget
+from pipeline.server_keys import SERVER_KEYS, ServerKeyBudget, ServerKeyLedger
 from pipeline.switcher import GenerationSwitcher
 from pipeline.telemetry import SessionTelemetry, metrics, refused
 from pipeline.transport import SessionOutbox, microphone_resampler
@@ -110,6 +110,7 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         models: LocalModels | None = None,
         publish_interval: float = 0.1,
         records: SessionRecords | None = None,
+        server_keys: ServerKeyLedger = SERVER_KEYS,
     ):
         config = config_factory()
         super().__init__(
@@ -143,7 +144,10 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
             report,
             session_id=telemetry.session_id,
         )
-        self.key_budget = ServerKeyBudget(report, on_spent=metrics.server_key_seconds)
+        self._server_keys = server_keys
+        self.key_budget = ServerKeyBudget(
+            report, ledger=server_keys, on_spent=metrics.server_key_seconds
+        )
         self._closed = self._started = self._heard_audio = False
         self._last_audio_at: float | None = None
         try:
@@ -160,6 +164,7 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
             models=self._models,
             publish_interval=self._publish_interval,
             records=self.records,
+            server_keys=self._server_keys,
         )
 
     @property
@@ -179,6 +184,14 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
     def heard_audio(self) -> bool:
         """The browser has sent audio: a live connection, not one holding a slot idly."""
         return self._heard_audio
+
+    def bill_server_keys_to(self, visitor: tuple[str, ...]) -> None:
+        """The visitor this connection's time on the server's keys belongs to (before it starts).
+
+        ``visitor`` names them as the web layer knows them (address, page): a
+        reconnect, a reload or another tab starts with what they have left.
+        """
+        self.key_budget.bill_to(visitor)
 
     def report(self, event: ev.Event) -> None:
         """Called by observers: cheap and synchronous, never blocks the pipeline."""
@@ -203,6 +216,11 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
     # -- fastrtc handler interface -------------------------------------------
 
     async def start_up(self) -> None:
+        if self._started:
+            # fastrtc starts the handler once per incoming audio track; the offer
+            # check admits one, and a second start would build a second pipeline.
+            log.warning("a second start of the same session ignored")
+            return
         self._started = True
         self._loop = asyncio.get_running_loop()
         self.telemetry.start()
@@ -217,6 +235,8 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
             name="voice-lab-server-keys",
         )
         self.switcher.start()
+        # A visitor back within the window starts with what is left of their time.
+        self.request_config(self.config)
         try:
             await self._receive_page_settings()
             await self.switcher.run()
@@ -291,7 +311,15 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
             # don't let it spin.
             await asyncio.sleep(0.1)
             return None
-        return await self.outbox.get()
+        item = await self.outbox.get()
+        if isinstance(item, AdditionalOutputs) and not self._page_listening():
+            # The page has gone (or not yet come): fastrtc would announce the
+            # update on a data channel that is not open, and log the failure.
+            return None
+        return item
+
+    def _page_listening(self) -> bool:
+        return getattr(self.channel, "readyState", "open") == "open"
 
     async def shutdown(self) -> None:
         """The browser left (tab closed, stop pressed): tear everything down."""

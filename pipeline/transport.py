@@ -269,6 +269,34 @@ def tighten_audio_jitter_buffer(prefetch: int = 1) -> None:
     RTCRtpReceiver.__init__ = __init__
 
 
+def end_streams_quietly() -> None:
+    """A stream the server ends ends without a traceback in the log.
+
+    fastrtc 0.0.34's ``AudioCallback.recv`` answers its ``CloseStream`` (and any
+    error it swallows) by stopping the track and returning None; aiortc's sender
+    then tries to encode None and logs the AttributeError with its traceback,
+    once per session the server ends (idle, browser gone). Raising
+    ``MediaStreamError`` is how an aiortc track says it has ended, and the
+    sender stops quietly. Retire this when fastrtc raises it itself.
+    Process-wide and idempotent.
+    """
+    from aiortc.mediastreams import MediaStreamError
+    from fastrtc.tracks import AudioCallback
+
+    if getattr(AudioCallback, "_voice_lab_quiet_end", False):
+        return
+    original = AudioCallback.recv
+
+    async def recv(self):
+        frame = await original(self)
+        if frame is None:
+            raise MediaStreamError
+        return frame
+
+    AudioCallback.recv = recv
+    AudioCallback._voice_lab_quiet_end = True
+
+
 class FastRTCTransport(BaseTransport):
     """The pair of processors that connect one fastrtc connection to one pipeline."""
 

@@ -7,7 +7,8 @@
 - :mod:`testkit.driver`: a headless client of a session, driven the way fastrtc drives it;
 - :mod:`testkit.speech`: test speech made with the local Piper voice;
 - :mod:`testkit.app`: ``python app.py`` as a subprocess, for sync and async code;
-- :mod:`testkit.webrtc_client`: an aiortc client of the page's protocol, a microphone and an ear.
+- :mod:`testkit.webrtc_client`: an aiortc client of the page's protocol, a microphone and an ear;
+- :mod:`testkit.attacks`: one address against the running app, and the visitor who must be answered.
 
 The app never imports it: nothing under ``pipeline/`` or ``ui/``, nor ``app.py``.
 """

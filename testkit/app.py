@@ -5,9 +5,10 @@ browser tests) and async code (``async with AppProcess(log) as app:``, aiortc
 clients and the benchmark). The app runs in its own process group (stopped
 with SIGTERM, then SIGKILL), every line it prints is kept with the moment it
 arrived and written to a log file, and its environment keeps it on 127.0.0.1:
-loopback-only ICE, the offline variables, no proxy for local addresses, and
-none of the developer's provider keys or base URLs unless the caller passes
-them in ``extra_env`` (which overrides everything here).
+loopback-only ICE, the offline variables, no proxy for local addresses, an
+upload folder of its own (``upload_dir``, removed when it stops), and none of
+the developer's provider keys or base URLs unless the caller passes them in
+``extra_env`` (which overrides everything here).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,8 +33,11 @@ from testkit.env import OFFLINE_ENV, clear_provider_variables
 ROOT = Path(__file__).resolve().parent.parent
 # Model warm-up takes ~10 s alone; far longer with other tests hogging the CPU.
 APP_START_TIMEOUT = 240.0
-# Every client of a test comes from 127.0.0.1: one client, as the app counts.
+# Every client of a test comes from 127.0.0.1 (unless it binds another loopback
+# address): one client, as the app counts, so the per-client limits are raised.
 CONNECTIONS_PER_CLIENT = 8
+OFFERS_PER_MINUTE = 120
+UPLOAD_MB_PER_CLIENT = 1000
 LOOPBACK = "127.0.0.1,localhost"
 
 
@@ -49,7 +54,8 @@ def app_environment(
     """The app's environment: this one, on ``port``, offline, logging at INFO, keyless.
 
     ``max_sessions`` sets ``VOICE_LAB_MAX_SESSIONS`` (None: the app's default) and
-    lets one client hold that many connections.
+    lets one client hold as many connections as the app allows one client (one
+    fewer, when there is more than one slot), make many offers and upload much.
     """
     env = dict(os.environ)
     clear_provider_variables(env)
@@ -61,6 +67,8 @@ def app_environment(
             "VOICE_LAB_LOOPBACK_ICE": "1",
             "VOICE_LAB_LOG_LEVEL": "INFO",
             "VOICE_LAB_MAX_SESSIONS_PER_CLIENT": str(max_sessions or CONNECTIONS_PER_CLIENT),
+            "VOICE_LAB_OFFERS_PER_MINUTE": str(OFFERS_PER_MINUTE),
+            "VOICE_LAB_UPLOAD_MB_PER_CLIENT": str(UPLOAD_MB_PER_CLIENT),
             "NO_PROXY": LOOPBACK,
             "no_proxy": LOOPBACK,
         }
@@ -89,6 +97,11 @@ class AppProcess:
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path or Path(tempfile.gettempdir()) / f"voice-lab-app-{port}.log"
         self.env = app_environment(port, max_sessions, extra_env)
+        self._own_upload_dir = "GRADIO_TEMP_DIR" not in self.env
+        if self._own_upload_dir:
+            self.env["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="voice-lab-uploads-")
+        # Gradio's upload cache (``GRADIO_TEMP_DIR``): what visitors' uploads fill.
+        self.upload_dir = Path(self.env["GRADIO_TEMP_DIR"])
         self.lines: list[tuple[float, str]] = []
         self.process: subprocess.Popen | None = None
         self.started_at: float | None = None
@@ -163,6 +176,8 @@ class AppProcess:
                 self.process.wait(timeout=10)
         if self._reader is not None:
             self._reader.join(5)
+        if self._own_upload_dir:
+            shutil.rmtree(self.upload_dir, ignore_errors=True)
 
     def __enter__(self) -> AppProcess:
         return self.start()

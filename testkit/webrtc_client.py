@@ -704,15 +704,28 @@ class WebRTCClient:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def http_session():
+def visitor_address(index: int) -> str:
+    """A loopback address of its own for visitor ``index`` (0, 1, ...): 127.0.0.2 upwards."""
+    if not 0 <= index < 250:
+        raise ValueError("visitor addresses run from 127.0.0.2 to 127.0.0.251")
+    return f"127.0.0.{index + 2}"
+
+
+def http_session(address: str | None = None, headers: dict[str, str] | None = None):
     """An aiohttp session for the clients: never through a proxy (trust_env stays False).
 
-    Its cookie jar is a browser's: behind ``python -m deploy`` a visitor is pinned
-    to a worker by HAProxy's cookie, so each visitor needs a session of its own
-    (aiohttp's default jar refuses cookies from a bare IP address such as 127.0.0.1).
+    ``address``: connect from this local address (any of 127.0.0.0/8 on Linux),
+    so the app counts its requests as another client's. Its cookie jar is a
+    browser's: behind ``python -m deploy`` a visitor is pinned to a worker by
+    HAProxy's cookie, so each visitor needs a session of its own (aiohttp's
+    default jar refuses cookies from a bare IP address such as 127.0.0.1).
     """
     import aiohttp
 
+    connector = aiohttp.TCPConnector(local_addr=(address, 0)) if address else None
     return aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=30), cookie_jar=aiohttp.CookieJar(unsafe=True)
+        timeout=aiohttp.ClientTimeout(total=30),
+        connector=connector,
+        headers=headers,
+        cookie_jar=aiohttp.CookieJar(unsafe=True),
     )

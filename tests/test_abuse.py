@@ -1,8 +1,10 @@
 """The running app attacked as on a public Space: over HTTP and aiortc, from 127.0.0.1 only.
 
-One ``python app.py`` with two session slots, one slot per client (clients
-told apart by the ``X-Forwarded-For`` a Space's proxy appends; here a header
-only, no traffic goes anywhere), and a 3 s admission window. Each attack is
+One ``python app.py`` with two session slots, one slot per client, and a 3 s
+admission window, run as behind a proxy at 127.0.0.1
+(``VOICE_LAB_TRUSTED_PROXIES``, as ``python -m deploy`` runs workers behind
+HAProxy): clients are told apart by the ``X-Forwarded-For`` entry that proxy
+appends (here a header only, no traffic goes anywhere). Each attack is
 followed, and where it matters accompanied, by a real visitor who must still
 be answered: a spoken question, a reply heard over WebRTC.
 """
@@ -52,7 +54,7 @@ async def app(groq, tmp_path_factory):
     log = tmp_path_factory.mktemp("abuse") / "app.log"
     env = {
         "VOICE_LAB_MAX_SESSIONS_PER_CLIENT": "1",
-        "VOICE_LAB_TRUST_FORWARDED_FOR": "1",
+        "VOICE_LAB_TRUSTED_PROXIES": "127.0.0.1",
         "VOICE_LAB_ADMISSION_SECS": str(ADMISSION_SECS),
         **fake_provider_env(groq, keys=False),
     }
@@ -61,13 +63,15 @@ async def app(groq, tmp_path_factory):
 
 
 @contextlib.asynccontextmanager
-async def client_http(address: str) -> AsyncIterator[aiohttp.ClientSession]:
-    """HTTP as one visitor: the address a Space's proxy would have appended."""
+async def client_http(
+    forwarded_for: str, local_address: str = "127.0.0.1"
+) -> AsyncIterator[aiohttp.ClientSession]:
+    """HTTP as one visitor: the ``X-Forwarded-For`` the proxy at 127.0.0.1 would send."""
     async with aiohttp.ClientSession(
-        headers={"X-Forwarded-For": address},
+        headers={"X-Forwarded-For": forwarded_for},
         timeout=aiohttp.ClientTimeout(total=30),
         # uvicorn drops a kept-alive connection after a route raised (Gradio's own 500s).
-        connector=aiohttp.TCPConnector(force_close=True),
+        connector=aiohttp.TCPConnector(force_close=True, local_addr=(local_address, 0)),
     ) as http:
         yield http
 
@@ -292,3 +296,36 @@ async def test_a_connection_id_cannot_be_offered_twice(app):
             await thief.close()
             result = await victim.turn(QUESTION, question_audio(QUESTION))
             assert result["voice_to_voice"] is not None, result
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "neighbour"),
+    [
+        # IPv6 addresses of one /64 are one client; the next /64 is another.
+        (("2001:db8:1:2::1",), ("2001:db8:1:2::beef",), "2001:db8:1:3::1"),
+        # What a client writes left of the address the proxy appended proves nothing.
+        (("6.6.6.6, 10.5.0.1",), ("7.7.7.7, 10.5.0.1",), "10.5.0.2"),
+        # A header from a peer that is not the proxy is not read at all.
+        (("10.6.0.1", "127.0.0.2"), ("10.6.0.2", "127.0.0.2"), "10.6.0.3"),
+    ],
+)
+async def test_a_client_is_what_the_trusted_proxy_saw(app, first, second, neighbour):
+    """One client, however it dresses its requests: its second connection is refused."""
+    async with (
+        client_http(*first) as http,
+        client_http(*second) as other_http,
+        client_http(neighbour) as neighbour_http,
+    ):
+        api = await page_api(http, app.url)
+        async with live_client(http, app, api, "first"):
+            again = WebRTCClient(other_http, app.url, api, name="second")
+            try:
+                with pytest.raises(OfferRefused) as refusal:
+                    await again.connect()
+            finally:
+                await again.close()
+            assert refusal.value.answer["meta"].get("per_client"), refusal.value.answer
+            # Another client gets the other slot.
+            async with live_client(neighbour_http, app, api, "neighbour"):
+                pass
+    await visitor_is_answered(app, "10.6.0.9")

@@ -10,7 +10,7 @@ import pytest
 from pipeline.config import SessionConfig
 from pipeline.providers.base import ProviderKeys
 from pipeline.providers.registry import choice_for
-from pipeline.server_keys import ServerKeyBudget
+from pipeline.server_keys import ServerKeyBudget, ServerKeyLedger
 
 SERVER_KEY = "gsk_the_servers_own_key_0123456789"
 VISITOR_KEY = "gsk_a_visitors_own_key_9876543210"
@@ -96,3 +96,44 @@ async def test_time_spent_outside_the_call_counts_and_can_send_the_call_local():
     (local,) = requested
     assert (local.stt.provider, local.llm.provider) == ("local", "local")
     assert events[-1].kind == "ErrorReported" and "used up" in events[-1].message
+
+
+def test_the_time_is_the_visitors_across_connections_pages_and_addresses():
+    """A reconnect, a reload (new page) or a new address: each starts where the visitor left off."""
+    ledger = ServerKeyLedger(window_secs=3600)
+    first = ServerKeyBudget(lambda _e: None, 5, ledger=ledger)
+    first.bill_to(("client:203.0.113.9", "session:page-1"))
+    first.charge(5)
+    assert first.spent
+    for visitor in (
+        ("client:203.0.113.9", "session:page-1"),  # reconnected
+        ("client:203.0.113.9", "session:page-2"),  # reloaded the page
+        ("client:198.51.100.4", "session:page-1"),  # the same page from another network
+    ):
+        again = ServerKeyBudget(lambda _e: None, 5, ledger=ledger)
+        again.bill_to(visitor)
+        assert again.spent and again.remaining == 0, visitor
+    stranger = ServerKeyBudget(lambda _e: None, 5, ledger=ledger)
+    stranger.bill_to(("client:192.0.2.1", "session:page-3"))
+    assert not stranger.spent and stranger.remaining == 5
+    unnamed = ServerKeyBudget(lambda _e: None, 5, ledger=ledger)
+    assert unnamed.used == 0, "a connection nobody named counts on its own"
+
+
+def test_the_time_starts_afresh_once_the_window_has_passed():
+    now = [0.0]
+    ledger = ServerKeyLedger(window_secs=60, clock=lambda: now[0])
+    ledger.charge(("client:a",), 30)
+    now[0] = 59.0
+    assert ledger.used(("client:a",)) == 30
+    now[0] = 60.0
+    assert ledger.used(("client:a",)) == 0
+    ledger.charge(("client:a",), 1)
+    assert ledger.used(("client:a",)) == 1
+
+
+def test_the_ledger_forgets_the_least_recent_visitors_beyond_its_bound():
+    ledger = ServerKeyLedger(window_secs=3600, max_accounts=2)
+    for account in ("a", "b", "c"):
+        ledger.charge((account,), 10)
+    assert [ledger.used((a,)) for a in ("a", "b", "c")] == [0, 10, 10]

@@ -345,8 +345,26 @@ def test_tool_cards_sit_after_the_turn_that_asked_and_show_what_happened():
 class _Params:
     """What pipecat hands a tool handler, as far as the runner reads it."""
 
-    def __init__(self, arguments: dict):
+    def __init__(self, arguments):
         self.tool_call_id, self.arguments, self.llm = "call_x", arguments, None
+
+
+@pytest.mark.parametrize(
+    ("arguments", "kind"), [([1234], "array"), ("1234", "string"), (1234, "number")]
+)
+async def test_arguments_that_are_not_an_object_are_a_failing_call_apologised_for(arguments, kind):
+    """pipecat passes on whatever JSON the LLM wrote; only an object is a tool's arguments."""
+    seen: list[ev.Event] = []
+    runner = ToolRunner(session_database(), seen.append)
+    tool = catalog.TOOLS[0]
+    fact = await runner.call(tool, _Params(arguments))
+    assert fact == tool.apology
+    started = next(e for e in seen if isinstance(e, ev.ToolCallStarted))
+    assert started.arguments == json.dumps(arguments)
+    finished = next(e for e in seen if isinstance(e, ev.ToolCallFinished))
+    assert not finished.ok and finished.result == tool.apology
+    (error,) = [e for e in seen if isinstance(e, ev.ErrorReported)]
+    assert f"not an object (a JSON {kind})" in error.message
 
 
 async def test_arguments_that_look_like_secrets_never_reach_the_page():

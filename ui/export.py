@@ -179,6 +179,25 @@ def load_replay(path: str | Path | None) -> SessionState:
     return replay(data)
 
 
+def discard_upload(path: str | Path | None, upload_folder: Path) -> None:
+    """Delete a replayed file from Gradio's upload cache: read once, it is not needed again.
+
+    Only a file inside ``upload_folder`` is touched (with the folder Gradio made
+    for it, once empty); anything else is left alone.
+    """
+    if not isinstance(path, str | os.PathLike):
+        return
+    try:
+        file, folder = Path(path).resolve(), upload_folder.resolve()
+        if not file.is_relative_to(folder) or file == folder:
+            return
+        file.unlink(missing_ok=True)
+        if file.parent != folder:
+            file.parent.rmdir()
+    except OSError:
+        pass  # another upload of the same bytes shares the folder, or it is gone already
+
+
 def replay(data: object) -> SessionState:
     """Fold an exported session's events back into the state the dashboard showed."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:

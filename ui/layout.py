@@ -12,15 +12,16 @@ from fastrtc import WebRTC
 
 from pipeline.config import (
     admission_secs,
+    handshake_secs,
     max_sessions,
     max_sessions_per_client,
-    trust_forwarded_for,
+    offers_per_minute,
     worker_id,
 )
 from pipeline.providers.local.models import shared_models
 from pipeline.session import SessionRecords, VoiceSession
-from pipeline.transport import tighten_audio_jitter_buffer
-from ui import export, heard, observability, render, server, state, views
+from pipeline.transport import end_streams_quietly, tighten_audio_jitter_buffer
+from ui import clients, export, heard, hostile, limits, observability, render, server, state, views
 from ui.ab import build_ab_panel, wire_ab_panel
 from ui.relay import TurnRelay, relay_policy, relay_source
 from ui.settings import build_settings_panel, config_from_settings
@@ -28,12 +29,10 @@ from ui.webrtc_guard import WebRTCGuard, webrtc_id_of
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 EXPORT_DIR = Path(tempfile.gettempdir()) / "voice-lab-exports"
-# Requests waiting in Gradio's queue beyond this are turned away ("queue full").
-QUEUE_MAX_SIZE = 64
-# What Gradio accepts as an upload at all (a session file is the only upload).
-MAX_UPLOAD_BYTES = 8 * 1024 * 1024
-# Gradio's upload cache: files older than an hour are deleted every 10 minutes.
-DELETE_CACHE = (600, 3600)
+# Gradio's upload cache: files older than 15 minutes are deleted every 5 minutes. A
+# replay reads its file at once (and deletes it), a download follows its export within
+# seconds; what stays is what an attacker left, counted against the cache's cap.
+DELETE_CACHE = (300, 900)
 
 
 def _browser_rtc(relay: TurnRelay | None):
@@ -69,6 +68,7 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
     observability.install()
     # Every call's microphone audio reaches the pipeline 60 ms sooner (see its docstring).
     tighten_audio_jitter_buffer()
+    end_streams_quietly()
     css = (ASSETS / "style.css").read_text()
     head = f"<script>{(ASSETS / 'mic_errors.js').read_text()}</script>"
     head += f"<script>{(ASSETS / 'heard_latency.js').read_text()}</script>"
@@ -148,7 +148,8 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
             audio,
             per_client=max_sessions_per_client(),
             admission_secs=admission_secs(),
-            trust_forwarded_for=trust_forwarded_for(),
+            handshake_secs=handshake_secs(),
+            offers_per_minute=offers_per_minute(),
         )
         # Before ``stream()``: it wires the settings to the method it finds now.
         guard.install()
@@ -195,7 +196,9 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
             owned = guard.owns(connection_id, request.session_hash)
             events = records.get(connection_id) if owned else None
             if not events:
-                raise gr.Error("Nothing to export yet: press Record and talk first.")
+                raise gr.Error(
+                    "Nothing to export yet: press Record and talk first.", print_exception=False
+                )
             return gr.update(value=str(export.write_export(events, EXPORT_DIR)), visible=True)
 
         def download_trace(connection, request: gr.Request) -> dict:
@@ -215,12 +218,17 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
         def replay_file(file) -> tuple:
             # Anyone can upload anything: load_replay bounds the work and
             # checks every field; its message is plain text and quotes nothing.
+            path = getattr(file, "name", file)
             try:
-                return views.render_all(export.load_replay(getattr(file, "name", file)))
+                return views.render_all(export.load_replay(path))
             except export.ReplayError as e:
                 raise gr.Error(
                     str(e), title="Could not replay that file", print_exception=False
                 ) from None
+            finally:
+                # Read once and done with, unless an identical upload still waits.
+                if isinstance(path, str) and limits.PENDING_UPLOADS.release(path):
+                    export.discard_upload(path, Path(demo.GRADIO_CACHE))
 
         export_button.click(export_current, inputs=[audio], outputs=[export_file])
         trace_button.click(download_trace, inputs=[audio], outputs=[trace_file])
@@ -246,11 +254,17 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
     for fn in demo.fns.values():
         # Every endpoint here serves this page only; none is a public API.
         fn.show_api = False
-    return demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=4)
+    hostile.quiet_input_refusals(demo)
+    # api_open=False: a queued event is reached through the queue only, never by a
+    # direct POST to /gradio_api/run/<name> past its concurrency limit and the queue's caps.
+    return demo.queue(max_size=server.QUEUE_MAX_SIZE, default_concurrency_limit=4, api_open=False)
 
 
 def launch(demo: gr.Blocks, **options) -> None:
     """Serve the page as a public Space should: bounded uploads, no API page, no tracebacks.
+
+    Who a client is is decided by ``ui.clients`` alone (uvicorn's own reading of
+    ``X-Forwarded-For`` is turned off).
 
     Gradio 5.50 builds its FastAPI app with ``debug=True`` (``App.create_app``),
     so any exception in a route (an unknown component id, say) answers the
@@ -267,9 +281,10 @@ def launch(demo: gr.Blocks, **options) -> None:
     # GC's way, a collection then costs ~1-2 ms instead of ~300 ms (see webrtc_guard).
     gc.collect()
     gc.freeze()
+    clients.keep_uvicorn_out_of_it()
     demo.launch(
         show_api=False,
-        max_file_size=MAX_UPLOAD_BYTES,
+        max_file_size=server.MAX_UPLOAD_BYTES,
         prevent_thread_lock=True,
         app_kwargs=server.app_kwargs(status),
         **options,

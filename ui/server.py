@@ -1,9 +1,17 @@
-"""The HTTP server around the page: our routes and middleware beside Gradio's own.
+"""The HTTP server around the page: our routes and middleware beside Gradio's.
 
 Gradio builds its FastAPI app inside ``launch()``; its public hook for what we
 add is ``launch(app_kwargs=...)``, handed to ``FastAPI(...)``. Routes given
 there come before Gradio's own, and middleware wraps every response, Gradio's
 SSE streams and the WebRTC component's requests included.
+
+Each concern adds itself to :data:`ROUTES` or :data:`MIDDLEWARE` here, so one
+file shows everything the server serves besides the page. Outermost, every
+response is named by its worker (below); then come the public-page
+protections, outermost first: who the client is (:mod:`ui.clients`, which
+every per-client limit after it reads), quiet refusals of hostile requests
+(:mod:`ui.hostile`), then the per-client limits on uploads and queued requests
+(:mod:`ui.limits`).
 
 What every worker serves besides the page (``python -m deploy`` runs several
 behind HAProxy; a single ``python app.py`` is one worker too):
@@ -19,8 +27,6 @@ behind HAProxy; a single ``python app.py`` is one worker too):
   worker).
 - ``SIGUSR1`` drains the worker for a rolling restart: no new visitors, the
   current calls finish, then the process exits.
-
-Stateless additions register themselves in :data:`ROUTES` or :data:`MIDDLEWARE`.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from pipeline.config import access_log, agent_port, worker_id
+from ui import clients, hostile, limits
 
 log = logging.getLogger("voice_lab.server")
 access = logging.getLogger("voice_lab.access")
@@ -53,6 +60,27 @@ FASTAPI_TELEMETRY = {"tracing": False, "metrics": False, "logs": False, "operati
 WORKER_HEADER = "X-Voice-Lab-Worker"
 # A draining worker exits this long after the signal even if calls remain (they end).
 DRAIN_LIMIT_SECS = 600.0
+
+# Gradio's queue: requests waiting beyond this are turned away ("queue full").
+QUEUE_MAX_SIZE = 64
+# ... and what one page (Gradio session) or one client may have waiting in it.
+QUEUE_PER_SESSION = 8
+QUEUE_PER_CLIENT = 16
+# What Gradio accepts as an upload at all (a session file is the only upload).
+MAX_UPLOAD_BYTES = 8 * 1024 * 1024
+
+
+def public_page_middleware() -> list[Middleware]:
+    """The protections every public page needs, configured from the environment now."""
+    return [
+        Middleware(clients.ClientAddress, proxies=clients.TrustedProxies.from_env()),
+        Middleware(hostile.QuietErrors),
+        Middleware(limits.UploadGate, limits=limits.UploadLimits.from_env(MAX_UPLOAD_BYTES)),
+        Middleware(
+            limits.QueueGate,
+            limits=limits.QueueLimits(per_session=QUEUE_PER_SESSION, per_client=QUEUE_PER_CLIENT),
+        ),
+    ]
 
 
 class WorkerStatus:
@@ -158,12 +186,20 @@ def health_route(status: WorkerStatus) -> Route:
 
 def app_kwargs(status: WorkerStatus | None = None) -> dict[str, Any]:
     """What ``demo.launch(app_kwargs=...)`` gets: fresh lists, so a second launch starts clean."""
-    routes = [*ROUTES, *([health_route(status)] if status else [])]
+    routes = [*hostile.ROUTES, *ROUTES, *([health_route(status)] if status else [])]
     middleware = [
+        # Outermost: even a refusal below names the worker that made it.
         Middleware(WorkerHeader, worker=worker_id(), log_requests=access_log()),
+        *public_page_middleware(),
         *MIDDLEWARE,
     ]
-    return {"routes": routes, "middleware": middleware, "telemetry": dict(FASTAPI_TELEMETRY)}
+    return {
+        "routes": routes,
+        "middleware": middleware,
+        "telemetry": dict(FASTAPI_TELEMETRY),
+        # FastAPI's own route list; nothing here is a public API.
+        "openapi_url": None,
+    }
 
 
 def serve_worker(status: WorkerStatus) -> None:

@@ -9,16 +9,31 @@ frontend by the module that defines its class) to fix, in our code:
   parsing (``webrtc_connection_mixin.handle_offer``): a parse error left the
   slot taken, and Gradio answered with a traceback. Offers are checked first,
   and any failure frees the slot and answers a short error.
-- **A client could hold slots without talking.** One that connects without
-  opening the data channel never starts the handler, and connecting cancels
-  fastrtc's 30 s timeout; one that never sends audio is never closed. A
-  connection that has not become a live, audio-sending session within
-  ``admission_secs`` is closed. Each client (by address) may hold at most
-  ``per_client`` connections at once.
+- **An offer is only let in if it is what a browser sends** (:func:`offer_problem`):
+  exactly one audio section (fastrtc starts one handler per incoming track, each
+  calling the same session's ``start_up``: 16 sections were 16 pipelines and
+  +361 MB), at most one data channel section, ICE credentials and a well-formed
+  DTLS fingerprint in every section. Without a fingerprint no DTLS handshake can
+  ever complete, yet fastrtc answered and kept the slot.
+- **A client could hold slots without talking.** One that never completes ICE
+  and DTLS (a wrong fingerprint, no ICE at all) is closed ``handshake_secs``
+  after its offer; one that connects without opening the data channel never
+  starts the handler, and connecting cancels fastrtc's 30 s timeout; one that
+  never sends audio is never closed. A connection that has not become a live,
+  audio-sending session within ``admission_secs`` is closed.
+- **One client could take every slot, as fast as it liked.** Each client
+  (:mod:`ui.clients`: its address, or what a trusted proxy says; IPv6 per /64)
+  may hold at most ``per_client`` connections at once (always fewer than the
+  slots, ``pipeline.config.max_sessions_per_client``) and make at most
+  ``offers_per_minute`` offers.
 - **Actions were authorised by a ``webrtc_id`` the caller supplies** (made with
   ``Math.random()`` in the page). Each connection is bound to the Gradio
   session that offered it; reading its dashboard, pushing settings (and keys)
-  into it, stopping it or exporting it from another session is refused.
+  into it (its ``tick`` and ``submit`` events), stopping it or exporting it from
+  another session is refused.
+- **The server's keys are the visitor's, not the connection's:** a handler
+  that counts time on them (``VoiceSession.bill_server_keys_to``) is told its
+  visitor (client and Gradio session) as it is created.
 - **``additional_outputs`` kept an entry per connection for ever** (a
   ``defaultdict`` that a late output re-creates after clean-up), each holding
   that session's final dashboard. Outputs for a closed connection are dropped.
@@ -36,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
+import ipaddress
 import logging
 import re
 import time
@@ -50,6 +66,8 @@ from fastrtc.utils import AdditionalOutputs, WebRTCData
 
 from pipeline.config import balancer_cookie
 from pipeline.telemetry import refused as count_refusal
+from ui.clients import client_of
+from ui.limits import RateWindow
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +80,17 @@ OWNERS_KEPT = 1024
 # (its session's shutdown and the peer connection's close finish meanwhile);
 # None leaves them to Python's own schedule.
 COLLECT_AFTER_CLOSE_SECS: float | None = 2.0
+# How often a new connection's progress (handshake, first audio) is looked at.
+ADMISSION_POLL_SECS = 0.25
+# aiortc verifies DTLS fingerprints with these digests (rtcdtlstransport), each this many bytes.
+FINGERPRINT_BYTES = {"sha-256": 32, "sha-384": 48, "sha-512": 64}
+FINGERPRINT = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2})*$")
+# RFC 8839: ice-char is ALPHA / DIGIT / "+" / "/"; ufrag 4-256 of them, pwd 22-256.
+ICE_UFRAG = re.compile(r"^[A-Za-z0-9+/]{4,256}$")
+ICE_PWD = re.compile(r"^[A-Za-z0-9+/]{22,256}$")
+MAX_CANDIDATE_CHARS = 1024
+# A browser that hides its address names a host candidate "<uuid>.local" (mDNS).
+MDNS_NAME = re.compile(r"^[A-Za-z0-9-]{1,63}\.local$")
 
 
 @dataclass(frozen=True)
@@ -92,12 +121,14 @@ class WebRTCGuard:
         *,
         per_client: int,
         admission_secs: float,
-        trust_forwarded_for: bool,
+        handshake_secs: float,
+        offers_per_minute: int,
     ):
         self.component = component
         self.per_client = per_client
         self.admission_secs = admission_secs
-        self.trust_forwarded_for = trust_forwarded_for
+        self.handshake_secs = handshake_secs
+        self.offers = RateWindow(offers_per_minute, 60.0)
         self._owners: OrderedDict[str, Owner] = OrderedDict()
         self._watchers: set[asyncio.Task] = set()
         self._collection: asyncio.TimerHandle | None = None
@@ -113,14 +144,6 @@ class WebRTCGuard:
         while len(self._owners) > OWNERS_KEPT:
             self._owners.popitem(last=False)
 
-    def _client_of(self, request) -> str:
-        """The visitor's address: behind a trusted proxy (a Space), the one it appended."""
-        if self.trust_forwarded_for:
-            forwarded = request.headers.get("x-forwarded-for", "")
-            if forwarded.strip():
-                return forwarded.split(",")[-1].strip()
-        return request.client.host if request.client else "unknown"
-
     def _held_by(self, client: str) -> int:
         return sum(
             1
@@ -134,6 +157,7 @@ class WebRTCGuard:
         component = self.component
         original_handle_offer = component.handle_offer
         original_set_input = component.set_input
+        original_set_input_on_submit = component.set_input_on_submit
         original_clean_up = component.clean_up
 
         async def offer(body, request: gr.Request):
@@ -156,6 +180,13 @@ class WebRTCGuard:
                 return
             original_set_input(webrtc_id, webrtc_data, *args)
 
+        def set_input_on_submit(request: gr.Request, webrtc_data, *args):
+            webrtc_id = webrtc_id_of(webrtc_data)
+            owned = self.owns(webrtc_id, request.session_hash)
+            if not owned or webrtc_id not in component.handlers:
+                return
+            original_set_input_on_submit(webrtc_data, *args)
+
         def set_additional_outputs(webrtc_id: str) -> Callable[[AdditionalOutputs], None]:
             def set_outputs(outputs: AdditionalOutputs) -> None:
                 # A closed connection's stream has ended: nobody would read this,
@@ -176,6 +207,7 @@ class WebRTCGuard:
         component.offer = offer
         component.quit_output_stream = quit_output_stream
         component.set_input_gradio = set_input_gradio
+        component.set_input_on_submit = set_input_on_submit
         component.set_additional_outputs = set_additional_outputs
         component.clean_up = clean_up
 
@@ -240,15 +272,30 @@ class WebRTCGuard:
                 body.get("candidate"), dict
             ):
                 return refused("unknown_connection")
+            if problem := candidate_problem(body["candidate"]):
+                # fastrtc would log its own parse failure with a traceback.
+                log.info("refused an ICE candidate: %s", problem)
+                return refused("invalid_candidate_format")
             try:
                 return await handle_offer(body, component.set_additional_outputs(webrtc_id))
-            except Exception:
-                log.warning("an ICE candidate could not be added", exc_info=True)
+            except Exception as e:
+                log.info("an ICE candidate could not be added: %s", type(e).__name__)
                 return refused("invalid_candidate_format")
 
+        client = client_of(request)
+        if not self.offers.take(client):
+            log.info("refused an offer: its client made %d in the last minute", self.offers.limit)
+            count_refusal("rate_limited")
+            # The page words this one as "Too many concurrent connections. Please try again later!"
+            return refused(
+                "concurrency_limit_reached",
+                rate_limited=True,
+                retry_after=round(self.offers.retry_after(client)),
+            )
         sdp = body.get("sdp")
-        if body.get("type") != "offer" or not _plausible_sdp(sdp):
-            log.info("refused a malformed WebRTC offer")
+        problem = "not an offer" if body.get("type") != "offer" else offer_problem(sdp)
+        if problem:
+            log.info("refused a WebRTC offer: %s", problem)
             count_refusal("invalid_offer")
             return refused("invalid_offer")
         if webrtc_id in self._owners:
@@ -257,9 +304,8 @@ class WebRTCGuard:
         if limit is not None and len(component.pcs) >= limit:
             count_refusal("capacity")
             return _expire_balancer_cookie(refused("concurrency_limit_reached", limit=limit))
-        client = self._client_of(request)
         if self._held_by(client) >= self.per_client:
-            log.info("refused an offer: this client already holds %d connections", self.per_client)
+            log.info("refused an offer: its client already holds %d connections", self.per_client)
             count_refusal("per_client")
             # The page words this one as "Too many concurrent connections".
             return refused("concurrency_limit_reached", limit=self.per_client, per_client=True)
@@ -278,30 +324,40 @@ class WebRTCGuard:
             await self._drop(webrtc_id)
             return refused("invalid_offer")
         if isinstance(answer, dict) and "sdp" in answer:
+            bill = getattr(component.handlers.get(webrtc_id), "bill_server_keys_to", None)
+            if bill is not None:
+                bill((f"client:{client}", f"session:{session_hash}"))
             task = asyncio.create_task(self._admit_or_close(webrtc_id, offered_at))
             self._watchers.add(task)  # held until done: the loop keeps only a weak reference
             task.add_done_callback(self._watchers.discard)
         return answer
 
     async def _admit_or_close(self, webrtc_id: str, offered_at: float) -> None:
-        """Close a connection that is not a live, audio-sending session in time."""
+        """Close a connection that is not connected (ICE and DTLS), then sending audio, in time."""
         component = self.component
-        while time.monotonic() - offered_at < self.admission_secs:
-            if webrtc_id not in component.pcs:
-                return  # already gone
-            handler = component.handlers.get(webrtc_id)
-            if getattr(handler, "heard_audio", False):
+        while webrtc_id in component.pcs:
+            waited = time.monotonic() - offered_at
+            pc = component.pcs.get(webrtc_id)
+            connected = pc is not None and pc.connectionState == "connected"
+            if connected and getattr(component.handlers.get(webrtc_id), "heard_audio", False):
                 return
-            await asyncio.sleep(0.25)
-        if webrtc_id in component.pcs and not getattr(
-            component.handlers.get(webrtc_id), "heard_audio", False
-        ):
-            log.info(
-                "closing a connection that sent no audio within %.0fs of its offer",
-                self.admission_secs,
-            )
-            count_refusal("no_audio")
-            await self._drop(webrtc_id)
+            if not connected and waited >= self.handshake_secs:
+                log.info(
+                    "closing a connection whose ICE and DTLS did not complete within %.0fs",
+                    self.handshake_secs,
+                )
+                count_refusal("no_handshake")
+                await self._drop(webrtc_id)
+                return
+            if waited >= self.admission_secs:
+                log.info(
+                    "closing a connection that sent no audio within %.0fs of its offer",
+                    self.admission_secs,
+                )
+                count_refusal("no_audio")
+                await self._drop(webrtc_id)
+                return
+            await asyncio.sleep(ADMISSION_POLL_SECS)
 
     async def _drop(self, webrtc_id: str) -> None:
         component = self.component
@@ -326,17 +382,86 @@ def _expire_balancer_cookie(response: JSONResponse) -> JSONResponse:
     return response
 
 
-def _plausible_sdp(sdp) -> bool:
-    """An SDP aiortc can parse, with an audio section: checked before fastrtc sees it."""
+def offer_problem(sdp) -> str | None:
+    """Why ``sdp`` is not an offer a browser's fastrtc page would send (None: it is one).
+
+    One audio section, at most one data channel (``application``) section,
+    nothing else; ICE credentials and a DTLS fingerprint aiortc can verify
+    (a supported digest of the right length) for every section.
+    """
     if not isinstance(sdp, str) or not sdp.startswith("v=0") or len(sdp) > MAX_SDP_BYTES:
-        return False
+        return "not an SDP offer"
     from aiortc.sdp import SessionDescription
 
     try:
         parsed = SessionDescription.parse(sdp)
     except Exception:
+        return "an SDP that does not parse"
+    kinds = [media.kind for media in parsed.media]
+    if kinds.count("audio") != 1:
+        return f"{kinds.count('audio')} audio sections, not one"
+    if kinds.count("application") > 1 or set(kinds) - {"audio", "application"}:
+        return "sections other than one audio and one data channel"
+    for media in parsed.media:
+        ice = media.ice
+        if not (
+            ice
+            and ICE_UFRAG.match(ice.usernameFragment or "")
+            and ICE_PWD.match(ice.password or "")
+        ):
+            return "no ICE credentials"
+        if not _verifiable_fingerprints(media.dtls.fingerprints if media.dtls else []):
+            return "no valid DTLS fingerprint"
+    return None
+
+
+def candidate_problem(candidate: dict) -> str | None:
+    """Why a trickled ICE candidate is not one a browser sends (None: it is one).
+
+    As fastrtc reads it: ``candidate:`` then at least ten fields, numbers where
+    numbers go, an IP address or an mDNS name; ``sdpMid`` a string,
+    ``sdpMLineIndex`` a number, either may be absent.
+    """
+    text = candidate.get("candidate")
+    if not isinstance(text, str) or len(text) > MAX_CANDIDATE_CHARS:
+        return "not a candidate line"
+    fields = text.split()
+    if len(fields) < 10 or not fields[0].startswith("candidate:"):
+        return "not a candidate line"
+    from aiortc.sdp import candidate_from_sdp
+
+    try:
+        parsed = candidate_from_sdp(text.split(":", 1)[1])
+    except (AssertionError, ValueError, IndexError):
+        return "a candidate that does not parse"
+    if not (0 <= parsed.port <= 65535 and 1 <= parsed.component <= 256):
+        return "a port or component out of range"
+    if not (_ip_address(parsed.ip) or MDNS_NAME.match(parsed.ip)):
+        return "neither an address nor an mDNS name"
+    mid, index = candidate.get("sdpMid"), candidate.get("sdpMLineIndex")
+    if not (mid is None or isinstance(mid, str)) or not (
+        index is None or (isinstance(index, int) and not isinstance(index, bool))
+    ):
+        return "a malformed media section reference"
+    return None
+
+
+def _ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
         return False
-    return any(media.kind == "audio" for media in parsed.media)
+    return True
+
+
+def _verifiable_fingerprints(fingerprints) -> bool:
+    """At least one fingerprint aiortc checks, and every one it checks well-formed."""
+    checked = [(f.algorithm.lower(), f.value) for f in fingerprints]
+    checked = [(algorithm, value) for algorithm, value in checked if algorithm in FINGERPRINT_BYTES]
+    return bool(checked) and all(
+        FINGERPRINT.match(value) and len(value.split(":")) == FINGERPRINT_BYTES[algorithm]
+        for algorithm, value in checked
+    )
 
 
 async def _session_hash_of(request) -> str | None:

@@ -64,7 +64,15 @@ TTFB_BUCKETS = (
 )
 BARGE_IN_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 # Why a session was turned away (the label's only values).
-REFUSALS = ("capacity", "per_client", "invalid_offer", "no_audio", "local_models_unavailable")
+REFUSALS = (
+    "capacity",
+    "per_client",
+    "rate_limited",
+    "invalid_offer",
+    "no_handshake",
+    "no_audio",
+    "local_models_unavailable",
+)
 TOOL_NAMES = frozenset(tool.schema.name for tool in TOOLS)
 SPECULATION_REASONS = frozenset(
     {

@@ -27,7 +27,7 @@ import os
 import sqlite3
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 # What an event may carry of a call's arguments or result.
 MAX_EVENT_TEXT = 500
 CANCELLED = "Cancelled: you spoke over it before it answered."
+JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
 
 
 def _env_float(name: str, default: float) -> float:
@@ -115,6 +116,10 @@ def attach(
     return runner
 
 
+class NotAnObject(Exception):
+    """The LLM's arguments for a call were valid JSON, but not an object."""
+
+
 class ToolRunner:
     """Runs a session's tool calls for one LLM: events, waiting phrase, timeout, failures."""
 
@@ -159,14 +164,23 @@ class ToolRunner:
 
     async def call(self, tool: catalog.Tool, params: FunctionCallParams) -> str:
         """Run one call; returns the fact for the LLM (an apology if it failed)."""
-        call_id, arguments = params.tool_call_id, dict(params.arguments or {})
-        shown = self._redact(json.dumps(arguments, ensure_ascii=False))[:MAX_EVENT_TEXT]
-        self._sink(ev.ToolCallStarted(time.time(), call_id, tool.name, shown))
+        call_id = params.tool_call_id
+        # What the LLM wrote, unchecked: pipecat passes on any JSON (a list, a
+        # string, a number) as the arguments, and a visitor can talk it into that.
+        arguments = {} if params.arguments is None else params.arguments
+        shown = json.dumps(arguments, ensure_ascii=False, default=str)
+        self._sink(
+            ev.ToolCallStarted(
+                time.time(), call_id, tool.name, self._redact(shown)[:MAX_EVENT_TEXT]
+            )
+        )
         phrase = asyncio.create_task(self._say_while_waiting(params.llm, tool))
         ok = False
         try:
+            if not isinstance(arguments, Mapping):
+                raise NotAnObject(JSON_TYPES.get(type(arguments), type(arguments).__name__))
             fact = await asyncio.wait_for(
-                self._run(tool, arguments, call_id), self.settings.timeout_secs
+                self._run(tool, dict(arguments), call_id), self.settings.timeout_secs
             )
             ok = True
         except asyncio.CancelledError:
@@ -174,6 +188,9 @@ class ToolRunner:
             raise
         except catalog.ToolRefusal as e:
             fact = str(e)
+        except NotAnObject as e:
+            fact = tool.apology
+            self._failed(tool, f"was given arguments that are not an object (a JSON {e})")
         except TimeoutError:
             fact = tool.apology
             self._failed(tool, f"did not answer within {self.settings.timeout_secs:g} s")
