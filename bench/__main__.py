@@ -286,4 +286,6 @@ async def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(sys.argv[1:])))
+    from bench.lifecycle import run
+
+    sys.exit(run(main(sys.argv[1:])))

@@ -8,11 +8,20 @@ arrived and written to a log file, and its environment keeps it on 127.0.0.1:
 loopback-only ICE, the offline variables, no proxy for local addresses, and
 none of the developer's provider keys or base URLs unless the caller passes
 them in ``extra_env`` (which overrides everything here).
+
+The app lives in a session of its own, so a signal sent to its parent (a
+``timeout``, a Ctrl-C in a terminal) never reaches it: the parent must stop it.
+Leaving the ``with`` block does, however the block ends; an ``async with``
+cancelled while the app is still starting stops it too; and whatever is still
+running when the interpreter exits is stopped then (``atexit``), which covers
+a parent that ends by an exception outside the block. A parent killed with
+SIGKILL cannot clean up: nothing can.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
 import signal
@@ -34,6 +43,15 @@ APP_START_TIMEOUT = 240.0
 # Every client of a test comes from 127.0.0.1: one client, as the app counts.
 CONNECTIONS_PER_CLIENT = 8
 LOOPBACK = "127.0.0.1,localhost"
+
+# Every app started and not yet stopped, for the stop at interpreter exit.
+_RUNNING: set[AppProcess] = set()
+
+
+@atexit.register
+def _stop_every_app() -> None:
+    for app in list(_RUNNING):
+        app.stop()
 
 
 def free_port() -> int:
@@ -94,6 +112,8 @@ class AppProcess:
         self.started_at: float | None = None
         self.http_ready_at: float | None = None
         self._reader: threading.Thread | None = None
+        # Set when whoever waits for the start gives up (a cancelled ``async with``).
+        self._abandoned = threading.Event()
 
     def start(self) -> AppProcess:
         log = self.log_path.open("w")
@@ -106,6 +126,7 @@ class AppProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        _RUNNING.add(self)
         self._reader = threading.Thread(
             target=self._read_output, args=(log,), name="app-output", daemon=True
         )
@@ -132,6 +153,8 @@ class AppProcess:
         direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         deadline = time.monotonic() + APP_START_TIMEOUT
         while time.monotonic() < deadline:
+            if self._abandoned.is_set():
+                raise RuntimeError("the start of app.py was abandoned")
             if self.process.poll() is not None:
                 raise RuntimeError(
                     f"app.py exited with {self.process.returncode} before serving:\n"
@@ -163,6 +186,7 @@ class AppProcess:
                 self.process.wait(timeout=10)
         if self._reader is not None:
             self._reader.join(5)
+        _RUNNING.discard(self)
 
     def __enter__(self) -> AppProcess:
         return self.start()
@@ -171,7 +195,17 @@ class AppProcess:
         self.stop()
 
     async def __aenter__(self) -> AppProcess:
-        return await asyncio.to_thread(self.start)
+        starting = asyncio.ensure_future(asyncio.to_thread(self.start))
+        try:
+            return await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            # The block is never entered, so its exit will not stop the app: stop it here,
+            # once the starting thread has seen that nobody waits for it any more.
+            self._abandoned.set()
+            with contextlib.suppress(Exception):
+                await starting
+            await asyncio.to_thread(self.stop)
+            raise
 
     async def __aexit__(self, *exc) -> None:
         await asyncio.to_thread(self.stop)
