@@ -26,7 +26,6 @@ profile says otherwise.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import dataclasses
 import json
