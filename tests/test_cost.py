@@ -68,7 +68,9 @@ def test_every_price_says_how_its_provider_bills():
         # A least amount per request is stated with it ("at least 10 s"), never implied.
         assert (price.minimum > 0) == ("at least" in price.billing), price
     whisper = pricing.price_of(CLOUD["stt"], "stt_audio_secs")
-    assert whisper.minimum == 10 and whisper.source == "https://console.groq.com/docs/speech-to-text"
+    assert (
+        whisper.minimum == 10 and whisper.source == "https://console.groq.com/docs/speech-to-text"
+    )
 
 
 def test_each_stage_is_billed_by_its_own_provider():
@@ -119,9 +121,7 @@ def test_the_panel_shows_dollars_per_turn_and_per_minute_on_a_cloud_stack():
     assert "Priced on Groq whisper-large-v3-turbo" in html
     # Two 1.3 s questions, billed by Groq as 10 s each.
     assert "2.6 s of STT audio (billed as 20 s: " in html
-    assert expected_turn == pytest.approx(
-        (60 * 0.05 + 5 * 0.08 + 15 * 50) / 1e6 + 10 / 3600 * 0.04
-    )
+    assert expected_turn == pytest.approx((60 * 0.05 + 5 * 0.08 + 15 * 50) / 1e6 + 10 / 3600 * 0.04)
 
 
 def test_a_local_stack_costs_nothing_but_shows_what_the_cloud_would_cost():
