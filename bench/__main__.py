@@ -13,6 +13,11 @@ measurements; ``--json`` writes every figure (per turn, per session, pooled)
 with the machine load it was measured under; ``--html`` a self-contained
 report with charts.
 
+Voice Lab beside a stock pipecat bot and fastrtc's own voice loop, same turns,
+same run (see bench/peers):
+
+    python -m bench --profile cloud-sim --peers --turns 6 --json peers.json --html peers.html
+
 Against ``python app.py`` over WebRTC instead (aiortc clients, as the page):
 
     python -m bench webrtc --profile cloud-sim --sessions 3 --turns 3
@@ -85,6 +90,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--startup", action="store_true", help="also measure the app's start-up to ready"
+    )
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="race Voice Lab against a stock pipecat bot and fastrtc's ReplyOnPause, turn by turn",
     )
     parser.add_argument("--json", type=Path, help="write the full result here")
     parser.add_argument("--html", type=Path, help="write a self-contained HTML report here")
@@ -239,6 +249,11 @@ async def main(argv: list[str]) -> int:
     clear_provider_variables()
     if args.mode is not None:
         _write_json(args.json, await _webrtc_mode(args))
+        return 0
+    if args.peers:
+        from bench.peers import peers_mode
+
+        await peers_mode(args)
         return 0
     from bench.cloudsim import published_latencies
     from bench.report import format_summary, targets, write_html
