@@ -74,6 +74,7 @@ class PeerTurn:
     barge_in_stop: float | None = None
     cpu_seconds: float | None = None
     error: str | None = None
+    started: float = 0.0  # seconds into the race: the interleaving, for the record
 
 
 # -- the systems, per profile ------------------------------------------------------------
@@ -334,6 +335,7 @@ async def race(
 
     lines = script(0, turns)
     entrants: list[Entrant] = []
+    race_start = time.monotonic()
     try:
         for index, contender in enumerate(systems):
             handler, ready = contender.connect(index)
@@ -356,7 +358,9 @@ async def race(
                 if entrant.error:
                     continue
                 questions, interruption = audio[entrant.contender.name]
-                turn = PeerTurn(entrant.contender.name, k, kind, text)
+                turn = PeerTurn(
+                    entrant.contender.name, k, kind, text, started=time.monotonic() - race_start
+                )
                 entrant.turns.append(turn)
                 entrant.listener.resume()
                 before = cpu()

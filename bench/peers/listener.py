@@ -92,7 +92,7 @@ class Playout:
         for start, rate, samples in self.played:
             if start + len(samples) / rate <= t:
                 continue
-            skip = max(0, int(np.ceil((t - start) * rate)))
+            skip = max(0, int(np.ceil((t - start) * rate - 1e-6)))
             loud = np.flatnonzero(np.abs(samples[skip:]) > AUDIBLE_THRESHOLD)
             if len(loud):
                 return start + (skip + int(loud[0])) / rate

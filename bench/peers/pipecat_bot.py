@@ -200,7 +200,8 @@ class PipecatBot(AsyncStreamHandler):
         self._transport = BenchTransport(self._outbox.put_nowait, self._clear_listener)
         self._worker = stock_worker(self._transport, *self._services())
         runner = WorkerRunner(handle_sigint=False)
-        await runner.run(self._worker)
+        await runner.add_workers(self._worker)
+        await runner.run()
 
     async def receive(self, frame: tuple[int, np.ndarray]) -> None:
         if self._transport is not None:

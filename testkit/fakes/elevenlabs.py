@@ -627,15 +627,18 @@ class FakeElevenLabs(ProviderFake):
         await asyncio.sleep(max(0.0, started + delay - time.monotonic()))
         pcm = speech_like_pcm(text, rate).tobytes()
         step = rate // 10 * 2  # 100 ms of audio per chunk
-        for offset in range(0, len(pcm), step):
-            chunk = pcm[offset : offset + step]
-            await response.write(chunk)
-            if mode == "drop":
-                await self._abort(request)
-                return response
-            if self.tts_speed:
-                await asyncio.sleep(len(chunk) / 2 / rate / self.tts_speed)
-        await response.write_eof()
+        try:
+            for offset in range(0, len(pcm), step):
+                chunk = pcm[offset : offset + step]
+                await response.write(chunk)
+                if mode == "drop":
+                    await self._abort(request)
+                    return response
+                if self.tts_speed:
+                    await asyncio.sleep(len(chunk) / 2 / rate / self.tts_speed)
+            await response.write_eof()
+        except ConnectionResetError:
+            entry["outcome"] = "client closed the stream"  # an interrupted reply stops reading
         return response
 
     async def _tts_single_socket(self, request: web.Request) -> web.StreamResponse:
