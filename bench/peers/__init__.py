@@ -404,6 +404,8 @@ def system_figures(entrant: Entrant) -> dict:
         },
         "startup_seconds": entrant.startup_seconds,
         "errors": [f"turn {t.index}: {t.error}" for t in turns if t.error],
+        # Exceptions out of the handler's emit(), which fastrtc logs and carries on from.
+        "emit_errors": entrant.listener.emit_errors,
     }
 
 

@@ -159,6 +159,8 @@ class Listener:
         self._active.set()
         self._tasks: list[asyncio.Task] = []
         self.closed = False
+        # What emit() raised (fastrtc logs these and keeps pulling).
+        self.emit_errors: list[str] = []
 
     async def start(self) -> Listener:
         loop = asyncio.get_running_loop()
@@ -174,16 +176,20 @@ class Listener:
         return self
 
     async def _pull(self) -> None:
+        """As fastrtc's ``player_worker_decode``: an error out of ``emit()`` is noted, not fatal."""
         loop = asyncio.get_running_loop()
         while not self.closed:
             await self._active.wait()
-            if self._async:
-                try:
+            try:
+                if self._async:
                     item = await asyncio.wait_for(self.handler.emit(), 60)
-                except TimeoutError:
-                    continue
-            else:
-                item = await loop.run_in_executor(None, self.handler.emit)
+                else:
+                    item = await loop.run_in_executor(None, self.handler.emit)
+            except TimeoutError:
+                continue
+            except Exception as e:
+                self.emit_errors.append(f"{type(e).__name__}: {e}")
+                continue
             if isinstance(item, CloseStream):
                 self.closed = True
                 return
