@@ -48,6 +48,9 @@ from testkit.speech import SAMPLE_RATE, speech_pcm
 
 # Quiet after a reply before the turn counts as over (longer than any pause within one).
 REPLY_QUIET_SECS = 1.2
+# Audio counts as playing while the last audible sample is at most this old (chunks come
+# paced, and a listener's queue may run dry for a few ms between two of them).
+PLAYING_GAP_SECS = 0.05
 # After an interruption, how long to wait for the answer to it before moving on.
 ANSWER_WAIT_SECS = 8.0
 TURN_TIMEOUT_SECS = 45.0
@@ -285,10 +288,15 @@ async def ask_and_interrupt(
     )
     first = playout.first_audible_after(voice_end)
     turn.v2v = first - voice_end
-    await listener.play_silence_until(
-        lambda: time.monotonic() >= first + BARGE_IN_AFTER_SECS, TURN_TIMEOUT_SECS
-    )
-    if playout.quiet_since() > figures.STOP_GAP_SECS:
+    try:  # speak over the reply while it is heard (not in a gap between two of its sentences)
+        await listener.play_silence_until(
+            lambda: (
+                time.monotonic() >= first + BARGE_IN_AFTER_SECS
+                and playout.quiet_since() < PLAYING_GAP_SECS
+            ),
+            REPLY_QUIET_SECS + BARGE_IN_AFTER_SECS,
+        )
+    except TimeoutError:
         turn.error = "the reply ended before the interruption"
         return
     onset = time.monotonic() + figures.speech_onset(interruption, SAMPLE_RATE)
@@ -297,9 +305,12 @@ async def ask_and_interrupt(
         lambda: playout.quiet_since() >= REPLY_QUIET_SECS, TURN_TIMEOUT_SECS
     )
     stopped = playout.stop_after(onset)
-    turn.barge_in_stop = 0.0 if stopped is None else max(0.0, stopped - onset)
+    if stopped is None:
+        turn.error = "the reply fell silent just before the interruption's voice began"
+        return
+    turn.barge_in_stop = max(0.0, stopped - onset)
     # The answer to the interruption, if one comes, plays out within this system's turn.
-    after = stopped or onset
+    after = stopped
     await listener.play_silence_until(
         lambda: (
             (
