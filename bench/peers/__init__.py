@@ -125,13 +125,13 @@ def contenders(profile: str, models, fakes=None) -> list[Contender]:
             models, max_tokens=local.llm_max_tokens, temperature=0.3
         )
         prompt = local.system_prompt
-        calls = "Whisper tiny.en (greedy), SmolLM2-135M on llama.cpp over its OpenAI API, Piper joe"
+        calls = "Whisper tiny.en (greedy), SmolLM2 via llama.cpp's OpenAI API (openai SDK), Piper"
     else:
         config = fakes.session_config
         stock_services = _cloud_stock_services(fakes)
         loop_calls = lambda: _cloud_loop_calls(fakes)  # noqa: E731
         prompt = fakes.session_config(0).system_prompt
-        calls = "Groq Whisper and chat (groq SDK), ElevenLabs HTTP stream (elevenlabs SDK)"
+        calls = "Groq Whisper and chat, not streamed (groq SDK), ElevenLabs HTTP stream"
 
     def pipecat(_index: int):
         bot = PipecatBot(stock_services)
@@ -144,20 +144,28 @@ def contenders(profile: str, models, fakes=None) -> list[Contender]:
     return [
         _voice_lab(VOICE_LAB, config, models, speculative=True),
         _voice_lab("voice-lab-serial", config, models, speculative=False),
-        Contender(
-            "pipecat",
-            "pipecat examples/voice/voice-groq.py and voice-elevenlabs.py (pipecat 1.14)",
-            pipecat,
-            "pipecat's own services"
-            + (" (local: OpenAILLMService on llama.cpp)" * (profile == "local")),
-        ),
+        Contender("pipecat", PIPECAT_FOLLOWS[profile], pipecat, PIPECAT_CALLS[profile]),
         Contender(
             "fastrtc",
-            "fastrtc demo/llm_voice_chat/app.py (ReplyOnPause, fastrtc 0.0.34)",
+            "fastrtc demo/llm_voice_chat/app.py, Groq Whisper as in demo/talk_to_claude",
             fastrtc,
             calls,
         ),
     ]
+
+
+PIPECAT_FOLLOWS = {
+    "cloud-sim": "pipecat examples/voice/voice-groq.py, with voice-elevenlabs.py's TTS",
+    "cloud-sim-streaming": "pipecat examples/voice/voice-elevenlabs.py, with voice-groq.py's LLM",
+    "local": "pipecat examples/voice/voice-piper.py, transcription/transcription-whisper.py "
+    "and update-settings/llm/llm-ollama.py (a local OpenAI-compatible server)",
+}
+PIPECAT_CALLS = {
+    "cloud-sim": "GroqSTTService, GroqLLMService, ElevenLabsTTSService",
+    "cloud-sim-streaming": "ElevenLabsRealtimeSTTService, GroqLLMService, ElevenLabsTTSService",
+    "local": "WhisperSTTService (faster-whisper defaults), OpenAILLMService on llama.cpp, "
+    "PiperTTSService",
+}
 
 
 def _local_stock_services(models) -> Callable[[], tuple]:
