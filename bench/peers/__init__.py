@@ -25,7 +25,9 @@ as 16 kHz 20 ms frames, reply audio played out as it is emitted. Per turn:
   loops are paused).
 
 A turn ends once the reply has played and 1.2 s of quiet followed; then the
-next system takes its turn. The systems' order rotates every turn.
+next system takes its turn. The systems' order rotates every turn. Before the
+race each system answers one greeting, not counted: whoever went first would
+otherwise also pay the process's first use of the fakes and the models.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ PLAYING_GAP_SECS = 0.05
 ANSWER_WAIT_SECS = 8.0
 TURN_TIMEOUT_SECS = 45.0
 VOICE_LAB = "voice-lab"
+# Each system's uncounted first turn.
+WARM_UP = "Hello, can you hear me?"
 
 
 @dataclass
@@ -71,7 +75,7 @@ class Contender:
 class PeerTurn:
     system: str
     index: int
-    kind: str  # "question" | "barge-in"
+    kind: str  # "warm-up" (not counted) | "question" | "barge-in"
     question: str
     v2v: float | None = None
     barge_in_stop: float | None = None
@@ -369,14 +373,25 @@ async def race(
             e.contender.name: (
                 [say(text, f"s{i}t{k}") for k, (_, text) in enumerate(lines)],
                 say(INTERRUPTION, f"s{i}t{len(lines) - 1}i"),
+                say(WARM_UP, f"s{i}w"),
             )
             for i, e in enumerate(entrants)
         }
+        for entrant in entrants:
+            turn = PeerTurn(entrant.contender.name, -1, "warm-up", WARM_UP)
+            entrant.turns.append(turn)
+            entrant.listener.resume()
+            try:
+                await ask(entrant.listener, turn, audio[entrant.contender.name][2])
+            except TimeoutError:
+                turn.error = "no reply within the time limit"
+            finally:
+                entrant.listener.pause()
         for k, (kind, text) in enumerate(lines):
             for entrant in entrants[k % len(entrants) :] + entrants[: k % len(entrants)]:
                 if entrant.error:
                     continue
-                questions, interruption = audio[entrant.contender.name]
+                questions, interruption, _ = audio[entrant.contender.name]
                 turn = PeerTurn(
                     entrant.contender.name, k, kind, text, started=time.monotonic() - race_start
                 )
@@ -408,7 +423,7 @@ def _ratio(value: float | None, base: float | None) -> float | None:
 
 
 def system_figures(entrant: Entrant) -> dict:
-    turns = entrant.turns
+    turns = [t for t in entrant.turns if t.kind != "warm-up"]
     cpu = [t.cpu_seconds for t in turns if t.cpu_seconds is not None]
     return {
         "name": entrant.contender.name,
@@ -422,7 +437,11 @@ def system_figures(entrant: Entrant) -> dict:
             "total_seconds": sum(cpu),
         },
         "startup_seconds": entrant.startup_seconds,
-        "errors": [f"turn {t.index}: {t.error}" for t in turns if t.error],
+        "errors": [
+            f"{'warm-up' if t.index < 0 else f'turn {t.index}'}: {t.error}"
+            for t in entrant.turns
+            if t.error
+        ],
         # Exceptions out of the handler's emit(), which fastrtc logs and carries on from.
         "emit_errors": entrant.listener.emit_errors,
     }
@@ -470,7 +489,7 @@ async def run_peers(profile: str, turns: int) -> dict:
     load_before = os.getloadavg()
     prepare_runtime()
     models = shared_models()
-    for text in [*(t for _, t in script(0, turns)), INTERRUPTION]:
+    for text in [WARM_UP, *(t for _, t in script(0, turns)), INTERRUPTION]:
         speech_pcm(text)  # synthesised up front: the microphone must not pause between turns
     started = time.perf_counter()
     async with _profile(profile) as (fakes, say):
