@@ -118,15 +118,22 @@ def contenders(profile: str, models, fakes=None) -> list[Contender]:
     from bench.peers.pipecat_bot import PipecatBot
     from pipeline.config import SessionConfig
 
+    serial_models = models
     if profile == "local":
 
         def config(_index, **knobs):
             return SessionConfig(**knobs)
 
-        stock_services = _local_stock_services(models)
+        # Each system gets a llama.cpp server of its own, as it would running alone: the
+        # server's one slot keeps the last prompt, so a turn re-reads only what is new. A
+        # shared one would hold another system's conversation, and which system found its own
+        # prefix there would depend on the order of the turns.
+        serial_models = _models_of_its_own(models)
+        stock_services = _local_stock_services(_llm_server_of_its_own())
         local = SessionConfig()
+        fastrtc_llm = _llm_server_of_its_own()
         loop_calls = lambda: fastrtc_loop.local_calls(  # noqa: E731
-            models, max_tokens=local.llm_max_tokens, temperature=0.3
+            models, fastrtc_llm, max_tokens=local.llm_max_tokens, temperature=0.3
         )
         prompt = local.system_prompt
         calls = "Whisper tiny.en (greedy), SmolLM2 via llama.cpp's OpenAI API (openai SDK), Piper"
@@ -147,7 +154,7 @@ def contenders(profile: str, models, fakes=None) -> list[Contender]:
 
     return [
         _voice_lab(VOICE_LAB, config, models, speculative=True),
-        _voice_lab("voice-lab-serial", config, models, speculative=False),
+        _voice_lab("voice-lab-serial", config, serial_models, speculative=False),
         Contender("pipecat", PIPECAT_FOLLOWS[profile], pipecat, PIPECAT_CALLS[profile]),
         Contender(
             "fastrtc",
@@ -172,8 +179,25 @@ PIPECAT_CALLS = {
 }
 
 
-def _local_stock_services(models) -> Callable[[], tuple]:
-    """pipecat's Whisper and Piper on the embedded models, its OpenAI service on llama.cpp."""
+def _models_of_its_own(models):
+    """Local models of their own (warmed), with the start-up probe's verdicts of ``models``."""
+    from pipeline.providers.local.models import LocalModels
+
+    own = LocalModels()
+    own.unavailable = dict(models.unavailable)
+    own.warm_up()
+    return own
+
+
+def _llm_server_of_its_own():
+    """SmolLM2 on a llama.cpp server of its own (loaded as Voice Lab loads its own)."""
+    from pipeline.providers.local.models import LocalModels
+
+    return LocalModels().llm
+
+
+def _local_stock_services(server) -> Callable[[], tuple]:
+    """pipecat's Whisper and Piper on the embedded models, its OpenAI service on ``server``."""
 
     def services():
         from pipecat.services.openai.llm import OpenAILLMService
@@ -184,7 +208,6 @@ def _local_stock_services(models) -> Callable[[], tuple]:
         from pipeline.providers.local.models import LLM_LABEL, piper_voice_onnx, whisper_model_dir
 
         local = SessionConfig()
-        server = models.llm
         stt = WhisperSTTService(settings=WhisperSTTService.Settings(model=str(whisper_model_dir())))
         llm = OpenAILLMService(
             api_key=server.api_key,

@@ -23,8 +23,8 @@ same STT, LLM and TTS models, voice, system prompt and reply length.
 - local: the embedded models through fastrtc's ``STTModel`` and ``TTSModel``
   protocols (Whisper tiny.en with Voice Lab's greedy decoding, Piper's voice
   one sentence at a time, as fastrtc's own ``stream_tts_sync`` yields), and
-  SmolLM2 through the ``openai`` SDK at the llama.cpp server's
-  OpenAI-compatible API, as the demos call their LLMs.
+  SmolLM2 through the ``openai`` SDK at the OpenAI-compatible API of a
+  llama.cpp server of its own, as the demos call their LLMs.
 
 Offline: ``ReplyOnPause``'s default VAD (``get_silero_model()``) and fastrtc's
 default STT and TTS models download from the Hugging Face hub. ``ReplyOnPause``
@@ -193,11 +193,10 @@ class LocalPiperTTS:
             yield rate, np.frombuffer(chunk.audio_int16_bytes, dtype=np.int16)
 
 
-def local_calls(models, max_tokens: int, temperature: float) -> tuple:
-    """The embedded models: Whisper and Piper in this process, SmolLM2 over its OpenAI API."""
+def local_calls(models, server, max_tokens: int, temperature: float) -> tuple:
+    """The embedded Whisper and Piper in this process, SmolLM2 over ``server``'s OpenAI API."""
     from openai import OpenAI
 
-    server = models.llm
     client = OpenAI(base_url=server.openai_base_url, api_key=server.api_key, max_retries=0)
     whisper, piper = LocalWhisperSTT(models), LocalPiperTTS(models)
 

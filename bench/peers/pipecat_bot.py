@@ -27,7 +27,7 @@ than a name, its default beam-search decoding) and ``PiperTTSService`` (given
 the voice package's folder, so nothing is downloaded). pipecat has no
 llama.cpp service; its documented way to a local model is an OpenAI-compatible
 server (``OLLamaLLMService`` is ``OpenAILLMService`` at Ollama's URL), so the
-bot's ``OpenAILLMService`` calls the llama.cpp server that runs SmolLM2 in this
+bot's ``OpenAILLMService`` calls SmolLM2 on a llama.cpp server of its own in this
 process (:attr:`pipeline.providers.local.models.LlamaServer.openai_base_url`).
 
 Transport: pipecat ships network transports (Daily, SmallWebRTC, websockets)
