@@ -13,6 +13,11 @@ measurements; ``--json`` writes every figure (per turn, per session, pooled)
 with the machine load it was measured under; ``--html`` a self-contained
 report with charts.
 
+Voice Lab beside a stock pipecat bot and fastrtc's own voice loop, same turns,
+same run (see bench/peers):
+
+    python -m bench --profile cloud-sim --peers --turns 6 --json peers.json --html peers.html
+
 Against ``python app.py`` over WebRTC instead (aiortc clients, as the page):
 
     python -m bench webrtc --profile cloud-sim --sessions 3 --turns 3
@@ -28,7 +33,6 @@ profile says otherwise.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import dataclasses
 import json
@@ -107,6 +111,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--startup", action="store_true", help="also measure the app's start-up to ready"
+    )
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="race Voice Lab against a stock pipecat bot and fastrtc's ReplyOnPause, turn by turn",
     )
     parser.add_argument("--json", type=Path, help="write the full result here")
     parser.add_argument("--html", type=Path, help="write a self-contained HTML report here")
@@ -331,6 +340,11 @@ async def main(argv: list[str]) -> int:
     if args.mode is not None:
         _write_json(args.json, await _webrtc_mode(args))
         return 0
+    if args.peers:
+        from bench.peers import peers_mode
+
+        await peers_mode(args)
+        return 0
     from bench.cloudsim import published_latencies
     from bench.report import format_summary, targets, write_html
     from bench.scenarios import run_sessions
@@ -376,4 +390,6 @@ async def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(sys.argv[1:])))
+    from bench.lifecycle import run
+
+    sys.exit(run(main(sys.argv[1:])))

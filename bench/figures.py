@@ -141,6 +141,15 @@ def cpu_seconds(pid: int | None = None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_seconds(native_id: int) -> float | None:
+    """User + system CPU seconds of one thread of this process (Linux ``/proc``; None if gone)."""
+    try:
+        fields = Path(f"/proc/self/task/{native_id}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb() -> float:
     """Resident set size now (Linux ``/proc``; the lifetime peak elsewhere)."""
     try:

@@ -516,3 +516,165 @@ table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding
 """
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
+
+
+# -- peers: the systems side by side (python -m bench --peers) ------------------------------
+
+
+def _times(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
+def format_peers(result: dict) -> str:
+    """The race as a table: each system's figures and their ratio to Voice Lab's."""
+    lines = [
+        f"peers on {result['profile']}: {result['turns_per_system']} turns each, interleaved "
+        f"(wall {result['wall_seconds']:.0f} s)",
+        f"{'system':<18} {'v2v p50':>9} {'v2v p95':>9} {'barge-in':>9} {'CPU/turn':>9}   "
+        "ratio to Voice Lab (v2v p50 / p95 / barge-in / CPU)",
+    ]
+    for peer in result["peers"]:
+        ratio = peer["ratio_to_voice_lab"]
+        cpu = peer["cpu"]["mean_per_turn"]
+        lines.append(
+            f"{peer['name']:<18} {ms(peer['v2v']['median']):>9} {ms(peer['v2v']['p95']):>9} "
+            f"{ms(peer['barge_in']['median']):>9} "
+            f"{'-' if cpu is None else f'{cpu:.2f} s':>9}   "
+            f"{_times(ratio['v2v_median'])} / {_times(ratio['v2v_p95'])} / "
+            f"{_times(ratio['barge_in_median'])} / {_times(ratio['cpu_per_turn'])}"
+        )
+    for peer in result["peers"]:
+        lines.append(f"  {peer['name']}: {peer['follows']}")
+        if peer["errors"]:
+            lines.append(f"    errors: {'; '.join(peer['errors'])}")
+    machine = result["machine"]
+    lines.append(
+        f"load avg before {fmt_load(machine['loadavg_before'])}, after "
+        f"{fmt_load(machine['loadavg_after'])} ({machine['cpus']} CPUs)"
+    )
+    return "\n".join(lines)
+
+
+def _peers_bars(result: dict):
+    """V2V p50 and p95, barge-in stop and CPU per turn, one group of bars per system."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    names = [p["name"] for p in result["peers"]]
+    fig = make_subplots(
+        rows=1,
+        cols=3,
+        subplot_titles=("Voice-to-voice (s)", "Barge-in stop (s)", "CPU per turn (s)"),
+    )
+    for label, key in (("p50", "median"), ("p95", "p95")):
+        fig.add_trace(
+            go.Bar(name=f"v2v {label}", x=names, y=[p["v2v"][key] for p in result["peers"]]),
+            row=1,
+            col=1,
+        )
+    fig.add_trace(
+        go.Bar(name="barge-in p50", x=names, y=[p["barge_in"]["median"] for p in result["peers"]]),
+        row=1,
+        col=2,
+    )
+    fig.add_trace(
+        go.Bar(
+            name="CPU per turn", x=names, y=[p["cpu"]["mean_per_turn"] for p in result["peers"]]
+        ),
+        row=1,
+        col=3,
+    )
+    fig.update_layout(
+        barmode="group",
+        title=f"The systems side by side ({result['profile']}, same turns, same run)",
+    )
+    return fig
+
+
+def _peers_distributions(result: dict):
+    """Every turn's V2V per system, so a p95 is seen with the turns it comes from."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for peer in result["peers"]:
+        values = [
+            t["v2v"]
+            for t in result["turns"]
+            if t["system"] == peer["name"] and t["v2v"] is not None
+        ]
+        fig.add_trace(go.Box(name=peer["name"], y=values, boxpoints="all", jitter=0.4))
+    fig.update_layout(title="Voice-to-voice per turn (s)", yaxis_title="seconds", showlegend=False)
+    return fig
+
+
+def _peers_table(result: dict) -> str:
+    def cell(value: str) -> str:
+        return f"<td>{html.escape(value)}</td>"
+
+    rows = []
+    for p in result["peers"]:
+        ratio = p["ratio_to_voice_lab"]
+        cpu = p["cpu"]["mean_per_turn"]
+        rows.append(
+            "<tr>"
+            + cell(p["name"])
+            + cell(ms(p["v2v"]["median"]))
+            + cell(ms(p["v2v"]["p95"]))
+            + cell(ms(p["barge_in"]["median"]))
+            + cell("-" if cpu is None else f"{cpu:.2f} s")
+            + "".join(
+                cell(_times(ratio[k]))
+                for k in ("v2v_median", "v2v_p95", "barge_in_median", "cpu_per_turn")
+            )
+            + cell(p["follows"])
+            + "</tr>"
+        )
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in (
+            "system",
+            "v2v p50",
+            "v2v p95",
+            "barge-in stop",
+            "CPU/turn",
+            "x p50",
+            "x p95",
+            "x barge-in",
+            "x CPU",
+            "written from",
+        )
+    )
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def write_peers_html(result: dict, path: Path) -> None:
+    """The race's report: the table, the systems' bars side by side, every turn (offline page)."""
+    from plotly.offline import get_plotlyjs
+
+    charts = "".join(
+        fig.to_html(full_html=False, include_plotlyjs=False, default_height=460)
+        for fig in (_peers_bars(result), _peers_distributions(result))
+    )
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Voice Lab and its peers: {html.escape(result["profile"])}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 1200px; }}
+pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
+table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; }}
+</style>
+<script>{get_plotlyjs()}</script>
+</head><body>
+<h1>Voice Lab and its peers, side by side</h1>
+<p>Measured {html.escape(result["measured_at"])} on {html.escape(result["profile"])}: the same
+utterances, the same provider fakes, interleaved turn by turn. Ratios are to Voice Lab
+(above 1: slower or costlier).</p>
+{_peers_table(result)}
+<pre>{html.escape(format_peers(result))}</pre>
+{charts}
+<details><summary>Full result (JSON)</summary><pre>{html.escape(json.dumps(result, indent=1))}</pre>
+</details>
+</body></html>
+"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")

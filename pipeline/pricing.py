@@ -6,11 +6,18 @@ A stack is what the dashboard labels each turn with: per stage, the
 any stack, so the live dashboard and a comparison of stacks share one answer.
 Local models cost $0.
 
-Every price names the page it was read from and the day it was read, and an
-environment variable overrides it (``.env.example`` lists them). The official
-pages (https://groq.com/pricing, https://elevenlabs.io/pricing/api) were not
-reachable from where these were gathered; each figure comes from a page that
-quotes them, named in ``source``. Prices change: check before relying on one.
+Usage is billed as each provider bills it, not as it was measured: a unit
+(tokens, characters, seconds of audio) and, where the provider has one, a
+least amount per request. Groq bills every transcription request as at least
+10 s of audio, so a 1.3 s question costs what 10 s would: :class:`Usage` keeps
+each speech-to-text request's seconds apart (``stt_requests``) for that.
+
+Every price names the page it (and its billing rule) was read from and the
+day, and an environment variable overrides it (``.env.example`` lists them).
+Groq's speech-to-text page was read itself; the other official pages
+(https://groq.com/pricing, https://elevenlabs.io/pricing/api) were not
+reachable from where these were gathered, and those figures come from a page
+that quotes them, named in ``source``. Prices change: check before relying on one.
 """
 
 from __future__ import annotations
@@ -21,17 +28,29 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 READ_ON = "2026-11-30"
+# The speech-to-text pages, read again for their billing rules.
+STT_READ_ON = "2026-12-03"
 LOCAL = "Local"
 
 
 @dataclass(frozen=True)
 class Usage:
-    """Billable amounts, in the units providers bill by."""
+    """Billable amounts, in the units providers bill by.
+
+    ``stt_requests`` holds each speech-to-text request's seconds (they sum to
+    ``stt_audio_secs``), because a provider may bill a short request as a
+    longer one. A usage made with ``stt_audio_secs`` alone is one request.
+    """
 
     llm_input_tokens: float = 0
     llm_output_tokens: float = 0
     tts_characters: float = 0
     stt_audio_secs: float = 0
+    stt_requests: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.stt_audio_secs and not self.stt_requests:
+            object.__setattr__(self, "stt_requests", (self.stt_audio_secs,))
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -39,6 +58,7 @@ class Usage:
             self.llm_output_tokens + other.llm_output_tokens,
             self.tts_characters + other.tts_characters,
             self.stt_audio_secs + other.stt_audio_secs,
+            self.stt_requests + other.stt_requests,
         )
 
 
@@ -67,13 +87,19 @@ UNIT_NAME = {
 
 @dataclass(frozen=True)
 class Price:
-    """One rate: ``usd`` per vendor unit of ``measure``, for one provider's model."""
+    """One rate: ``usd`` per vendor unit of ``measure``, for one provider's model.
+
+    ``minimum`` is the least of ``measure`` the provider bills for one request
+    (seconds of audio for Groq's Whisper); ``billing`` says the rule in words.
+    """
 
     provider: str
     model: str
     measure: str
     usd: float
     source: str
+    billing: str
+    minimum: float = 0.0
     read_on: str = READ_ON
 
     @property
@@ -97,27 +123,72 @@ _GROQ_LLAMA_70B = (
     "https://theneuralbase.com/groq/learn/intermediate/cost-per-user-for-voice-applications/"
 )
 _GROQ_GPT_OSS = "https://requesty.ai/models/groq/openai-gpt-oss-20b"
-_GROQ_WHISPER = "https://docs.osmapi.com/features/audio"
+# Groq's own page: the price per hour and "Minimum Billed Length: 10 seconds. If you
+# submit a request less than this, you will still be billed for 10 seconds."
+_GROQ_WHISPER = "https://console.groq.com/docs/speech-to-text"
 _GROQ_ORPHEUS = (
     "https://raw.githubusercontent.com/MCERQUA/OpenVoiceUI/main/tts_providers/groq_provider.py"
 )
 _ELEVENLABS = "https://developer.puter.com/tutorials/elevenlabs-api-pricing/"
+# "billed per second of streamed audio", at ElevenLabs' $0.39 an hour.
+_ELEVENLABS_REALTIME = "https://vercel.com/ai-gateway/models/scribe-v2-realtime"
+
+PER_TOKEN = "per token, input and output apart; no minimum per request"
+PER_CHARACTER = "per character of text sent; no minimum per request"
+GROQ_STT_BILLING = "per second of audio, each request billed as at least 10 s"
+GROQ_STT_MINIMUM_SECS = 10.0
+STREAMED_AUDIO = "per second of audio streamed to it (silence too); no minimum"
 
 PRICES: tuple[Price, ...] = (
-    Price("Groq", "llama-3.1-8b-instant", "llm_input_tokens", 0.05, _GROQ_LLAMA_8B),
-    Price("Groq", "llama-3.1-8b-instant", "llm_output_tokens", 0.08, _GROQ_LLAMA_8B),
-    Price("Groq", "llama-3.3-70b-versatile", "llm_input_tokens", 0.59, _GROQ_LLAMA_70B),
-    Price("Groq", "llama-3.3-70b-versatile", "llm_output_tokens", 0.79, _GROQ_LLAMA_70B),
-    Price("Groq", "openai/gpt-oss-20b", "llm_input_tokens", 0.10, _GROQ_GPT_OSS),
-    Price("Groq", "openai/gpt-oss-20b", "llm_output_tokens", 0.50, _GROQ_GPT_OSS),
-    Price("Groq", "whisper-large-v3-turbo", "stt_audio_secs", 0.04, _GROQ_WHISPER),
-    Price("Groq", "whisper-large-v3", "stt_audio_secs", 0.111, _GROQ_WHISPER),
+    Price("Groq", "llama-3.1-8b-instant", "llm_input_tokens", 0.05, _GROQ_LLAMA_8B, PER_TOKEN),
+    Price("Groq", "llama-3.1-8b-instant", "llm_output_tokens", 0.08, _GROQ_LLAMA_8B, PER_TOKEN),
+    Price("Groq", "llama-3.3-70b-versatile", "llm_input_tokens", 0.59, _GROQ_LLAMA_70B, PER_TOKEN),
+    Price("Groq", "llama-3.3-70b-versatile", "llm_output_tokens", 0.79, _GROQ_LLAMA_70B, PER_TOKEN),
+    Price("Groq", "openai/gpt-oss-20b", "llm_input_tokens", 0.10, _GROQ_GPT_OSS, PER_TOKEN),
+    Price("Groq", "openai/gpt-oss-20b", "llm_output_tokens", 0.50, _GROQ_GPT_OSS, PER_TOKEN),
+    Price(
+        "Groq",
+        "whisper-large-v3-turbo",
+        "stt_audio_secs",
+        0.04,
+        _GROQ_WHISPER,
+        GROQ_STT_BILLING,
+        GROQ_STT_MINIMUM_SECS,
+        STT_READ_ON,
+    ),
+    Price(
+        "Groq",
+        "whisper-large-v3",
+        "stt_audio_secs",
+        0.111,
+        _GROQ_WHISPER,
+        GROQ_STT_BILLING,
+        GROQ_STT_MINIMUM_SECS,
+        STT_READ_ON,
+    ),
     # A code comment's "~$0.05/1K chars": the least sure figure here.
-    Price("Groq", "canopylabs/orpheus-v1-english", "tts_characters", 50.0, _GROQ_ORPHEUS),
-    Price("ElevenLabs", "eleven_flash_v2_5", "tts_characters", 50.0, _ELEVENLABS),
-    Price("ElevenLabs", "eleven_turbo_v2_5", "tts_characters", 50.0, _ELEVENLABS),
-    Price("ElevenLabs", "eleven_multilingual_v2", "tts_characters", 100.0, _ELEVENLABS),
-    Price("ElevenLabs", "scribe_v2_realtime", "stt_audio_secs", 0.39, _ELEVENLABS),
+    Price(
+        "Groq",
+        "canopylabs/orpheus-v1-english",
+        "tts_characters",
+        50.0,
+        _GROQ_ORPHEUS,
+        PER_CHARACTER,
+    ),
+    Price("ElevenLabs", "eleven_flash_v2_5", "tts_characters", 50.0, _ELEVENLABS, PER_CHARACTER),
+    Price("ElevenLabs", "eleven_turbo_v2_5", "tts_characters", 50.0, _ELEVENLABS, PER_CHARACTER),
+    Price(
+        "ElevenLabs", "eleven_multilingual_v2", "tts_characters", 100.0, _ELEVENLABS, PER_CHARACTER
+    ),
+    Price(
+        "ElevenLabs",
+        "scribe_v2_realtime",
+        "stt_audio_secs",
+        0.39,
+        _ELEVENLABS_REALTIME,
+        STREAMED_AUDIO,
+        read_on=STT_READ_ON,
+    ),
 )
 _BY_KEY = {(p.provider, p.model, p.measure): p for p in PRICES}
 
@@ -143,18 +214,25 @@ def unpriced(stack: Mapping[str, str]) -> list[str]:
     return list(dict.fromkeys(missing))
 
 
+def billed(usage: Usage, measure: str, price: Price) -> float:
+    """How much of ``measure`` the provider bills for ``usage`` (a short request as its minimum)."""
+    if measure == "stt_audio_secs" and price.minimum:
+        return sum(max(secs, price.minimum) for secs in usage.stt_requests)
+    return getattr(usage, measure)
+
+
 def cost_of(usage: Usage, stack: Mapping[str, str]) -> float:
     """Dollars ``usage`` costs on ``stack`` ({"stt": label, "llm": label, "tts": label}).
 
-    Local stages cost nothing; a cloud model missing from the table counts as
-    $0 too and is named by :func:`unpriced`, so a figure is never silently made up.
+    Each measure is billed as its provider bills it (:func:`billed`). Local
+    stages cost nothing; a cloud model missing from the table counts as $0
+    too and is named by :func:`unpriced`, so a figure is never silently made up.
     """
     total = 0.0
     for measure, stage in STAGE_OF.items():
-        amount = getattr(usage, measure)
-        price = price_of(stack.get(stage, LOCAL), measure) if amount else None
+        price = price_of(stack.get(stage, LOCAL), measure) if getattr(usage, measure) else None
         if price is not None:
-            total += amount / UNIT_SIZE[measure] * price.current()
+            total += billed(usage, measure, price) / UNIT_SIZE[measure] * price.current()
     return total
 
 

@@ -345,6 +345,11 @@ class EagerSegmentsMixin:
     committed with the eager text instead of sending the same words to the
     model again. :meth:`run_stt` (or a subclass's, via :meth:`committed_text`)
     turns it into the ``TranscriptionFrame``.
+
+    Usage is reported per transcription, as a provider bills it: each eager
+    pass is one (a pass dropped because the user went on was still sent and
+    billed), a commit that reuses the eager text is none, and one transcribed
+    anew is another.
     """
 
     _eager_task: asyncio.Task | None = None
@@ -355,7 +360,8 @@ class EagerSegmentsMixin:
             logger.debug(f"{self}: the user paused, transcribing now")
             await self._drop_eager()
             self._eager_task = self.create_task(
-                self._eager_pass(self._segment_audio()), name="eager-transcript"
+                self._eager_pass(bytes(self._audio_buffer) + self._trailing_silence()),
+                name="eager-transcript",
             )
         elif isinstance(frame, UserResumedFrame):
             await self._drop_eager()
@@ -384,17 +390,21 @@ class EagerSegmentsMixin:
         result = await segment.task
         if result is not None:
             return result
+        await self._report_usage(bytes(segment))
         return await self.eager_transcript(self._segment_for_model(bytes(segment)))
 
     def _segment_for_model(self, pcm: bytes) -> bytes:
         return pcm_to_wav(pcm, self.sample_rate) if self.wants_wav_segments else pcm
 
-    def _segment_audio(self) -> bytes:
-        return self._segment_for_model(bytes(self._audio_buffer) + self._trailing_silence())
+    async def _report_usage(self, pcm: bytes) -> None:
+        """One transcription of ``pcm``: the audio a provider bills for it."""
+        self._record_stt_audio_usage(pcm)
+        await self.emit_stt_usage_metrics()
 
-    async def _eager_pass(self, audio: bytes) -> str | ErrorFrame | None:
+    async def _eager_pass(self, pcm: bytes) -> str | ErrorFrame | None:
+        await self._report_usage(pcm)
         try:
-            text = await self.eager_transcript(audio)
+            text = await self.eager_transcript(self._segment_for_model(pcm))
         except Exception as e:
             logger.debug(f"{self}: eager transcription failed, the VAD stop will retry: {e}")
             return None
@@ -426,9 +436,7 @@ class EagerSegmentsMixin:
         self._user_speaking = False
         pcm = bytes(self._audio_buffer) + self._trailing_silence()
         self._audio_buffer.clear()
-        self._record_stt_audio_usage(pcm)
-        await self.emit_stt_usage_metrics()
-        await self._segment_queue.put(EagerSegment(pcm, task))
+        await self._segment_queue.put(EagerSegment(pcm, task))  # its usage: the eager pass's
 
     async def run_stt(self, audio: bytes):
         if isinstance(audio, EagerSegment):

@@ -9,11 +9,20 @@ loopback-only ICE, the offline variables, no proxy for local addresses, an
 upload folder of its own (``upload_dir``, removed when it stops), and none of
 the developer's provider keys or base URLs unless the caller passes them in
 ``extra_env`` (which overrides everything here).
+
+The app lives in a session of its own, so a signal sent to its parent (a
+``timeout``, a Ctrl-C in a terminal) never reaches it: the parent must stop it.
+Leaving the ``with`` block does, however the block ends; an ``async with``
+cancelled while the app is still starting stops it too; and whatever is still
+running when the interpreter exits is stopped then (``atexit``), which covers
+a parent that ends by an exception outside the block. A parent killed with
+SIGKILL cannot clean up: nothing can.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
 import shutil
@@ -39,6 +48,63 @@ CONNECTIONS_PER_CLIENT = 8
 OFFERS_PER_MINUTE = 120
 UPLOAD_MB_PER_CLIENT = 1000
 LOOPBACK = "127.0.0.1,localhost"
+
+# Every app started and not yet stopped, for the stop at interpreter exit.
+_RUNNING: set[Program] = set()
+
+
+@atexit.register
+def _stop_every_app() -> None:
+    for program in list(_RUNNING):
+        program.stop()
+
+
+class Program:
+    """A program a test or benchmark runs (``python app.py``, ``python -m deploy``).
+
+    Subclasses start it in :meth:`start` (calling :meth:`_running` once it is
+    launched, and giving up when ``_abandoned`` is set) and end it in
+    :meth:`stop` (calling :meth:`_stopped`). It is stopped when its ``with``
+    block ends, when an ``async with`` is cancelled while it starts, and at the
+    interpreter's exit.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def start(self) -> Program:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def _running(self) -> None:
+        self._running()
+
+    def _stopped(self) -> None:
+        self._stopped()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    async def __aenter__(self):
+        starting = asyncio.ensure_future(asyncio.to_thread(self.start))
+        try:
+            return await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            # The block is never entered, so its exit will not stop the program: stop it
+            # here, once the starting thread has seen that nobody waits for it any more.
+            self._abandoned.set()
+            with contextlib.suppress(Exception):
+                await starting
+            await asyncio.to_thread(self.stop)
+            raise
+
+    async def __aexit__(self, *exc) -> None:
+        await asyncio.to_thread(self.stop)
 
 
 def free_port() -> int:
@@ -79,7 +145,7 @@ def app_environment(
     return env
 
 
-class AppProcess:
+class AppProcess(Program):
     """``python app.py`` from the repository root, its output timestamped line by line.
 
     Entering (``with`` or ``async with``) starts it and returns once ``/``
@@ -107,6 +173,8 @@ class AppProcess:
         self.started_at: float | None = None
         self.http_ready_at: float | None = None
         self._reader: threading.Thread | None = None
+        # Set when whoever waits for the start gives up (a cancelled ``async with``).
+        self._abandoned = threading.Event()
 
     def start(self) -> AppProcess:
         log = self.log_path.open("w")
@@ -119,6 +187,7 @@ class AppProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        _RUNNING.add(self)
         self._reader = threading.Thread(
             target=self._read_output, args=(log,), name="app-output", daemon=True
         )
@@ -145,6 +214,8 @@ class AppProcess:
         direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         deadline = time.monotonic() + APP_START_TIMEOUT
         while time.monotonic() < deadline:
+            if self._abandoned.is_set():
+                raise RuntimeError("the start of app.py was abandoned")
             if self.process.poll() is not None:
                 raise RuntimeError(
                     f"app.py exited with {self.process.returncode} before serving:\n"
@@ -178,18 +249,7 @@ class AppProcess:
             self._reader.join(5)
         if self._own_upload_dir:
             shutil.rmtree(self.upload_dir, ignore_errors=True)
-
-    def __enter__(self) -> AppProcess:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> AppProcess:
-        return await asyncio.to_thread(self.start)
-
-    async def __aexit__(self, *exc) -> None:
-        await asyncio.to_thread(self.stop)
+        _RUNNING.discard(self)
 
     # -- what it printed ----------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """``python -m deploy`` as a user starts it, in a subprocess, for tests and the benchmark.
 
 Like :class:`testkit.app.AppProcess`, its environment keeps everything on
-127.0.0.1 (loopback-only ICE, offline, no developer keys). Entering starts the
+127.0.0.1 (loopback-only ICE, offline, no developer keys), and it is stopped
+however its block ends (see :class:`testkit.app.Program`). Entering starts the
 launcher and returns once it says the page is ready; leaving stops it with
 SIGINT (Ctrl-C) and, whatever happened, makes sure nothing it started is left.
 Every line it printed is kept: each worker's lines carry its name (``[w1] ...``)
@@ -10,7 +11,6 @@ and, with ``--log-requests``, one ``voice_lab.access`` line per request.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import re
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from testkit.app import ROOT, app_environment, free_port
+from testkit.app import ROOT, Program, app_environment, free_port
 
 START_TIMEOUT = 300.0
 READY_LINE = "Voice Lab is ready at"
@@ -32,7 +32,7 @@ STARTING_LINE = re.compile(r"^\[deploy\] starting (w\d+) \(pid (\d+)\)")
 WORKER_LINE = re.compile(r"^\s+(w\d+)\s+(http://\S+)\s+\(agent-check port (\d+), pid (\d+)\)")
 
 
-class DeployProcess:
+class DeployProcess(Program):
     """``python -m deploy --workers N`` on a free port, with ``--no-restart --log-requests``."""
 
     def __init__(
@@ -44,6 +44,7 @@ class DeployProcess:
         args: tuple[str, ...] = (),
         log_path: Path | None = None,
     ):
+        super().__init__()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = app_environment(self.port, max_sessions, extra_env)
@@ -77,10 +78,13 @@ class DeployProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
+        self._running()
         self._reader = threading.Thread(target=self._read, name="deploy-output", daemon=True)
         self._reader.start()
         deadline = time.monotonic() + timeout
         while not any(READY_LINE in line for line in self.lines):
+            if self._abandoned.is_set():
+                return self
             if self.process.poll() is not None:
                 raise RuntimeError(
                     f"python -m deploy exited with {self.process.returncode}:\n{self.tail()}"
@@ -136,6 +140,7 @@ class DeployProcess:
                 leftover.kill()
         if self._reader is not None:
             self._reader.join(5)
+        self._stopped()
         return self.process.returncode
 
     def leftovers(self) -> list[psutil.Process]:
@@ -146,18 +151,6 @@ class DeployProcess:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     named.append(psutil.Process(int(match.group(2))))
         return [p for p in {p.pid: p for p in [*self.started, *named]}.values() if _alive(p)]
-
-    def __enter__(self) -> DeployProcess:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> DeployProcess:
-        return await asyncio.to_thread(self.start)
-
-    async def __aexit__(self, *exc) -> None:
-        await asyncio.to_thread(self.stop)
 
     # -- workers -----------------------------------------------------------------------------
 

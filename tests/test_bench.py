@@ -148,3 +148,39 @@ def test_quick_cloud_sim_with_two_sessions_attributes_every_turn_and_writes_html
     assert "Plotly.newPlot" in text and len(text) > 1_000_000, "plotly.js is not inlined"
     assert not re.search(r"<script[^>]*\ssrc=", text), "the report loads a script from elsewhere"
     assert "Voice-to-voice per turn" in text and "Time to first byte" in text
+
+
+@pytest.mark.slow
+def test_peers_race_every_system_on_the_same_turns_and_report_them_side_by_side(tmp_path):
+    out, page = tmp_path / "peers.json", tmp_path / "peers.html"
+    run = run_bench(
+        "--profile", "cloud-sim", "--peers", "--quick", "--json", str(out), "--html", str(page)
+    )
+    assert "ratio to Voice Lab" in run.stdout
+    result = json.loads(out.read_text())
+
+    assert result["mode"] == "peers" and result["profile"] == "cloud-sim"
+    names = [p["name"] for p in result["peers"]]
+    assert names == ["voice-lab", "voice-lab-serial", "pipecat", "fastrtc"]
+    for peer in result["peers"]:
+        assert not peer["errors"], (peer["name"], peer["errors"])
+        assert_summary(peer["v2v"], 2)  # a question and the long one, both answered aloud
+        assert peer["v2v"]["median"] > 0.3  # at least the injected STT + LLM + TTS latencies
+        assert_summary(peer["barge_in"], 1, upper=5)  # every one of them can be interrupted
+        assert peer["cpu"]["mean_per_turn"] > 0
+        assert peer["follows"]
+        assert set(peer["ratio_to_voice_lab"]) == {
+            "v2v_median",
+            "v2v_p95",
+            "barge_in_median",
+            "cpu_per_turn",
+        }
+    assert set(result["peers"][0]["ratio_to_voice_lab"].values()) == {1.0}
+    # Interleaved: every system took turn 0 before any took turn 1.
+    started = {(t["system"], t["index"]): t["started"] for t in result["turns"]}
+    assert max(started[n, 0] for n in names) < min(started[n, 1] for n in names)
+    assert len(result["machine"]["loadavg_before"]) == 3
+
+    text = page.read_text()
+    assert "side by side" in text and "Plotly.newPlot" in text
+    assert all(name in text for name in names)

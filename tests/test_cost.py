@@ -40,6 +40,39 @@ def test_a_cloud_stack_is_priced_per_token_character_and_second():
     assert cost_of(Usage(), CLOUD) == 0.0
 
 
+def test_groq_bills_each_transcription_as_at_least_ten_seconds():
+    # Two questions (1.3 s and 2.2 s) and a 14 s monologue, one request each.
+    requests = Usage(stt_audio_secs=1.3) + Usage(stt_audio_secs=2.2) + Usage(stt_audio_secs=14)
+    assert requests.stt_audio_secs == pytest.approx(17.5)
+    assert requests.stt_requests == (1.3, 2.2, 14)
+    # Billed as 10 + 10 + 14 s at $0.04 an hour, not as the 17.5 s heard.
+    assert cost_of(requests, CLOUD) == pytest.approx(34 / 3600 * 0.04)
+    large = {**CLOUD, "stt": "Groq whisper-large-v3"}
+    assert cost_of(Usage(stt_audio_secs=0.4), large) == pytest.approx(10 / 3600 * 0.111)
+
+
+def test_streamed_speech_to_text_is_billed_by_the_second_with_no_minimum():
+    streamed = {**CLOUD, "stt": "ElevenLabs scribe_v2_realtime"}
+    requests = Usage(stt_audio_secs=1.3) + Usage(stt_audio_secs=2.2)
+    assert cost_of(requests, streamed) == pytest.approx(3.5 / 3600 * 0.39)
+
+
+def test_tokens_and_characters_have_no_minimum_per_request():
+    one_word = Usage(llm_input_tokens=1, llm_output_tokens=1, tts_characters=3)
+    assert cost_of(one_word, CLOUD) == pytest.approx((0.05 + 0.08 + 3 * 50) / 1e6)
+
+
+def test_every_price_says_how_its_provider_bills():
+    for price in pricing.PRICES:
+        assert price.billing, price
+        # A least amount per request is stated with it ("at least 10 s"), never implied.
+        assert (price.minimum > 0) == ("at least" in price.billing), price
+    whisper = pricing.price_of(CLOUD["stt"], "stt_audio_secs")
+    assert (
+        whisper.minimum == 10 and whisper.source == "https://console.groq.com/docs/speech-to-text"
+    )
+
+
 def test_each_stage_is_billed_by_its_own_provider():
     mixed = {**LOCAL, "tts": "ElevenLabs eleven_multilingual_v2"}
     assert cost_of(Usage(llm_input_tokens=10**6, tts_characters=10**4), mixed) == pytest.approx(1.0)
@@ -86,6 +119,9 @@ def test_the_panel_shows_dollars_per_turn_and_per_minute_on_a_cloud_stack():
     assert pricing.format_usd(2 * expected_turn / minutes) in html  # per minute of conversation
     assert pricing.format_usd(expected_turn) in html  # this turn
     assert "Priced on Groq whisper-large-v3-turbo" in html
+    # Two 1.3 s questions, billed by Groq as 10 s each.
+    assert "2.6 s of STT audio (billed as 20 s: " in html
+    assert expected_turn == pytest.approx((60 * 0.05 + 5 * 0.08 + 15 * 50) / 1e6 + 10 / 3600 * 0.04)
 
 
 def test_a_local_stack_costs_nothing_but_shows_what_the_cloud_would_cost():

@@ -237,6 +237,37 @@ async def test_tts_first_audio_latency_is_applied(monkeypatch):
             assert time.monotonic() - start >= 0.38
 
 
+async def test_tts_http_stream_as_the_sdk_reads_it(monkeypatch):
+    """``POST .../stream`` (what ``text_to_speech.stream`` calls): audio after the latency."""
+    from elevenlabs import AsyncElevenLabs
+    from elevenlabs.core.api_error import ApiError
+
+    async with FakeElevenLabs(tts_first_audio=Latency(0.3, 0.3)) as fake:
+        monkeypatch.setenv("SSL_CERT_FILE", fake.cert_path)
+        async with httpx.AsyncClient() as http:
+            key = fake.api_key
+            client = AsyncElevenLabs(base_url=fake.base_url, api_key=key, httpx_client=http)
+            start = time.monotonic()
+            chunks, first = [], None
+            async for chunk in client.text_to_speech.stream(
+                VOICE, text=SENTENCE, model_id="eleven_flash_v2_5", output_format="pcm_16000"
+            ):
+                first = first or time.monotonic() - start
+                chunks.append(chunk)
+            audio = np.frombuffer(b"".join(chunks), dtype=np.int16)
+            assert first >= 0.29
+            assert len(audio) / 16000 == pytest.approx(len(SENTENCE) / 15, rel=0.05)
+            assert np.abs(audio).max() > 3000  # speech-like, not silence
+            (generation,) = fake.tts_generations
+            assert generation["text"] == SENTENCE and generation["injected_delay"] == 0.3
+
+            stranger = AsyncElevenLabs(base_url=fake.base_url, api_key="wrong", httpx_client=http)
+            with pytest.raises(ApiError) as refused:
+                async for _ in stranger.text_to_speech.stream(VOICE, text="Hi."):
+                    pass
+            assert refused.value.status_code == 401
+
+
 async def barge_in_cycles(
     fake, worker, down, n: int, streaming_for: float, llm_turns: bool
 ) -> None:

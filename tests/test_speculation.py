@@ -71,6 +71,11 @@ def spoken_text(groq) -> str:
     return " ".join(r.json["input"] for r in groq.requests_to("speech")).lower()
 
 
+def billed_transcriptions(d: SessionDriver) -> int:
+    """Speech-to-text requests the cost meter billed (one usage report each)."""
+    return len([e for e in d.events("UsageAmount") if e.measure == "stt_audio_secs"])
+
+
 def groq_stack(**knobs):
     return config(stt=("groq",), llm=("groq",), tts=("groq",), **knobs)
 
@@ -109,6 +114,7 @@ async def test_a_speculation_is_adopted_and_its_reply_is_the_answer(models, groq
         assert bot_messages(d) == [echo([{"role": "user", "content": WHOLE}])]
         # Whisper was asked once for the utterance: the pause's transcript was committed.
         assert len(groq.requests_to("transcriptions")) == 1
+        assert billed_transcriptions(d) == 1
 
 
 def trimmed(pcm: np.ndarray) -> np.ndarray:
@@ -145,6 +151,8 @@ async def test_a_speculation_is_discarded_when_the_user_goes_on(models, groq):
         assert user_messages(d) == [WHOLE]
         assert bot_messages(d) == [echo([{"role": "user", "content": WHOLE}])]
         assert len([e for e in d.events("BotTurnText") if e.text]) == 1
+        # The transcription of the discarded guess was sent too, and Groq bills it.
+        assert billed_transcriptions(d) == len(groq.requests_to("transcriptions")) == 2
 
 
 async def test_a_speculation_is_discarded_when_the_final_transcript_differs(

@@ -1,8 +1,9 @@
 """The cost panel (#cost): dollars per turn and per minute of conversation, live.
 
 Usage comes from pipecat's usage metrics (LLM tokens in and out, TTS
-characters, STT audio seconds; the user's speech time where an STT reports no
-audio), priced by :mod:`pipeline.pricing` on the stack each turn ran on. The
+characters, STT audio seconds per request; the user's speech time where an
+STT reports no audio), billed and priced by :mod:`pipeline.pricing` as each
+provider bills it (Groq's 10 s least per transcription) on the stack each turn ran on. The
 same usage priced on a few other stacks shows what the conversation would
 have cost there. Cheap: a few multiplications per update.
 """
@@ -106,6 +107,12 @@ def render_cost(state: SessionState) -> str:
         for label, value in cells
     )
     usage = session_usage(state)
+    stt_billed = ""
+    if state.providers is not None:
+        stt_price = pricing.price_of(state.providers.stt, "stt_audio_secs")
+        billed = pricing.billed(usage, "stt_audio_secs", stt_price) if stt_price else 0.0
+        if billed > usage.stt_audio_secs + 0.05:
+            stt_billed = f" (billed as {billed:.0f} s: {escape(stt_price.billing)})"
     rows = []
     for name, *labels in OTHER_STACKS:
         there = pricing.cost_of(usage, _stack(tuple(labels)))
@@ -132,7 +139,8 @@ def render_cost(state: SessionState) -> str:
         f"<th>per minute</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
         '<div class="cost-note">Usage: '
         f"{usage.llm_input_tokens:.0f} LLM tokens in, {usage.llm_output_tokens:.0f} out, "
-        f"{usage.tts_characters:.0f} TTS characters, {usage.stt_audio_secs:.1f} s of STT audio. "
+        f"{usage.tts_characters:.0f} TTS characters, {usage.stt_audio_secs:.1f} s of STT audio"
+        f"{stt_billed}. "
         f"Prices as read on {pricing.READ_ON} (sources in pipeline/pricing.py; "
         "VOICE_LAB_PRICE_* variables override them). Local models cost $0.</div></div>"
     )

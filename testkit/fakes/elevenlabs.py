@@ -9,6 +9,7 @@ client logs). It serves:
 * ``GET /v1/voices``, ``GET /v1/voices/{voice_id}``, ``GET /v1/models``
 * ``wss /v1/text-to-speech/{voice_id}/multi-stream-input`` (multi-context TTS)
 * ``wss /v1/text-to-speech/{voice_id}/stream-input`` (single-context TTS)
+* ``POST /v1/text-to-speech/{voice_id}/stream`` (TTS of a whole text, audio streamed back)
 * ``wss /v1/speech-to-text/realtime`` (Scribe realtime)
 
 Wire behaviour, as documented:
@@ -36,6 +37,13 @@ connection: opening a sixth sends ``{"message", "error":
 ``voice_settings`` may only be given in a context's first message (or
 repeated unchanged), else 1008. No text for ``inactivity_timeout`` seconds
 closes the socket with 1008.
+
+TTS (HTTP stream). Auth by the ``xi-api-key`` header. Query ``output_format``
+(default ``mp3_44100_128``; ``pcm_*`` only here); JSON body ``{"text",
+"model_id" (default eleven_multilingual_v2), "voice_settings"...}``. The audio
+is the response body, sent in chunks as it is generated; its first chunk comes
+``tts_first_audio`` after the request. Errors are REST errors (401, 404 for an
+unknown voice, 422 for a body without text or a bad model or format).
 
 STT (realtime). Auth by ``xi-api-key`` header. Query: ``model_id`` (required),
 ``audio_format``, ``commit_strategy`` (manual/vad), ``vad_silence_threshold_secs``
@@ -404,6 +412,7 @@ class FakeElevenLabs(ProviderFake):
             "/v1/text-to-speech/{voice_id}/multi-stream-input", self._tts_multi_socket
         )
         app.router.add_get("/v1/text-to-speech/{voice_id}/stream-input", self._tts_single_socket)
+        app.router.add_post("/v1/text-to-speech/{voice_id}/stream", self._tts_http_stream)
         app.router.add_get("/v1/speech-to-text/realtime", self._stt_socket)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
@@ -560,6 +569,77 @@ class FakeElevenLabs(ProviderFake):
             raise _SocketClosed from e
 
     # --- TTS ---------------------------------------------------------------------------------
+
+    async def _tts_http_stream(self, request: web.Request) -> web.StreamResponse:
+        """``POST .../stream``: the whole text's audio, streamed back as it is generated."""
+        entry = self._record_request("tts", request, http=True)
+        key = self._request_key(request)
+        mode = self._take_failure("tts")
+        if key is None or key != self.api_key or mode == "401":
+            entry["status"] = 401
+            return web.json_response(
+                {"detail": MISSING_KEY if key is None else INVALID_KEY}, status=401
+            )
+        if mode in REST_ERRORS:
+            status, detail = REST_ERRORS[mode]
+            entry["status"] = status
+            return web.json_response({"detail": detail}, status=status)
+        voice_id = request.match_info["voice_id"]
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = None
+        body = body if isinstance(body, dict) else {}
+        text = body.get("text")
+        model_id = body.get("model_id") or "eleven_multilingual_v2"
+        output_format = request.query.get("output_format", "mp3_44100_128")
+        problem = None
+        if not any(v["voice_id"] == voice_id for v in self.voices):
+            entry["status"] = 404
+            detail = {
+                "status": "voice_not_found",
+                "message": f"A voice with voice_id {voice_id} does not exist.",
+            }
+            return web.json_response({"detail": detail}, status=404)
+        if not isinstance(text, str) or not text.strip():
+            problem = "text is required."
+        elif not any(m["model_id"] == model_id and m["can_do_text_to_speech"] for m in self.models):
+            problem = f"Model {model_id} does not exist or cannot do text-to-speech."
+        elif output_format not in PCM_RATES:
+            problem = f"The fake only produces pcm output formats, not {output_format}."
+        if problem:
+            entry["status"] = 422
+            return web.json_response(
+                {"detail": {"status": "invalid_request", "message": problem}}, status=422
+            )
+        if mode == "hang":
+            entry["status"] = None
+            await asyncio.Event().wait()  # until the client gives up or the fake stops
+        rate = PCM_RATES[output_format]
+        delay = self.tts_first_audio.sample(self._rng)
+        started = time.monotonic()
+        self.tts_generations.append(
+            {"connection": None, "text": text, "at": started, "injected_delay": delay}
+        )
+        entry["status"] = 200
+        response = web.StreamResponse(status=200, headers={"Content-Type": "audio/pcm"})
+        await response.prepare(request)
+        await asyncio.sleep(max(0.0, started + delay - time.monotonic()))
+        pcm = speech_like_pcm(text, rate).tobytes()
+        step = rate // 10 * 2  # 100 ms of audio per chunk
+        try:
+            for offset in range(0, len(pcm), step):
+                chunk = pcm[offset : offset + step]
+                await response.write(chunk)
+                if mode == "drop":
+                    await self._abort(request)
+                    return response
+                if self.tts_speed:
+                    await asyncio.sleep(len(chunk) / 2 / rate / self.tts_speed)
+            await response.write_eof()
+        except ConnectionResetError:
+            entry["outcome"] = "client closed the stream"  # an interrupted reply stops reading
+        return response
 
     async def _tts_single_socket(self, request: web.Request) -> web.StreamResponse:
         return await self._tts_socket(request, multi=False)

@@ -93,7 +93,9 @@ class LlamaServer:
     xllamacpp runs llama.cpp's server in-process and also opens an HTTP port
     on 127.0.0.1 (it cannot be turned off); a random API key that nothing
     else knows keeps other local processes off it. Requests from Python go
-    straight to the server object, not over HTTP.
+    straight to the server object, not over HTTP. The benchmark's peers
+    (``bench.peers``), written as their projects' examples call an LLM, use
+    that port's OpenAI-compatible API (:attr:`openai_base_url`, :attr:`api_key`).
     """
 
     def __init__(self, gguf: Path, *, threads: int, batch_threads: int, n_ctx: int = 2048):
@@ -112,8 +114,14 @@ class LlamaServer:
         # (~19 MB per distinct long prompt here); the slot's own prefix cache,
         # which makes the next turn fast, is separate and stays on.
         params.cache_ram_mib = 0
-        params.api_keys = [secrets.token_urlsafe(24)]
+        self.api_key = secrets.token_urlsafe(24)
+        params.api_keys = [self.api_key]
         self._server = xllamacpp.Server(params)
+
+    @property
+    def openai_base_url(self) -> str:
+        """The in-process server's OpenAI-compatible API on 127.0.0.1."""
+        return f"{self._server.listening_address}/v1"
 
     def chat(
         self,
