@@ -70,7 +70,7 @@ class Program:
     """
 
     def __init__(self) -> None:
-        super().__init__()
+        self._abandoned = threading.Event()
 
     def start(self) -> Program:
         raise NotImplementedError
@@ -79,10 +79,10 @@ class Program:
         raise NotImplementedError
 
     def _running(self) -> None:
-        self._running()
+        _RUNNING.add(self)
 
     def _stopped(self) -> None:
-        self._stopped()
+        _RUNNING.discard(self)
 
     def __enter__(self):
         return self.start()
@@ -174,7 +174,7 @@ class AppProcess(Program):
         self.http_ready_at: float | None = None
         self._reader: threading.Thread | None = None
         # Set when whoever waits for the start gives up (a cancelled ``async with``).
-        self._abandoned = threading.Event()
+        super().__init__()
 
     def start(self) -> AppProcess:
         log = self.log_path.open("w")
@@ -187,7 +187,7 @@ class AppProcess(Program):
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        _RUNNING.add(self)
+        self._running()
         self._reader = threading.Thread(
             target=self._read_output, args=(log,), name="app-output", daemon=True
         )
@@ -249,7 +249,7 @@ class AppProcess(Program):
             self._reader.join(5)
         if self._own_upload_dir:
             shutil.rmtree(self.upload_dir, ignore_errors=True)
-        _RUNNING.discard(self)
+        self._stopped()
 
     # -- what it printed ----------------------------------------------------------------
 
