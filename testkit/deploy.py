@@ -81,16 +81,23 @@ class DeployProcess(Program):
         self._running()
         self._reader = threading.Thread(target=self._read, name="deploy-output", daemon=True)
         self._reader.start()
+        try:
+            self._wait_until_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_until_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not any(READY_LINE in line for line in self.lines):
             if self._abandoned.is_set():
-                return self
+                return
             if self.process.poll() is not None:
                 raise RuntimeError(
                     f"python -m deploy exited with {self.process.returncode}:\n{self.tail()}"
                 )
             if time.monotonic() > deadline:
-                self.stop()
                 raise TimeoutError(
                     f"python -m deploy was not ready in {timeout:.0f}s:\n{self.tail()}"
                 )
@@ -100,7 +107,6 @@ class DeployProcess(Program):
                 name, url, agent, pid = match.groups()
                 self.workers[name] = {"url": url, "agent_port": int(agent), "pid": int(pid)}
         self.started = self.descendants()
-        return self
 
     def _read(self) -> None:
         assert self.process is not None and self.process.stdout is not None
