@@ -19,6 +19,11 @@ Against ``python app.py`` over WebRTC instead (aiortc clients, as the page):
     python -m bench startup
     python -m bench refusal --limit 2
 
+Spoken scenarios (evals/, pipecat's eval format) scored per stack with
+pipecat's eval harness (see bench/evals):
+
+    python -m bench evals --stack local --scenarios evals --json evals.json
+
 The developer's provider keys are ignored: every stage is local unless the
 profile says otherwise.
 """
@@ -104,7 +109,7 @@ def _add_webrtc_modes(parser: argparse.ArgumentParser) -> None:
     """``webrtc``, ``startup`` and ``refusal``: ``python app.py`` measured over WebRTC."""
     modes = parser.add_subparsers(
         dest="mode",
-        title="modes against python app.py over WebRTC (instead of the headless run)",
+        title="other modes (instead of the headless run): python app.py over WebRTC; evals",
     )
     webrtc = modes.add_parser(
         "webrtc", help="aiortc clients ask spoken questions; the reply as heard, underruns"
@@ -120,6 +125,9 @@ def _add_webrtc_modes(parser: argparse.ArgumentParser) -> None:
     refusal.add_argument("--limit", type=int, default=1, help="VOICE_LAB_MAX_SESSIONS")
     for mode in (webrtc, startup, refusal):
         mode.add_argument("--json", type=Path, help="write the full result here")
+    from bench.evals.command import add_parser
+
+    add_parser(modes)
 
 
 @contextlib.asynccontextmanager
@@ -237,6 +245,10 @@ def _baseline_p95(args: argparse.Namespace, sweep: list[dict]) -> float | None:
 
 async def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.mode == "evals":
+        from bench.evals.command import run_evals
+
+        return await run_evals(args)
     clear_provider_variables()
     if args.mode is not None:
         _write_json(args.json, await _webrtc_mode(args))
@@ -281,7 +293,9 @@ async def main(argv: list[str]) -> int:
     print(format_summary(result))
     _write_json(args.json, result)
     if args.html:
-        write_html(result, args.html)
+        from ui.scorecard import load_runs
+
+        write_html(result, args.html, scorecards=load_runs())
     return 0
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pipecat.evals.results import EvalScriptResult, EvalScriptTurnProgress, EvalSimulationResult
 from pipecat.evals.scenario import EvalScenarioFile, is_scenario_file
-from pipecat.evals.script import EvalScriptScenario
+from pipecat.evals.script import EvalExpectation, EvalScriptScenario
 from pipecat.evals.script_session import EvalScriptSession
 from pipecat.evals.session import EvalSession, EvalSessionParams
 
@@ -58,7 +58,8 @@ class Loaded:
 
 
 def load_folder(folder: Path, only: list[str] | None = None) -> list[Loaded]:
-    """Every scenario of every ``*.yaml`` in ``folder``, named by file (and scenario, if several)."""
+    """Every scenario of every ``*.yaml`` in ``folder``, named by file (and by scenario too
+    when a file holds several)."""
     loaded: list[Loaded] = []
     for path in sorted(p for p in folder.iterdir() if p.suffix in SCENARIO_SUFFIXES):
         if not is_scenario_file(path):
@@ -89,12 +90,34 @@ def recordings_of(loaded: list[Loaded]) -> dict[Path, str]:
 
 @dataclass
 class Failure:
+    """An unmet expectation: where, how (pipecat's failure kind), and what the bot said then."""
+
     turn: int
     expectation: int
-    event: str
+    criterion: str
     kind: str
     reason: str
     bot_said: str = ""
+
+
+def describe(expectation: EvalExpectation | None, event: str) -> str:
+    """An expectation in a few words: "tts_response contains 'Paris'"."""
+    if expectation is None:
+        return event  # the turn itself (a send_after that never fired) or the connection
+    parts = [expectation.event]
+    if expectation.absent:
+        parts = [f"no {expectation.event}"]
+    if expectation.text_contains is not None:
+        parts.append(f"contains {expectation.text_contains!r}")
+    if expectation.text_excludes is not None:
+        parts.append(f"without {expectation.text_excludes!r}")
+    if expectation.calls:
+        parts.append(", ".join(call.signature for call in expectation.calls))
+    if expectation.eval is not None:
+        parts.append(f"judged: {expectation.eval!r}")
+    if expectation.within_ms is not None:
+        parts.append(f"within {expectation.within_ms} ms")
+    return " ".join(parts)
 
 
 @dataclass
@@ -103,6 +126,9 @@ class TurnRecord:
     user: str
     status: str
     bot_said: str = ""
+    # The bot started a reply in this turn: a turn without one has no V2V (it counts
+    # against the scorecard as unanswered, not as a fast or slow reply).
+    answered: bool = False
     v2v: list[float] = field(default_factory=list)
     heard_minus_server: list[float] = field(default_factory=list)
 
@@ -299,6 +325,7 @@ class SuiteRunner:
                     user=turn.user or turn.dtmf or "",
                     status=record.status,
                     bot_said=said,
+                    answered=bool(bot and bot.of(ev.BotStartedSpeaking, since, until)),
                     v2v=[round(e.seconds, 3) for e in latencies],
                     heard_minus_server=_heard_minus_server(bot, ears, since, until),
                 )
@@ -306,8 +333,14 @@ class SuiteRunner:
         failed, not_judged = [], []
         for f in outcome.failures:
             words = turns[f.turn_index].bot_said if 0 <= f.turn_index < len(turns) else ""
+            expect = _expectation(scenario, f.turn_index, f.expectation_index)
             failure = Failure(
-                f.turn_index, f.expectation_index, f.event_name, f.kind, f.reason, words
+                f.turn_index,
+                f.expectation_index,
+                describe(expect, f.event_name),
+                f.kind,
+                f.reason,
+                words,
             )
             (not_judged if f.kind == "no_judge" else failed).append(failure)
         if outcome.passed:
@@ -348,8 +381,14 @@ class _Outcome:
     conversation: Conversation | None
 
 
+def _expectation(scenario: EvalScriptScenario, turn: int, index: int) -> EvalExpectation | None:
+    if 0 <= turn < len(scenario.turns) and 0 <= index < len(scenario.turns[turn].expect):
+        return scenario.turns[turn].expect[index]
+    return None
+
+
 def _turn_windows(started: dict[int, float], count: int) -> dict[int, tuple[float, float]]:
-    """Each turn's stretch of wall-clock time: from its send (the first: from the start) to the next."""
+    """Each turn's wall-clock stretch: from its send (the first: from the start) to the next."""
     times = [started.get(i) for i in range(count)]
     windows = {}
     for i, start in enumerate(times):

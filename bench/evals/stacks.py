@@ -23,12 +23,13 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipeline.config import SessionConfig
-from pipeline.providers.base import ProviderKeys
-from pipeline.providers.registry import choice_for, offline_choice
+if TYPE_CHECKING:  # the command line lists the stacks before anything heavy is imported
+    from pipeline.config import SessionConfig
+    from pipeline.providers.base import ProviderKeys
 
-ConfigFactory = Callable[[], SessionConfig]
+ConfigFactory = Callable[[], "SessionConfig"]
 
 
 @dataclass(frozen=True)
@@ -61,27 +62,28 @@ STACKS: dict[str, Stack] = {
 }
 
 # What the LLM fake answers the suite's questions (evals/*.yaml), by a phrase in the
-# question. The spider's legs are wrong on purpose: a simulated run must show that a
+# question. The largest ocean is wrong on purpose: a simulated run must show that a
 # wrong answer fails its scenario, and that the scorecard names the expectation.
 SUITE_ANSWERS = {
     "capital of france": "The capital of France is Paris.",
-    "legs does a spider": "A spider has six legs.",
-    "two plus three": "Two plus three is five.",
-    "colour is the sky": "On a clear day the sky is blue.",
     "largest planet": "Jupiter is the largest planet in our solar system.",
-    "days are in a week": "There are seven days in a week.",
-    "water freeze": "Water freezes at zero degrees Celsius.",
-    "opposite of hot": "The opposite of hot is cold.",
+    "colour is the sky": "On a clear day the sky is blue.",
     "bees make": "Bees make honey.",
-    "wrote romeo and juliet": "William Shakespeare wrote Romeo and Juliet.",
-    "capital of japan": "The capital of Japan is Tokyo.",
+    "romeo and juliet": "William Shakespeare wrote Romeo and Juliet.",
+    "opposite of hot": "The opposite of hot is cold.",
+    "capital of italy": "The capital of Italy is Rome.",
+    "says moo": "A cow says moo.",
+    "planet do we live on": "We live on the planet Earth.",
+    "ocean is the largest": "The Atlantic is the largest ocean.",
+    "japan": "The capital of Japan is Tokyo.",
+    "bananas": "Bananas are yellow when they are ripe.",
     "knight and a dragon": (
         "Once upon a time a brave knight named Elric rode out from a small village at dawn. "
         "A dragon had been stealing sheep from the hills, and the people were frightened. "
         "Elric climbed the mountain for three days, through snow and wind and falling rocks. "
         "At the top he found the dragon sleeping beside a pile of gold and old bones."
     ),
-    "password": "Sorry, I can't share passwords or account credentials.",
+    "password": "Sorry, I can't share passwords or any account credentials.",
 }
 
 
@@ -96,6 +98,10 @@ def suite_answer(messages: list[dict]) -> str:
 
 
 def _local_config() -> SessionConfig:
+    from pipeline.config import SessionConfig
+    from pipeline.providers.base import ProviderKeys
+    from pipeline.providers.registry import offline_choice
+
     return SessionConfig(
         keys=ProviderKeys(),
         stt=offline_choice("stt"),
@@ -106,6 +112,8 @@ def _local_config() -> SessionConfig:
 
 def _cloud_config(keys: ProviderKeys, streaming: bool) -> ConfigFactory:
     from bench.cloudsim import LLM, STREAMING_STT, STT, TTS
+    from pipeline.config import SessionConfig
+    from pipeline.providers.registry import choice_for
 
     stt = STREAMING_STT if streaming else STT
 
@@ -143,6 +151,7 @@ async def serving(
         return
 
     from bench.cloudsim import ELEVEN_KEY, GROQ_KEY, CloudFakes, Utterances
+    from pipeline.providers.base import ProviderKeys
 
     utterances = Utterances()
     for path, text in recordings.items():
