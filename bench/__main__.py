@@ -256,10 +256,12 @@ async def main(argv: list[str]) -> int:
     from bench.cloudsim import published_latencies
     from bench.report import format_summary, targets, write_html
     from bench.scenarios import run_sessions
+    from pipeline.providers.local import select_llm
     from pipeline.providers.local.models import shared_models
     from pipeline.runtime import prepare_runtime
 
     load_before = os.getloadavg()
+    select_llm()
     startup = prepare_runtime()
     models = shared_models()
     levels = args.sweep or [args.sessions]

@@ -93,10 +93,12 @@ async def run_evals(args: argparse.Namespace) -> int:
     from bench.evals.harness import judge_settings
     from bench.evals.scorecard import format_run, write
     from bench.report import write_scorecard_html
+    from pipeline.providers.local import select_llm
     from pipeline.runtime import prepare_runtime
     from ui.scorecard import load_runs, results_path
 
     judge = None if args.no_judge else judge_settings(server_keys.get("groq"))
+    select_llm()  # VOICE_LAB_LOCAL_LLM, from the hub cache (the benchmark stays offline)
     prepare_runtime()
     runs = []
     for name in args.stack or ["local"]:
