@@ -17,9 +17,9 @@ content hash the hub sends as the file's ETag) before it is used. Any failure
 (no network, ``HF_HUB_OFFLINE``, a bad checksum) falls back to the embedded
 model, with a notice the page shows.
 
-:func:`select_local_llm` decides once, at start-up; it exports the file as
-``VOICE_LAB_LOCAL_LLM_GGUF`` so that child processes (the runtime probe) load
-the same one. That variable may also be set by hand to run a GGUF on disk.
+:func:`select_local_llm` decides once, at start-up, for the whole process; a
+child process (the runtime probe) is handed the file as ``VOICE_LAB_LOCAL_LLM_GGUF``,
+which may also be set by hand to run a GGUF on disk.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import importlib.metadata
 import logging
 import os
 import re
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,14 +215,18 @@ def hub_wanted(environ: Mapping[str, str] = os.environ) -> bool:
 _selected: LocalLLM | None = None
 
 
-def select_local_llm(environ: MutableMapping[str, str] = os.environ) -> LocalLLM:
+def select_local_llm(environ: Mapping[str, str] = os.environ) -> LocalLLM:
     """Decide once per process (at start-up: it may download), for everything that asks after."""
     global _selected
     _selected = resolve(environ)
-    if _selected.path is not None:
-        environ[GGUF_ENV] = str(_selected.path)
     log.info("local LLM: %s (%s)", _selected.label, _selected.source)
     return _selected
+
+
+def child_environment() -> dict[str, str]:
+    """What a child process needs to run the same GGUF as this one."""
+    path = local_llm().path
+    return {GGUF_ENV: str(path)} if path is not None else {}
 
 
 def local_llm() -> LocalLLM:

@@ -34,7 +34,7 @@ def _spoken_length(samples: np.ndarray) -> int:
 
 
 def _gap_near(samples: np.ndarray, estimate: int) -> int:
-    """The quietest 20 ms (its middle) within -250/+100 ms of ``estimate``: the gap between words."""
+    """The middle of the quietest 20 ms from 250 ms before ``estimate`` to 100 ms after it."""
     start = max(0, estimate - 250 * 16)
     end = min(len(samples) - FRAME, estimate + 100 * 16)
     energy = [

@@ -56,7 +56,7 @@ def sha256_of(path: Path) -> str:
 
 
 class FakeHub:
-    """``async with FakeHub() as hub:``; :meth:`add` a file, then download it from ``hub.base_url``."""
+    """``async with FakeHub() as hub:``; :meth:`add` files, then download from ``hub.base_url``."""
 
     def __init__(self, *, corrupt: bool = False, scratch: Path | None = None):
         self.corrupt = corrupt

@@ -17,7 +17,7 @@ the LLM's catalog names the one that runs.
 from __future__ import annotations
 
 import os
-from collections.abc import MutableMapping
+from collections.abc import Mapping
 
 from pipeline import weights
 from pipeline.providers.base import Capabilities, Catalog, Provider
@@ -72,7 +72,7 @@ PROVIDER = Provider(
 )
 
 
-def select_llm(environ: MutableMapping[str, str] | None = None) -> weights.LocalLLM:
+def select_llm(environ: Mapping[str, str] | None = None) -> weights.LocalLLM:
     """Decide the local LLM's GGUF (may download, see :mod:`pipeline.weights`) and name it.
 
     At start-up, before sessions are configured: the LLM stage's catalog then
