@@ -175,8 +175,10 @@ def fetch(model: HubGGUF) -> Path:
 
 
 def _why(error: Exception) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {text}"[:200] if text else type(error).__name__
+    """The error's name and first sentence (huggingface_hub's messages run on)."""
+    text = " ".join(str(error).split())
+    first = text.split(". ")[0].rstrip(".")
+    return f"{type(error).__name__}: {first}"[:200] if first else type(error).__name__
 
 
 def resolve(environ: Mapping[str, str] = os.environ) -> LocalLLM:
@@ -219,7 +221,6 @@ def select_local_llm(environ: Mapping[str, str] = os.environ) -> LocalLLM:
     """Decide once per process (at start-up: it may download), for everything that asks after."""
     global _selected
     _selected = resolve(environ)
-    log.info("local LLM: %s (%s)", _selected.label, _selected.source)
     return _selected
 
 
