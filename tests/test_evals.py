@@ -177,3 +177,43 @@ async def test_the_local_stack_is_scored_for_real_and_its_results_file_is_kept(m
     page = scorecard.render_scorecard(scorecard.quality_runs(kept))
     assert "local" in page and run["measured_at"][:10] in page
     assert run["machine"]["name"] in page
+
+
+THEIR_SCENARIO = """
+name: their_capital
+user:
+  modality: audio
+  speech: {service: kokoro, voice: af_heart}
+judge:
+  modality: audio
+  transcription: {service: moonshine}
+scenarios:
+  - name: paused_question
+    turns:
+      - user:
+          - "So I was wondering,"
+          - pause_ms: 400
+          - "what is the capital of France?"
+        expect:
+          - event: user_transcription
+            text_contains: capital
+          - event: response
+            within_ms: 25000
+"""
+
+
+async def test_a_scenario_we_did_not_write_runs_unchanged(models, tmp_path):
+    """pipecat's own shape: a Kokoro voice with pauses, Moonshine for the bot's speech, no files.
+
+    They run offline on ours: the user's words spoken by Piper, the bot's reply
+    transcribed by the embedded Whisper (``response``, the harness's own ears).
+    """
+    folder = tmp_path / "theirs"
+    folder.mkdir()
+    (folder / "their_capital.yaml").write_text(THEIR_SCENARIO)
+    (run,) = await evals(tmp_path, "--stack", "local", "--scenarios", str(folder))
+    (theirs,) = run["scenarios"]
+    assert theirs["name"] == "their_capital" and theirs["verdict"] == "passed", theirs
+    (turn,) = theirs["turns"]
+    assert turn["user"] == "So I was wondering, what is the capital of France?"
+    assert turn["answered"] and turn["bot_said"] and turn["heard_minus_server"]

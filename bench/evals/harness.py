@@ -144,18 +144,21 @@ def judge_settings(groq_key: str | None = None) -> JudgeSettings | None:
     return None
 
 
+def judge_llm(settings: JudgeSettings):
+    """The judge's LLM as a pipecat service (OpenAI-compatible, any base URL)."""
+    from pipecat.services.openai.llm import OpenAILLMService
+
+    return OpenAILLMService(
+        api_key=settings.api_key or "not-needed",
+        base_url=settings.base_url,
+        settings=OpenAILLMService.Settings(model=settings.model),
+    )
+
+
 def make_judge(settings: JudgeSettings | None) -> EvalJudge | None:
     """A fresh judge for one scenario (it keeps that conversation), or None."""
     if settings is None:
         return None
     from pipecat.classifiers.llm.classifier import LLMClassifier
-    from pipecat.services.openai.llm import OpenAILLMService
 
-    def llm() -> OpenAILLMService:
-        return OpenAILLMService(
-            api_key=settings.api_key or "not-needed",
-            base_url=settings.base_url,
-            settings=OpenAILLMService.Settings(model=settings.model),
-        )
-
-    return EvalJudge(LLMClassifier(llm=llm()), explainer=llm())
+    return EvalJudge(LLMClassifier(llm=judge_llm(settings)), explainer=judge_llm(settings))

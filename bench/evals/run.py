@@ -26,9 +26,10 @@ from pipecat.evals.scenario import EvalScenarioFile, is_scenario_file
 from pipecat.evals.script import EvalExpectation, EvalScriptScenario
 from pipecat.evals.script_session import EvalScriptSession
 from pipecat.evals.session import EvalSession, EvalSessionParams
+from pipecat.evals.tts import CachingTTSService
 
 from bench.evals.bot import Conversation, EvalBot
-from bench.evals.harness import HarnessEars, JudgeSettings, make_judge, user_voice
+from bench.evals.harness import HarnessEars, JudgeSettings, judge_llm, make_judge, user_voice
 from pipeline import events as ev
 from pipeline import pricing
 from pipeline.providers.local.models import LocalModels
@@ -219,6 +220,12 @@ class SuiteRunner:
             default_timeout_ms=DEFAULT_TIMEOUT_MS, record_path=record, cache_dir=self._cache_dir
         )
 
+    def _voice(self, scenario) -> CachingTTSService | None:
+        """The user's voice, for turns spoken from text (not needed when all are recordings)."""
+        if scenario.user_speech is None:
+            return None
+        return user_voice(self._models, scenario.user_speech, self._cache_dir)
+
     async def _script(self, item: Loaded, scenario: EvalScriptScenario) -> ScenarioResult:
         params = self._params(item)
         ears = self._ears(scenario, params.record_path is not None)
@@ -227,11 +234,7 @@ class SuiteRunner:
             self._bot.url,
             params=params,
             judge=make_judge(self._judge),
-            user_tts=(
-                user_voice(self._models, scenario.user_speech, self._cache_dir)
-                if scenario.user_speech is not None
-                else None
-            ),
+            user_tts=self._voice(scenario),
             bot_stt=ears,
         )
         turn_started: dict[int, float] = {}
@@ -241,8 +244,8 @@ class SuiteRunner:
             if isinstance(record, EvalScriptTurnProgress) and record.status == "turn":
                 turn_started.setdefault(record.turn_index, time.time())
 
-        conversation = await self._converse(session)
-        return self._scored(item, scenario, conversation.result, conversation, turn_started, ears)
+        outcome, bot = await self._converse(session)
+        return self._scored(item, scenario, outcome, bot, turn_started, ears)
 
     async def _simulate(self, item: Loaded) -> ScenarioResult:
         """A simulation needs an LLM to play the caller: the judge's, when there is one."""
@@ -254,77 +257,63 @@ class SuiteRunner:
                 note="a simulation needs an LLM to play the caller and judge the call: "
                 "configure a judge (VOICE_LAB_EVAL_JUDGE_URL, or a Groq key)",
             )
-        from pipecat.services.openai.llm import OpenAILLMService
-
-        persona = OpenAILLMService(
-            api_key=self._judge.api_key or "not-needed",
-            base_url=self._judge.base_url,
-            settings=OpenAILLMService.Settings(model=self._judge.model),
-        )
         scenario = item.scenario
         session = EvalSession.from_scenario(
             scenario,
             self._bot.url,
             params=self._params(item),
-            persona_llm=persona,
+            persona_llm=judge_llm(self._judge),
             judge=make_judge(self._judge),
-            user_tts=(
-                user_voice(self._models, scenario.user_speech, self._cache_dir)
-                if scenario.user_speech is not None
-                else None
-            ),
+            user_tts=self._voice(scenario),
             bot_stt=self._ears(scenario, self._record_dir is not None),
         )
-        conversation = await self._converse(session)
-        outcome: EvalSimulationResult = conversation.result
+        outcome, bot = await self._converse(session)
         result = self._result(
             item,
             "simulation",
             PASSED if outcome.passed else FAILED,
             note=outcome.failure or outcome.reason,
         )
-        self._add_bot_side(result, conversation, {})
+        self._add_bot_side(result, bot)
         return result
 
-    async def _converse(self, session: EvalSession) -> _Outcome:
-        """Run one session; returns its result with the bot's conversation, once that ended."""
+    async def _converse(
+        self, session: EvalSession
+    ) -> tuple[EvalScriptResult | EvalSimulationResult, Conversation | None]:
+        """Run one session: pipecat's result, and the bot's side once it has ended."""
         before = len(self._bot.conversations)
         result = await session.run()
-        conversation = (
-            self._bot.conversations[before] if len(self._bot.conversations) > before else None
-        )
-        if conversation is not None:
+        bot = self._bot.conversations[before] if len(self._bot.conversations) > before else None
+        if bot is not None:
             try:
-                await asyncio.wait_for(conversation.ended.wait(), CONVERSATION_END_SECS)
+                await asyncio.wait_for(bot.ended.wait(), CONVERSATION_END_SECS)
             except TimeoutError:
                 log.warning("the bot's side of %s did not end in time", session)
-        return _Outcome(result, conversation)
+        return result, bot
 
     def _scored(
         self,
         item: Loaded,
         scenario: EvalScriptScenario,
         outcome: EvalScriptResult,
-        conversation: _Outcome,
+        bot: Conversation | None,
         turn_started: dict[int, float],
         ears: HarnessEars | None,
     ) -> ScenarioResult:
         if outcome.skipped:
             return self._result(item, "script", SKIPPED, note=outcome.skipped)
-        bot = conversation.conversation
         windows = _turn_windows(turn_started, len(scenario.turns))
         turns = []
         for record in outcome.turns:
             since, until = windows.get(record.turn_index, (0.0, 0.0))
             turn = scenario.turns[record.turn_index]
-            said = _bot_words(bot, since, until) if bot else ""
             latencies = bot.of(ev.LatencyMeasured, since, until) if bot else []
             turns.append(
                 TurnRecord(
                     index=record.turn_index,
                     user=turn.user or turn.dtmf or "",
                     status=record.status,
-                    bot_said=said,
+                    bot_said=_bot_words(bot, since, until) if bot else "",
                     answered=bool(bot and bot.of(ev.BotStartedSpeaking, since, until)),
                     v2v=[round(e.seconds, 3) for e in latencies],
                     heard_minus_server=_heard_minus_server(bot, ears, since, until),
@@ -352,11 +341,11 @@ class SuiteRunner:
         result = self._result(
             item, "script", verdict, failed=failed, not_judged=not_judged, turns=turns
         )
-        self._add_bot_side(result, conversation, windows)
+        self._add_bot_side(result, bot)
         return result
 
-    def _add_bot_side(self, result: ScenarioResult, outcome: _Outcome, _windows) -> None:
-        bot = outcome.conversation
+    def _add_bot_side(self, result: ScenarioResult, bot: Conversation | None) -> None:
+        """What the bot's side adds: its errors, the tools it ran, the usage and its price."""
         if bot is None:
             result.errors.append("the bot never saw this conversation")
             return
@@ -373,12 +362,6 @@ class SuiteRunner:
         result.usage = asdict(usage)
         stack = {stage: choice.label for stage, choice in bot.config.choices().items()}
         result.cost_usd = pricing.cost_of(usage, stack)
-
-
-@dataclass
-class _Outcome:
-    result: EvalScriptResult | EvalSimulationResult
-    conversation: Conversation | None
 
 
 def _expectation(scenario: EvalScriptScenario, turn: int, index: int) -> EvalExpectation | None:
