@@ -530,7 +530,7 @@ def scorecard_section(runs: list[dict]) -> str:
     """One row per stack, side by side: pass rate, V2V p50/p95, heard - server, cost."""
     from ui.scorecard import render_scorecard
 
-    return render_scorecard(runs) if runs else ""
+    return render_scorecard(runs)
 
 
 def _scenario_rows(run: dict) -> str:
