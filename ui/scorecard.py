@@ -106,6 +106,8 @@ def render_scorecard(runs: tuple[dict, ...] | list[dict]) -> str:
             where += f", {int(machine['cpus'])} CPUs"
         if load:
             where += f", load {float(load[0]):.1f}"
+        if run.get("budget_scale", 1) != 1:
+            where += f", latency budgets ×{float(run['budget_scale']):g}"
         providers = " · ".join(escape(str(v)) for v in (run.get("providers") or {}).values())
         judged = card.get("not_judged", 0)
         rows.append(

@@ -59,6 +59,12 @@ def add_parser(modes) -> None:
     )
     evals.add_argument("--no-judge", action="store_true", help="leave eval: criteria unjudged")
     evals.add_argument(
+        "--budget-scale",
+        type=float,
+        default=1.0,
+        help="multiply the scenarios' latency budgets (within_ms) by this (tests on shared CI)",
+    )
+    evals.add_argument(
         "--make-recordings",
         action="store_true",
         help="write the missing audio: files from their turns' text (Piper), then exit",
@@ -106,7 +112,7 @@ async def run_evals(args: argparse.Namespace) -> int:
         print(format_run(run))
         runs.append(run)
         keep = _results_dir(args)
-        if keep is not None and run["real_providers"]:
+        if keep is not None and run["real_providers"] and run["budget_scale"] == 1:
             write(results_path(run["stack"], keep), run)
     if args.json:
         write(args.json, {"runs": runs})
@@ -120,7 +126,7 @@ async def run_stack(stack, args: argparse.Namespace, server_keys, judge) -> dict
     """One stack over the folder: its run record (see :func:`bench.evals.scorecard.run_record`)."""
     from bench.evals import stacks
     from bench.evals.bot import EvalBot
-    from bench.evals.run import SuiteRunner, load_folder, recordings_of
+    from bench.evals.run import SuiteRunner, load_folder, recordings_of, scale_budgets
     from bench.evals.scorecard import run_record
     from pipeline.providers.local.models import shared_models
 
@@ -128,6 +134,7 @@ async def run_stack(stack, args: argparse.Namespace, server_keys, judge) -> dict
     loaded = load_folder(args.scenarios, only)
     if not loaded:
         raise SystemExit(f"no scenarios in {args.scenarios}")
+    scale_budgets(loaded, args.budget_scale)
     models = shared_models()
     load_before = os.getloadavg()
     started = time.monotonic()
@@ -154,4 +161,5 @@ async def run_stack(stack, args: argparse.Namespace, server_keys, judge) -> dict
         wall_seconds=time.monotonic() - started,
         load_before=load_before,
         judge=judge.label if judge else None,
+        budget_scale=args.budget_scale,
     )

@@ -87,6 +87,7 @@ def run_record(
     wall_seconds: float,
     load_before: tuple[float, ...],
     judge: str | None,
+    budget_scale: float = 1.0,
 ) -> dict:
     """Everything one stack's run says: what ``--json`` and the results files hold."""
     return {
@@ -99,6 +100,7 @@ def run_record(
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(load_before, os.getloadavg()),
         "judge": judge,
+        "budget_scale": budget_scale,
         "scorecard": scorecard(results, wall_seconds),
         "scenarios": [r.as_dict() for r in results],
     }
@@ -134,7 +136,8 @@ def format_run(run: dict) -> str:
         ),
         f"  wall {card['wall_seconds']:.0f} s, load {machine_['loadavg_before'][0]:.2f} -> "
         f"{machine_['loadavg_after'][0]:.2f} ({machine_['cpus']} CPUs), judge: "
-        f"{run['judge'] or 'none (eval: criteria not judged)'}",
+        f"{run['judge'] or 'none (eval: criteria not judged)'}"
+        + (f", latency budgets x{run['budget_scale']:g}" if run["budget_scale"] != 1 else ""),
     ]
     for scenario in run["scenarios"]:
         mark = {"passed": "ok  ", "failed": "FAIL", "not judged": "n/j ", "skipped": "skip"}
