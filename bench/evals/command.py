@@ -91,19 +91,20 @@ async def run_evals(args: argparse.Namespace) -> int:
         for path in make_missing(args.scenarios):
             print(f"wrote {path}")
         return 0
+    from bench.evals.harness import judge_settings
+
     # Read before clearing: the real cloud stacks and a Groq judge use the keys;
     # nothing else may switch to a provider because a key happens to be set.
     server_keys = keys_from_environment()
+    judge = None if args.no_judge else judge_settings(server_keys.get("groq"))
     clear_provider_variables()
 
-    from bench.evals.harness import judge_settings
     from bench.evals.scorecard import format_run, write
     from bench.report import write_scorecard_html
     from pipeline.providers.local import select_llm
     from pipeline.runtime import prepare_runtime
     from ui.scorecard import load_runs, results_path
 
-    judge = None if args.no_judge else judge_settings(server_keys.get("groq"))
     select_llm()  # VOICE_LAB_LOCAL_LLM, from the hub cache (the benchmark stays offline)
     prepare_runtime()
     runs = []
