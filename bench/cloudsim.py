@@ -123,7 +123,10 @@ class Utterances:
         utterance = Utterance(key, text, len(frames), voiced)
         with self._lock:
             for i, frame in enumerate(frames):
-                self._frames[frame.tobytes()] = (utterance, i)
+                # Digital silence is in every recording (and in every gap a client
+                # fills): it says nothing about which utterance an upload holds.
+                if frame.any():
+                    self._frames[frame.tobytes()] = (utterance, i)
 
     def recognise(self, audio: bytes) -> tuple[Utterance, int, int] | None:
         """The utterance in ``audio`` (a WAV or raw PCM upload) and the frames of it present."""
