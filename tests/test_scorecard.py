@@ -66,6 +66,7 @@ def test_runs_against_the_fakes_are_never_shown_as_a_stacks_quality(tmp_path):
     page = scorecard.render_scorecard(shown)
     assert "cloud-sim" not in page and "test fakes" not in page
     assert page.count("<tr>") == 1 + 2  # the header and a row per stack
+    assert page.count('<tr class="scorecard-failures">') == 1  # local's failed expectation
 
 
 def test_a_row_names_date_machine_providers_and_what_failed_in_the_bots_words():

@@ -76,17 +76,61 @@ def _usd(value) -> str:
 
 def _failures(card: dict) -> str:
     failures = card.get("failed_expectations") or []
+    if not failures:
+        return ""
     items = "".join(
         f"<li><code>{escape(str(f.get('scenario', '')))}</code>: "
         f"{escape(str(f.get('expectation', '')))}"
-        + (f" — bot said “{escape(str(f['bot_said']))}”" if f.get("bot_said") else "")
+        + (f" — the bot said “{escape(str(f['bot_said']))}”" if f.get("bot_said") else "")
         + "</li>"
         for f in failures[:MAX_FAILURES_SHOWN]
     )
     more = len(failures) - MAX_FAILURES_SHOWN
     if more > 0:
         items += f"<li>… and {more} more</li>"
-    return f"<ul>{items}</ul>" if items else ""
+    return (
+        f"<details><summary>{len(failures)} failed expectation"
+        f"{'s' if len(failures) != 1 else ''}</summary><ul>{items}</ul></details>"
+    )
+
+
+def _row(run: dict) -> str:
+    card = run.get("scorecard") or {}
+    machine = run.get("machine") or {}
+    load = machine.get("loadavg_before") or []
+    where = escape(str(machine.get("name", "?")))
+    if machine.get("cpus"):
+        where += f", {int(machine['cpus'])} CPUs"
+    if load:
+        where += f", load {float(load[0]):.1f}"
+    if run.get("budget_scale", 1) != 1:
+        where += f", latency budgets ×{float(run['budget_scale']):g}"
+    providers = " · ".join(escape(str(v)) for v in (run.get("providers") or {}).values())
+    judged = card.get("not_judged", 0)
+    unanswered = card.get("turns_unanswered")
+    v2v = card.get("v2v") or {}
+    cells = [
+        f"<strong>{escape(str(run.get('stack', '?')))}</strong><br><small>{providers}</small>",
+        f"{_percent(card.get('pass_rate'))}<br><small>{card.get('passed', 0)} of "
+        f"{card.get('scenarios', 0)} passed"
+        + (f", {judged} not judged" if judged else "")
+        + "</small>",
+        f"{_ms(v2v.get('median'))} / {_ms(v2v.get('p95'))}"
+        + (
+            f"<br><small>{unanswered} of {card.get('turns', '?')} turns unanswered</small>"
+            if unanswered
+            else ""
+        ),
+        _ms((card.get("heard_minus_server") or {}).get("median")),
+        _usd(card.get("cost_per_scenario_usd")),
+        f"{escape(str(run.get('measured_at', '?'))[:10])}<br><small>{where}</small>",
+        "yes" if run.get("real_providers") else "no (test fakes)",
+    ]
+    row = "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
+    failures = _failures(card)
+    if failures:
+        row += f'<tr class="scorecard-failures"><td colspan="{len(cells)}">{failures}</td></tr>'
+    return row
 
 
 def render_scorecard(runs: tuple[dict, ...] | list[dict]) -> str:
@@ -96,53 +140,15 @@ def render_scorecard(runs: tuple[dict, ...] | list[dict]) -> str:
             '<div class="scorecard"><h4>Scorecard</h4><p>No suite results yet: run '
             "<code>python -m bench evals --stack local</code>.</p></div>"
         )
-    rows = []
-    for run in runs:
-        card = run.get("scorecard") or {}
-        machine = run.get("machine") or {}
-        load = machine.get("loadavg_before") or []
-        where = escape(str(machine.get("name", "?")))
-        if machine.get("cpus"):
-            where += f", {int(machine['cpus'])} CPUs"
-        if load:
-            where += f", load {float(load[0]):.1f}"
-        if run.get("budget_scale", 1) != 1:
-            where += f", latency budgets ×{float(run['budget_scale']):g}"
-        providers = " · ".join(escape(str(v)) for v in (run.get("providers") or {}).values())
-        judged = card.get("not_judged", 0)
-        rows.append(
-            "<tr>"
-            f"<td><strong>{escape(str(run.get('stack', '?')))}</strong><br>"
-            f"<small>{providers}</small></td>"
-            f"<td>{_percent(card.get('pass_rate'))}<br><small>{card.get('passed', 0)} of "
-            f"{card.get('scenarios', 0)} passed"
-            + (f", {judged} not judged" if judged else "")
-            + "</small></td>"
-            f"<td>{_ms((card.get('v2v') or {}).get('median'))} / "
-            f"{_ms((card.get('v2v') or {}).get('p95'))}"
-            + (
-                f"<br><small>{card['turns_unanswered']} of {card.get('turns', '?')} turns "
-                "unanswered</small>"
-                if card.get("turns_unanswered")
-                else ""
-            )
-            + "</td>"
-            f"<td>{_ms((card.get('heard_minus_server') or {}).get('median'))}</td>"
-            f"<td>{_usd(card.get('cost_per_scenario_usd'))}</td>"
-            f"<td>{escape(str(run.get('measured_at', '?'))[:10])}<br><small>{where}</small></td>"
-            f"<td>{'yes' if run.get('real_providers') else 'no (test fakes)'}</td>"
-            f"<td>{_failures(card)}</td>"
-            "</tr>"
-        )
     return (
         '<div class="scorecard"><h4>Scorecard: spoken scenarios per stack</h4>'
-        "<table><tr><th>Stack</th><th>Pass rate</th><th>V2V p50 / p95</th>"
-        "<th>Heard − server</th><th>Cost / scenario</th><th>Measured</th>"
-        "<th>Real providers</th><th>Failed expectations</th></tr>"
-        + "".join(rows)
-        + "</table><p><small>From <code>python -m bench evals</code> (pipecat's eval harness on "
-        "the same pipeline you talk to). Expectations that need an LLM judge count as not "
-        "passed when no judge was configured.</small></p></div>"
+        '<div class="scorecard-table"><table><tr><th>Stack</th><th>Pass rate</th>'
+        "<th>V2V p50 / p95</th><th>Heard − server</th><th>Cost / scenario</th>"
+        "<th>Measured</th><th>Real providers</th></tr>"
+        + "".join(_row(run) for run in runs)
+        + "</table></div><p><small>From <code>python -m bench evals</code> (pipecat's eval "
+        "harness on the same pipeline you talk to). Expectations that need an LLM judge count "
+        "as not passed when no judge was configured.</small></p></div>"
     )
 
 
