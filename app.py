@@ -5,18 +5,23 @@ Run with ``python app.py`` (honours GRADIO_SERVER_NAME / GRADIO_SERVER_PORT).
 
 import os
 
-# Before gradio/onnxruntime/huggingface_hub are imported: nothing phones home.
+from pipeline.weights import hub_wanted
+
+# Before gradio/onnxruntime/huggingface_hub are imported: nothing phones home, but
+# for the local LLM's weights when they must come from the hub (pipeline/weights.py).
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "0" if hub_wanted() else "1")
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 if __name__ == "__main__":
-    # First, so that it runs while Gradio and pipecat are imported: a child
-    # process tries each local model, and only those that survive are loaded here.
-    from pipeline.probe import RuntimeProbe
-    from pipeline.weights import install_missing_weights_on_a_space
+    from pipeline.providers.local import select_llm
 
-    install_missing_weights_on_a_space()
+    # The LLM's GGUF first (a download, on a Space), then the probe, so that it
+    # runs while Gradio and pipecat are imported: a child process tries each
+    # local model, and only those that survive are loaded here.
+    select_llm()
+    from pipeline.probe import RuntimeProbe
+
     probe = RuntimeProbe.start()
 
     from pipeline.runtime import prepare_runtime

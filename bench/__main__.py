@@ -26,6 +26,11 @@ Against ``python app.py`` over WebRTC instead (aiortc clients, as the page):
     python -m bench telemetry --sessions 1 --turns 3   # tracing off/on/OTLP, /metrics scraped
     python -m bench abuse [--only lockout,queue]
 
+Spoken scenarios (evals/, pipecat's eval format) scored per stack with
+pipecat's eval harness (see bench/evals):
+
+    python -m bench evals --stack local --scenarios evals --json evals.json
+
 The developer's provider keys are ignored: every stage is local unless the
 profile says otherwise.
 """
@@ -140,7 +145,7 @@ def _add_webrtc_modes(parser: argparse.ArgumentParser) -> None:
     """``webrtc``, ``startup``, ``refusal``, ``abuse``: ``python app.py`` measured over WebRTC."""
     modes = parser.add_subparsers(
         dest="mode",
-        title="modes against python app.py over WebRTC (instead of the headless run)",
+        title="other modes (instead of the headless run): python app.py over WebRTC; evals",
     )
     webrtc = modes.add_parser(
         "webrtc", help="aiortc clients ask spoken questions; the reply as heard, underruns"
@@ -185,6 +190,9 @@ def _add_webrtc_modes(parser: argparse.ArgumentParser) -> None:
     )
     for mode in (webrtc, startup, refusal, telemetry, abuse):
         mode.add_argument("--json", type=Path, help="write the full result here")
+    from bench.evals.command import add_parser
+
+    add_parser(modes)
 
 
 @contextlib.asynccontextmanager
@@ -336,6 +344,10 @@ def _baseline_p95(args: argparse.Namespace, sweep: list[dict]) -> float | None:
 
 async def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.mode == "evals":
+        from bench.evals.command import run_evals
+
+        return await run_evals(args)
     clear_provider_variables()
     if args.mode is not None:
         _write_json(args.json, await _webrtc_mode(args))
@@ -348,10 +360,12 @@ async def main(argv: list[str]) -> int:
     from bench.cloudsim import published_latencies
     from bench.report import format_summary, targets, write_html
     from bench.scenarios import run_sessions
+    from pipeline.providers.local import select_llm
     from pipeline.providers.local.models import shared_models
     from pipeline.runtime import prepare_runtime
 
     load_before = os.getloadavg()
+    select_llm()
     startup = prepare_runtime()
     models = shared_models()
     levels = args.sweep or [args.sessions]
@@ -385,7 +399,9 @@ async def main(argv: list[str]) -> int:
     print(format_summary(result))
     _write_json(args.json, result)
     if args.html:
-        write_html(result, args.html)
+        from ui.scorecard import load_runs
+
+        write_html(result, args.html, scorecards=load_runs())
     return 0
 
 

@@ -28,7 +28,7 @@ import os
 import re
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,15 +107,26 @@ class Utterances:
         rng = np.random.default_rng(zlib.crc32(key.encode()))
         marked = samples.astype(np.int32) + rng.integers(-1, 2, len(samples))
         marked = np.clip(marked, -32768, 32767).astype(np.int16)
-        padded = np.pad(marked, (0, -len(marked) % FRAME_SAMPLES))  # as the driver pads
+        self.register(key, text, marked)
+        return marked
+
+    def register(self, key: str, text: str, samples: np.ndarray) -> None:
+        """Recognise ``samples`` (16 kHz int16, sent unchanged from its first sample) as ``text``.
+
+        Distinct recordings need no watermark: the evals register each
+        scenario's recording as it is on disk.
+        """
+        padded = np.pad(samples, (0, -len(samples) % FRAME_SAMPLES))  # as the driver pads
         frames = padded.reshape(-1, FRAME_SAMPLES)
         loud = np.flatnonzero(np.abs(frames).max(axis=1) > 300)
         voiced = (int(loud[0]), int(loud[-1])) if len(loud) else (0, len(frames) - 1)
         utterance = Utterance(key, text, len(frames), voiced)
         with self._lock:
             for i, frame in enumerate(frames):
-                self._frames[frame.tobytes()] = (utterance, i)
-        return marked
+                # Digital silence is in every recording (and in every gap a client
+                # fills): it says nothing about which utterance an upload holds.
+                if frame.any():
+                    self._frames[frame.tobytes()] = (utterance, i)
 
     def recognise(self, audio: bytes) -> tuple[Utterance, int, int] | None:
         """The utterance in ``audio`` (a WAV or raw PCM upload) and the frames of it present."""
@@ -236,10 +247,15 @@ class CloudFakes:
     ``utterances`` the fakes transcribe every upload as their default question
     (audio that went through Opus carries no watermark). With ``streaming``
     the sessions transcribe with Scribe realtime (``STREAMING_STT``) instead of
-    Groq's segmented Whisper.
+    Groq's segmented Whisper. ``reply`` is what the LLM fake answers.
     """
 
-    def __init__(self, utterances: Utterances | None = None, streaming: bool = False):
+    def __init__(
+        self,
+        utterances: Utterances | None = None,
+        streaming: bool = False,
+        reply: Callable[[list[dict]], str] = answer,
+    ):
         self.utterances = utterances
         self.streaming = streaming
         transcript = utterances.transcript if utterances else None
@@ -249,7 +265,7 @@ class CloudFakes:
             llm_ttft=LLM_TTFT,
             llm_token_interval=LLM_TOKEN_INTERVAL,
             transcript=transcript,
-            reply=answer,
+            reply=reply,
         )
         self.elevenlabs = FakeElevenLabs(
             api_key=ELEVEN_KEY,

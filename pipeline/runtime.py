@@ -10,6 +10,7 @@ import time
 
 from pipeline.probe import RuntimeProbe
 from pipeline.providers.local.models import shared_models
+from pipeline.weights import local_llm
 
 log = logging.getLogger("voice_lab")
 
@@ -117,6 +118,8 @@ def prepare_runtime(probe: RuntimeProbe | None = None, warm: bool = True) -> flo
         verdicts = probe.wait()
         models.unavailable = {stage: why for stage, why in verdicts.items() if why is not None}
         log.info("local runtimes checked in %.1fs", time.perf_counter() - start)
+    llm = local_llm()
+    log.info("local LLM: %s (%s)%s", llm.label, llm.source, f": {llm.notice}" if llm.notice else "")
     if warm:
         models.warm_up()
     elapsed = time.perf_counter() - start

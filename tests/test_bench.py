@@ -148,6 +148,8 @@ def test_quick_cloud_sim_with_two_sessions_attributes_every_turn_and_writes_html
     assert "Plotly.newPlot" in text and len(text) > 1_000_000, "plotly.js is not inlined"
     assert not re.search(r"<script[^>]*\ssrc=", text), "the report loads a script from elsewhere"
     assert "Voice-to-voice per turn" in text and "Time to first byte" in text
+    # Beside the latency: each stack's latest suite results (evals/results), one row each.
+    assert '<div class="scorecard">' in text
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ from pipeline.config import (
 from pipeline.providers.local.models import shared_models
 from pipeline.session import SessionRecords, VoiceSession
 from pipeline.transport import end_streams_quietly, tighten_audio_jitter_buffer
+from pipeline.weights import local_llm
 from ui import clients, export, heard, hostile, limits, observability, render, server, state, views
 from ui.ab import build_ab_panel, wire_ab_panel
 from ui.relay import TurnRelay, relay_policy, relay_source
@@ -91,6 +92,7 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
         relay_health = gr.HTML(
             _relay_notice(relay), elem_id="relay-health", visible=bool(relay and relay.notice())
         )
+        gr.HTML(render.render_local_llm(local_llm()), elem_id="local-llm")
         unavailable = dict(shared_models().unavailable)
         gr.HTML(
             render.render_local_health(unavailable),

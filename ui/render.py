@@ -240,6 +240,22 @@ def render_local_health(unavailable: dict[str, str]) -> str:
     return f'<div class="local-health" role="alert"><ul>{items}</ul><p>{hint}</p></div>'
 
 
+_LLM_SOURCES = {
+    "embedded": "embedded, offline",
+    "hub": "from the Hugging Face hub",
+    "file": "a GGUF file on this server",
+}
+
+
+def render_local_llm(choice) -> str:
+    """The model the local LLM runs (a :class:`pipeline.weights.LocalLLM`), and any fallback."""
+    source = _LLM_SOURCES.get(choice.source, choice.source)
+    line = f'<p class="local-llm">Local LLM: <strong>{escape(choice.label)}</strong> ({source})</p>'
+    if choice.notice:
+        line += f'<p class="local-llm-notice" role="status">{escape(choice.notice)}</p>'
+    return f'<div class="local-llm-info">{line}</div>'
+
+
 LOCAL_STAGE_NAMES = {
     "turn": "voice activity and turn detection (Silero, Smart Turn)",
     "stt": "speech-to-text (Whisper)",

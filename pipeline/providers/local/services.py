@@ -35,8 +35,9 @@ from pipecat.transcriptions.language import Language
 from pipecat.utils.time import time_now_iso8601
 from pipecat.utils.tracing.service_decorators import traced_llm, traced_stt, traced_tts
 
-from pipeline.providers.local.models import LLM_LABEL, PIPER_LABEL, WHISPER_LABEL, LocalModels
+from pipeline.providers.local.models import PIPER_LABEL, WHISPER_LABEL, LocalModels
 from pipeline.speculation import EagerSegment, EagerSegmentsMixin
+from pipeline.weights import EMBEDDED_LABEL
 
 # Keep the prompt well inside the 2048-token window of the local model (about
 # four characters a token). When the history outgrows the budget the oldest half
@@ -275,7 +276,9 @@ class LocalWhisperSTTService(EagerSegmentsMixin, SegmentedSTTService):
 
 
 class LocalLlamaLLMService(LLMService):
-    """SmolLM2-135M-Instruct on llama.cpp (xllamacpp), streamed token by token.
+    """The local GGUF (SmolLM2-135M-Instruct unless the hub gave another) on llama.cpp.
+
+    Streamed token by token; ``label`` names the model in metrics and on the page.
 
     Generation runs in a worker thread that hands each token to the event loop;
     an interruption cancels the awaiting task, and the ``stop`` event it sets on
@@ -290,10 +293,11 @@ class LocalLlamaLLMService(LLMService):
         system_instruction: str,
         max_tokens: int = 80,
         temperature: float = 0.3,
+        label: str = EMBEDDED_LABEL,
         **kwargs,
     ):
         settings = LLMSettings(
-            model=LLM_LABEL,
+            model=label,
             system_instruction=system_instruction,
             temperature=temperature,
             max_tokens=max_tokens,
