@@ -208,12 +208,13 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
             # As the export: only the page that made the connection may read its trace.
             owned = guard.owns(connection_id, request.session_hash)
             if not owned or not records.get(connection_id):
-                raise gr.Error("No trace yet: press Record and talk first.")
+                raise gr.Error("No trace yet: press Record and talk first.", print_exception=False)
             otlp = records.trace(connection_id)
             if not otlp or not otlp.get("resourceSpans"):
                 raise gr.Error(
                     "This session has no trace: tracing is off on this server "
-                    "(VOICE_LAB_TRACE_DOWNLOAD=0, or OTEL_SDK_DISABLED) or its sampler left it out."
+                    "(VOICE_LAB_TRACE_DOWNLOAD=0, or OTEL_SDK_DISABLED) or its sampler left it out.",
+                    print_exception=False,
                 )
             return gr.update(value=str(export.write_trace(otlp, EXPORT_DIR)), visible=True)
 
