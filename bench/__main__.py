@@ -149,6 +149,7 @@ async def profile_for(args: argparse.Namespace, models):
             name="local",
             new_session=lambda _i: session(lambda: SessionConfig(**knobs)),
             say=lambda text, _key: speech_pcm(text),
+            interim=not args.no_interim,
         )
         return
 
@@ -162,6 +163,7 @@ async def profile_for(args: argparse.Namespace, models):
             say=lambda text, key: utterances.say(text, key, speech_pcm(text)),
             connections_opened=fakes.tts_connections_between,
             attribution=lambda: InjectedLatencies(fakes),
+            interim=args.profile == "cloud-sim-streaming",  # Groq's Whisper is segmented
         )
 
 
@@ -174,6 +176,8 @@ def _sweep_entry(run: dict) -> dict:
         "pipeline_overhead_p95": run["pipeline_overhead"]["p95"],
         "underruns": run["underruns"]["count"],
         "underrun_seconds": run["underruns"]["gap_seconds"],
+        "smart_turn_fallbacks": run["smart_turn_fallbacks"],
+        "interim_words": run["interim_words"],
         "cpu_seconds_per_session": run["cpu_seconds_per_session"],
         "peak_rss_mb": run["peak_rss_mb"],
         "loadavg_before": run["loadavg_before"],
