@@ -30,8 +30,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pipeline.turn_models import TurnModels
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +267,14 @@ class LocalModels:
             )
 
     @cached_property
+    def turn(self) -> TurnModels:
+        """Silero VAD and Smart Turn, which every session runs whatever its providers."""
+        from pipeline.turn_models import TurnModels  # imports pipecat: not before it is needed
+
+        self.require("turn")
+        return TurnModels()
+
+    @cached_property
     def piper(self):
         from piper import PiperVoice
 
@@ -277,6 +289,10 @@ class LocalModels:
         """Greedy Whisper decoding of 16-bit mono PCM (blocking: call from a thread)."""
         with self.whisper_lock:
             return _greedy_transcribe(self.whisper, pcm16, sample_rate)
+
+    def interim_idle(self) -> bool:
+        """Whether an interim pass would run now (:meth:`transcribe_interim` skips otherwise)."""
+        return not self.whisper_lock.locked() and not self.interim_lock.locked()
 
     def transcribe_interim(self, pcm16: bytes, sample_rate: int = 16000) -> str | None:
         """Best-effort transcript of an utterance still in progress; ``None`` when busy.
@@ -294,6 +310,8 @@ class LocalModels:
     def warm_up(self) -> LoadTimes:
         """Load every available model and run one small inference through each."""
         silence = np.zeros(16000, dtype=np.int16).tobytes()
+        if "turn" not in self.unavailable:
+            self.turn.warm_up()
         if "stt" not in self.unavailable:
             self.transcribe(silence)
             self.transcribe_interim(silence)
