@@ -68,11 +68,11 @@ def transport_params(config: SessionConfig) -> TransportParams:
 
 
 def _turn_strategies(
-    config: SessionConfig, turn_models: TurnModels, ledger: SpeculationLedger
+    config: SessionConfig, turn_models: TurnModels, vad: SileroVAD, ledger: SpeculationLedger
 ) -> UserTurnStrategies:
     if config.smart_turn:
         analyzer = SmartTurn(
-            turn_models, params=SmartTurnParams(stop_secs=config.turn_fallback_secs)
+            turn_models, vad=vad, params=SmartTurnParams(stop_secs=config.turn_fallback_secs)
         )
         if config.speculative:
             stop = SpeculativeSmartTurnStopStrategy(turn_analyzer=analyzer, ledger=ledger)
@@ -130,8 +130,7 @@ def build_generation(
     context = context or LLMContext()
     attach_tools(config, llm, context, sink)  # the demo tools, if this LLM calls them
     ledger = SpeculationLedger(sink)
-    strategies = _turn_strategies(config, turn_models, ledger)
-    speculating = isinstance(strategies.stop[0], SpeculativeSmartTurnStopStrategy)
+    speculating = config.smart_turn and config.speculative
     vad_params = VADParams(stop_secs=config.vad_stop_secs)
     if speculating:
 
@@ -152,6 +151,7 @@ def build_generation(
     else:
         vad = SileroVAD(turn_models, params=vad_params)
     record_vad_confidence(vad, sink)  # the timeline's VAD lane
+    strategies = _turn_strategies(config, turn_models, vad, ledger)
     aggregators = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(vad_analyzer=vad, user_turn_strategies=strategies),

@@ -2,20 +2,27 @@
 
 pipecat's analyzers each load their own model, so every session (and every
 pipeline generation after a provider switch) paid a Silero and a Smart Turn
-``InferenceSession`` (~60 ms of CPU and ~15 MB together), and each analyzer runs
-its model on a thread of its own: Silero's for every 20 ms microphone frame.
-Here the process holds one session of each model (onnxruntime's ``run`` is
-thread-safe, and neither model keeps anything in its session: Silero's
-recurrent state is in pipecat's ``SileroOnnxModel``, one per analyzer), and
+``InferenceSession`` (~55 ms of CPU; ~45 MB of RSS per session went with
+them), and each analyzer runs its model on a thread of its own: Silero's
+woken for every 20 ms microphone frame. Here the process holds one session of
+each model (onnxruntime's ``run`` is thread-safe, and neither model keeps
+anything in its session: Silero's recurrent state is in pipecat's
+``SileroOnnxModel``, one per analyzer), and
 
-- Silero runs inline, on the event loop: its ~0.1 ms of ONNX per 32 ms window
-  costs less than handing each frame to a thread and waking the loop with the
-  answer (that hand-over was a third of a session's VAD CPU);
+- every session's Silero windows go through one thread of the process, and a
+  frame that completes no 32 ms window (three in eight) no longer makes the
+  trip: a thread kept busy by all sessions is not woken per frame, and an
+  idle listening session costs ~28 % less CPU. Silero on the event loop itself
+  was measured too and rejected: it saved no CPU over this, and moved the
+  VAD's work onto the one thread that runs every session's pipeline, which at
+  20 sessions then fell behind (underruns, late barge-ins);
 - Smart Turn's inferences queue for one thread of the process, in order, each
   at full speed, rather than on a thread per session contending for two cores;
-- Smart Turn's segment is cut by the audio's own clock (see
-  :meth:`SmartTurn.append_audio`), so a stalled event loop no longer changes
-  what it hears.
+- Smart Turn's segment is placed by the audio itself: by samples rather than
+  arrival times, and by where the VAD heard the speech start and stop rather
+  than when that news reached it (:class:`SmartTurn`). Under load pipecat's
+  own analyzer heard a shifted or truncated segment, and its verdict on a
+  question it is unsure of came and went with the load.
 
 pipecat offers no way to hand an analyzer a model or a thread, so the two
 classes below set the few private attributes pipecat's constructors would
@@ -24,8 +31,8 @@ have. ``tests/test_turn_models.py`` checks they set exactly those.
 
 from __future__ import annotations
 
+import asyncio
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from importlib import resources
@@ -37,6 +44,13 @@ from pipecat.audio.turn.smart_turn.base_smart_turn import BaseSmartTurn, SmartTu
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams, VADState
+from pipecat.metrics.metrics import MetricsData
+
+# The VAD's news of speech starting or stopping reaches Smart Turn at most this
+# late (measured: 20-100 ms at 20 sessions); anything older is other news.
+NEWS_LAG_SECS = 1.0
+# Where SmartTurn's audio clock starts: any positive time (pipecat reads 0 as "no speech yet").
+AUDIO_CLOCK_ORIGIN = 1000.0
 
 SILERO_FILE = ("pipecat.audio.vad.data", "silero_vad.onnx")
 SMART_TURN_FILE = ("pipecat.audio.turn.smart_turn.data", "smart-turn-v3.2-cpu.onnx")
@@ -82,16 +96,23 @@ class TurnModels:
             )
 
     @cached_property
+    def vad_queue(self) -> ThreadPoolExecutor:
+        """The one thread every session's Silero windows are judged on, in arrival order."""
+        with self._lock:
+            return ThreadPoolExecutor(max_workers=1, thread_name_prefix="silero")
+
+    @cached_property
     def smart_turn_queue(self) -> ThreadPoolExecutor:
         """The one thread every session's Smart Turn inference runs on, first come first served."""
         with self._lock:
             return ThreadPoolExecutor(max_workers=1, thread_name_prefix="smart-turn")
 
     def warm_up(self) -> None:
-        """Load both models and run each once (Smart Turn on its thread, which starts now)."""
+        """Load both models and run each once on its thread (both threads start now)."""
         vad = SileroVAD(self, sample_rate=16000)
         vad.set_sample_rate(16000)  # as a pipeline's start does: voice_confidence needs it
-        vad.voice_confidence(np.zeros(vad.num_frames_required(), dtype=np.int16).tobytes())
+        window = np.zeros(vad.num_frames_required(), dtype=np.int16).tobytes()
+        self.vad_queue.submit(vad.voice_confidence, window).result()
         turn = SmartTurn(self, sample_rate=16000)
         silence = np.zeros(16000, dtype=np.float32)
         self.smart_turn_queue.submit(turn._predict_endpoint, silence).result()
@@ -111,12 +132,12 @@ class _SharedSileroModel(SileroOnnxModel):
 
 
 class SileroVAD(SileroVADAnalyzer):
-    """pipecat's Silero VAD on the process's model, analysed inline on the caller's thread.
+    """pipecat's Silero VAD on the process's model and the process's VAD thread.
 
     ``SileroVADAnalyzer.__init__`` loads a model and ``VADAnalyzer.analyze_audio``
     sends every frame through a thread of the analyzer's own. Would retire
     this: a ``SileroVADAnalyzer`` that takes a model (or session) and an
-    option to analyse inline.
+    executor, and judges only the frames that complete a window off the loop.
     """
 
     def __init__(
@@ -130,24 +151,49 @@ class SileroVAD(SileroVADAnalyzer):
         self._model = _SharedSileroModel(models.silero)
         self._windows_since_reset = 0
         self._low_confidence_windows = 0
+        self._queue = models.vad_queue
+        # Samples heard so far, and where the user last started and stopped
+        # speaking as pipecat's VAD controller sees it (from SPEAKING to QUIET):
+        # SmartTurn places its segment by them (see SmartTurn.heard_at).
+        self.samples_heard = 0
+        self.speech_started_at = 0
+        self.speech_stopped_at = 0
+        self._speaking = False
 
     async def analyze_audio(self, buffer: bytes) -> VADState:
-        return self._run_analyzer(buffer)
+        self.samples_heard += len(buffer) // 2
+        if len(self._vad_buffer) + len(buffer) < self._vad_frames_num_bytes:
+            # No window to judge yet: what pipecat's analysis would do before
+            # returning the state unchanged, without the trip to a thread.
+            self._vad_buffer += buffer
+            return self._vad_state
+        loop = asyncio.get_running_loop()
+        state = await loop.run_in_executor(self._queue, self._run_analyzer, buffer)
+        if state == VADState.SPEAKING and not self._speaking:
+            self._speaking, self.speech_started_at = True, self.samples_heard
+        elif state == VADState.QUIET and self._speaking:
+            self._speaking, self.speech_stopped_at = False, self.samples_heard
+        return state
 
 
 class SmartTurn(LocalSmartTurnAnalyzerV3):
-    """pipecat's Smart Turn v3 on the process's model and thread, its segment timed by the audio.
+    """pipecat's Smart Turn v3 on the process's model and thread, hearing what it would when idle.
 
     ``LocalSmartTurnAnalyzerV3.__init__`` loads a model and ``BaseSmartTurn``
-    starts a thread per analyzer (``_model_executor``). Would retire this: an
-    analyzer that takes a session and an executor, and times its buffer by
-    samples itself.
+    starts a thread per analyzer (``_model_executor``). pipecat cuts the
+    segment it judges by when frames and the VAD's news reach it; here by
+    where they are in the audio (:meth:`append_audio`,
+    :meth:`analyze_end_of_turn`), so under load Smart Turn hears the same
+    audio, and gives the same verdict, as with one session on an idle machine.
+    Would retire this: an analyzer that takes a session and an executor, and
+    times its buffer by samples and by the VAD's own transitions.
     """
 
     def __init__(
         self,
         models: TurnModels,
         *,
+        vad: SileroVAD | None = None,
         sample_rate: int | None = None,
         params: SmartTurnParams | None = None,
     ):
@@ -155,13 +201,57 @@ class SmartTurn(LocalSmartTurnAnalyzerV3):
         self._log_data = False  # pipecat's debugging aid: WAV files of every segment
         self._session = models.smart_turn
         self._queue = models.smart_turn_queue
-        # The audio clock: the wall-clock time of the first chunk plus the
-        # duration of all the audio appended since.
-        self._audio_clock: float | None = None
+        # The VAD analysing the same frames just before they reach this
+        # analyzer (the user aggregator runs it first), if it is ours.
+        self._vad = vad
+        # The audio clock: samples appended so far. A chunk's time is
+        # AUDIO_CLOCK_ORIGIN + samples before it / rate, computed afresh each
+        # time, so the same sample always gets the same time.
+        self._samples = 0
 
     @property
     def _model_executor(self) -> ThreadPoolExecutor:
         return self._queue
+
+    def heard_at(self, sample: int) -> float | None:
+        """The audio-clock time of the VAD's ``sample``, if the VAD heard it lately.
+
+        The VAD's news (speech started, stopped) reaches the turn strategy
+        through the user aggregator's queue, behind the frames already
+        waiting there: one frame late on an idle machine, up to five at 20
+        sessions. Both count the same frames, so the latest chunk here ends
+        where the VAD's count is now. News older than ``NEWS_LAG_SECS`` is
+        not this news (pipecat's controller can also end speech on its own,
+        when audio stops arriving): None.
+        """
+        if self._vad is None:
+            return None
+        ago = self._vad.samples_heard - sample
+        if not 0 <= ago <= NEWS_LAG_SECS * self.sample_rate:
+            return None
+        return self._time_of(self._samples - ago)
+
+    def _time_of(self, sample: int) -> float:
+        return AUDIO_CLOCK_ORIGIN + sample / self.sample_rate
+
+    async def analyze_end_of_turn(self) -> tuple[EndOfTurnState, MetricsData | None]:
+        """``BaseSmartTurn.analyze_end_of_turn``, judging the audio up to where the VAD went quiet.
+
+        The turn strategy asks when the VAD's stop reaches it: on an idle
+        machine right after the frame that ended the speech, under load a few
+        frames of silence later, and a longer tail of silence can change the
+        verdict of a question Smart Turn is unsure of.
+        """
+        heard, vad = self._audio_buffer, self._vad
+        stopped = vad is not None and vad.speech_stopped_at > vad.speech_started_at
+        end = self.heard_at(vad.speech_stopped_at) if stopped else None
+        if end is not None:
+            heard = [entry for entry in heard if entry[0] < end]
+        loop = asyncio.get_running_loop()
+        state, result = await loop.run_in_executor(self._queue, self._process_speech_segment, heard)
+        if state == EndOfTurnState.COMPLETE:
+            self._clear(state)
+        return state, result
 
     def append_audio(self, buffer: bytes, is_speech: bool) -> EndOfTurnState:
         """``BaseSmartTurn.append_audio``, with each chunk timed by the audio before it.
@@ -175,16 +265,16 @@ class SmartTurn(LocalSmartTurnAnalyzerV3):
         depends on the audio alone, as it does on an idle machine.
         """
         chunk = np.frombuffer(buffer, dtype=np.int16)
-        if self._audio_clock is None:
-            self._audio_clock = time.monotonic()
-        at = self._audio_clock
-        self._audio_clock += len(chunk) / self.sample_rate
+        at = self._time_of(self._samples)
+        self._samples += len(chunk)
         self._audio_buffer.append((at, chunk))
         if is_speech:
             self._silence_ms = 0
             self._speech_triggered = True
             if self._speech_start_time == 0:
-                self._speech_start_time = at
+                # Where the strategy would have heard the start on an idle machine.
+                started = self.heard_at(self._vad.speech_started_at) if self._vad else None
+                self._speech_start_time = at if started is None else started
         elif self._speech_triggered:
             self._silence_ms += len(chunk) * 1000 / self.sample_rate
             if self._silence_ms >= self._stop_ms:
