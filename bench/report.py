@@ -247,9 +247,11 @@ def _limit(t: dict) -> str:
 
 def format_summary(result: dict) -> str:
     dashboard = "on" if result["dashboard"] else "off"
+    contended = result.get("contending_processes")
     lines = [
         f"profile {result['profile']}: {result['sessions']} session(s) x "
         f"{result['turns_per_session']} turns, dashboard {dashboard}, "
+        f"{f'{contended} busy process(es) beside, ' if contended else ''}"
         f"start-up {result['startup_seconds']:.1f} s, wall {result['wall_seconds']:.1f} s",
         _line("voice-to-voice", result["voice_to_voice"]),
         _line("first audio out", result["first_audio"]),
@@ -301,7 +303,9 @@ def format_summary(result: dict) -> str:
         per = ", ".join(str(s["underruns"]["count"]) for s in result["per_session"])
         lines.append(f"  per session            {per}")
     lines.append(
-        f"CPU {result['cpu_seconds']:.1f} s ({result['cpu_seconds_per_session']:.1f} s/session), "
+        f"CPU {result['cpu_seconds']:.1f} s ({result['cpu_seconds_per_session']:.2f} s/session), "
+        f"of which the event loop's thread {result['loop_cpu_seconds']:.1f} s "
+        f"(busy {result['loop_busy'] * 100:.0f} % of the wall time), "
         f"peak RSS {result['peak_rss_mb']:.0f} MB (baseline {result['rss_baseline_mb']:.0f} MB, "
         f"+{result['rss_increment_per_session_mb']:.0f} MB/session)"
     )

@@ -396,6 +396,7 @@ async def run_sessions(profile: Profile, sessions: int, turns: int) -> dict:
         speech_pcm(text)
     load_before = os.getloadavg()
     cpu_before = figures.cpu_seconds()
+    loop_cpu_before = time.thread_time()  # this thread runs the event loop every session shares
     started = time.perf_counter()
     start_lock = asyncio.Lock()
     with observer_cost() as observer_calls:
@@ -410,6 +411,7 @@ async def run_sessions(profile: Profile, sessions: int, turns: int) -> dict:
     results = [_as_result(i, outcome) for i, outcome in enumerate(outcomes)]
     wall = time.perf_counter() - started
     cpu = figures.cpu_seconds() - cpu_before
+    loop_cpu = time.thread_time() - loop_cpu_before
     _attribute(profile, results)
 
     from bench.report import pooled_figures, session_figures
@@ -421,6 +423,8 @@ async def run_sessions(profile: Profile, sessions: int, turns: int) -> dict:
         "observer_cost_us": figures.microseconds(observer_calls),
         "cpu_seconds": cpu,
         "cpu_seconds_per_session": cpu / sessions,
+        "loop_cpu_seconds": loop_cpu,
+        "loop_busy": loop_cpu / wall,
         "rss_baseline_mb": rss["baseline_mb"],
         "peak_rss_mb": rss["peak_mb"],
         "rss_increment_per_session_mb": (rss["peak_mb"] - rss["baseline_mb"]) / sessions,
