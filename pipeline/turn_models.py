@@ -9,15 +9,15 @@ each model (onnxruntime's ``run`` is thread-safe, and neither model keeps
 anything in its session: Silero's recurrent state is in pipecat's
 ``SileroOnnxModel``, one per analyzer), and
 
-- every session's Silero windows go through one thread of the process, and a
-  frame that completes no 32 ms window (three in eight) no longer makes the
-  trip: a thread kept busy by all sessions is not woken per frame, and an
-  idle listening session costs ~28 % less CPU. Silero on the event loop itself
-  was measured too and rejected: it saved no CPU over this, and moved the
-  VAD's work onto the one thread that runs every session's pipeline, which at
-  20 sessions then fell behind (underruns, late barge-ins);
-- Smart Turn's inferences queue for one thread of the process, in order, each
-  at full speed, rather than on a thread per session contending for two cores;
+- every session's Silero windows go through one thread of the process: a
+  thread kept busy by all sessions is not woken for each frame as a thread
+  per session is, and with the one shared model an idle listening session
+  costs ~28 % less CPU. Silero on the event loop itself was measured too and
+  rejected: it saved no CPU over this, and moved the VAD's work onto the one
+  thread that runs every session's pipeline, which at 20 sessions then fell
+  behind (underruns, late barge-ins);
+- Smart Turn's inferences queue for a thread per core, in order, each at full
+  speed, rather than on a thread per session contending for the cores;
 - Smart Turn's segment is placed by the audio itself: by samples rather than
   arrival times, and by where the VAD heard the speech start and stop rather
   than when that news reached it (:class:`SmartTurn`). Under load pipecat's
@@ -32,6 +32,7 @@ have. ``tests/test_turn_models.py`` checks they set exactly those.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
@@ -49,6 +50,8 @@ from pipecat.metrics.metrics import MetricsData
 # The VAD's news of speech starting or stopping reaches Smart Turn at most this
 # late (measured: 20-100 ms at 20 sessions); anything older is other news.
 NEWS_LAG_SECS = 1.0
+# Smart Turn inferences run at once, one per core (more would only share the cores).
+SMART_TURN_THREADS = min(4, os.cpu_count() or 1)
 # Where SmartTurn's audio clock starts: any positive time (pipecat reads 0 as "no speech yet").
 AUDIO_CLOCK_ORIGIN = 1000.0
 
@@ -103,19 +106,29 @@ class TurnModels:
 
     @cached_property
     def smart_turn_queue(self) -> ThreadPoolExecutor:
-        """The one thread every session's Smart Turn inference runs on, first come first served."""
+        """The threads every session's Smart Turn inferences queue for, one per core.
+
+        A verdict ends every turn, so a burst of them (sessions that stopped
+        speaking together) uses every core; each runs on one thread at full
+        speed, first come first served.
+        """
         with self._lock:
-            return ThreadPoolExecutor(max_workers=1, thread_name_prefix="smart-turn")
+            return ThreadPoolExecutor(SMART_TURN_THREADS, thread_name_prefix="smart-turn")
 
     def warm_up(self) -> None:
-        """Load both models and run each once on its thread (both threads start now)."""
+        """Load both models and run each once on its threads (which all start now)."""
         vad = SileroVAD(self, sample_rate=16000)
         vad.set_sample_rate(16000)  # as a pipeline's start does: voice_confidence needs it
         window = np.zeros(vad.num_frames_required(), dtype=np.int16).tobytes()
         self.vad_queue.submit(vad.voice_confidence, window).result()
         turn = SmartTurn(self, sample_rate=16000)
         silence = np.zeros(16000, dtype=np.float32)
-        self.smart_turn_queue.submit(turn._predict_endpoint, silence).result()
+        runs = [
+            self.smart_turn_queue.submit(turn._predict_endpoint, silence)
+            for _ in range(SMART_TURN_THREADS)
+        ]
+        for run in runs:
+            run.result()
 
 
 class _SharedSileroModel(SileroOnnxModel):
@@ -137,7 +150,8 @@ class SileroVAD(SileroVADAnalyzer):
     ``SileroVADAnalyzer.__init__`` loads a model and ``VADAnalyzer.analyze_audio``
     sends every frame through a thread of the analyzer's own. Would retire
     this: a ``SileroVADAnalyzer`` that takes a model (or session) and an
-    executor, and judges only the frames that complete a window off the loop.
+    executor, and a VAD event that says at which sample the speech started
+    and stopped.
     """
 
     def __init__(
@@ -162,11 +176,6 @@ class SileroVAD(SileroVADAnalyzer):
 
     async def analyze_audio(self, buffer: bytes) -> VADState:
         self.samples_heard += len(buffer) // 2
-        if len(self._vad_buffer) + len(buffer) < self._vad_frames_num_bytes:
-            # No window to judge yet: what pipecat's analysis would do before
-            # returning the state unchanged, without the trip to a thread.
-            self._vad_buffer += buffer
-            return self._vad_state
         loop = asyncio.get_running_loop()
         state = await loop.run_in_executor(self._queue, self._run_analyzer, buffer)
         if state == VADState.SPEAKING and not self._speaking:
