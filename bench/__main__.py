@@ -43,6 +43,7 @@ import dataclasses
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -110,6 +111,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--no-dashboard", action="store_true", help="observers and UI updates off (comparison)"
+    )
+    parser.add_argument(
+        "--contend",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N busy processes beside the sessions (a browser or a neighbour on the machine)",
     )
     parser.add_argument(
         "--webrtc-sessions", type=int, default=0, help="also run N sessions over real WebRTC"
@@ -222,6 +230,7 @@ async def profile_for(args: argparse.Namespace, models):
             name="local",
             new_session=lambda _i: session(lambda: SessionConfig(**knobs)),
             say=lambda text, _key: speech_pcm(text),
+            interim=not args.no_interim,
         )
         return
 
@@ -235,7 +244,20 @@ async def profile_for(args: argparse.Namespace, models):
             say=lambda text, key: utterances.say(text, key, speech_pcm(text)),
             connections_opened=fakes.tts_connections_between,
             attribution=lambda: InjectedLatencies(fakes),
+            interim=args.profile == "cloud-sim-streaming",  # Groq's Whisper is segmented
         )
+
+
+@contextlib.contextmanager
+def contending_processes(count: int):
+    """``count`` processes spinning on a CPU each while the block runs (the CPU contended)."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
 
 
 def _sweep_entry(run: dict) -> dict:
@@ -247,7 +269,10 @@ def _sweep_entry(run: dict) -> dict:
         "pipeline_overhead_p95": run["pipeline_overhead"]["p95"],
         "underruns": run["underruns"]["count"],
         "underrun_seconds": run["underruns"]["gap_seconds"],
+        "smart_turn_fallbacks": run["smart_turn_fallbacks"],
+        "interim_words": run["interim_words"],
         "cpu_seconds_per_session": run["cpu_seconds_per_session"],
+        "loop_busy": run["loop_busy"],
         "peak_rss_mb": run["peak_rss_mb"],
         "loadavg_before": run["loadavg_before"],
         "loadavg_after": run["loadavg_after"],
@@ -370,15 +395,17 @@ async def main(argv: list[str]) -> int:
     models = shared_models()
     levels = args.sweep or [args.sessions]
     sweep: list[dict] = []
-    async with profile_for(args, models) as profile:
-        for level in levels:
-            run = await run_sessions(profile, level, args.turns)
-            sweep.append(_sweep_entry(run))
+    with contending_processes(args.contend):
+        async with profile_for(args, models) as profile:
+            for level in levels:
+                run = await run_sessions(profile, level, args.turns)
+                sweep.append(_sweep_entry(run))
 
     result = {
         "profile": args.profile,
         "dashboard": not args.no_dashboard,
         "interim": not args.no_interim,
+        "contending_processes": args.contend,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "startup_seconds": startup,
         "model_load_seconds": dataclasses.asdict(models.load_times),

@@ -126,6 +126,12 @@ def speech_onset(samples: np.ndarray, sample_rate: int) -> float:
     return float(loud[0]) / sample_rate if len(loud) else 0.0
 
 
+def speech_tail(samples: np.ndarray, sample_rate: int) -> float:
+    """Seconds of quiet after the voice ends in ``samples`` (Piper's trailing silence)."""
+    loud = np.flatnonzero(np.abs(samples) > AUDIBLE_THRESHOLD)
+    return float(len(samples) - 1 - loud[-1]) / sample_rate if len(loud) else 0.0
+
+
 # -- process resources -------------------------------------------------------------------
 
 

@@ -77,11 +77,24 @@ def _turn_figures(turns) -> dict:
             [t.pipeline_overhead for t in turns if not t.smart_turn_fallback]
         ),
         "smart_turn_fallbacks": sum(1 for t in turns if t.smart_turn_fallback),
+        "slow_turn_decisions": sum(1 for t in turns if t.slow_turn_decision),
+        "smart_turn_inference": summarize([s for t in turns for s in t.smart_turn_inference]),
+        "interim_words": _interim_figures(turns),
         "injected": {
             stage: summarize([i[stage] for i in injected]) for stage in ("stt", "llm", "tts")
         },
         "barge_in_stop": summarize([t.barge_in_stop for t in turns]),
         "underruns": {"count": gaps.count, "gap_seconds": gaps.gap_seconds},
+    }
+
+
+def _interim_figures(turns) -> dict:
+    """Of the turns whose STT shows interim words: how many showed them, and how early."""
+    shown = [t for t in turns if t.interim_before_final is not None]
+    return {
+        "turns": len(shown),
+        "before_final": sum(1 for t in shown if t.interim_before_final),
+        "while_speaking": sum(1 for t in shown if t.interim_while_speaking),
     }
 
 
@@ -234,9 +247,11 @@ def _limit(t: dict) -> str:
 
 def format_summary(result: dict) -> str:
     dashboard = "on" if result["dashboard"] else "off"
+    contended = result.get("contending_processes")
     lines = [
         f"profile {result['profile']}: {result['sessions']} session(s) x "
         f"{result['turns_per_session']} turns, dashboard {dashboard}, "
+        f"{f'{contended} busy process(es) beside, ' if contended else ''}"
         f"start-up {result['startup_seconds']:.1f} s, wall {result['wall_seconds']:.1f} s",
         _line("voice-to-voice", result["voice_to_voice"]),
         _line("first audio out", result["first_audio"]),
@@ -261,7 +276,16 @@ def format_summary(result: dict) -> str:
         lines.append(_line("  head start (adopted)", spec["head_start"]))
     lines.append(
         f"Smart Turn fallbacks     {result['smart_turn_fallbacks']} of "
-        f"{len(result['turns'])} turns (the turn waited out the fallback timeout)"
+        f"{len(result['turns'])} turns (judged unfinished: the turn waited out the fallback "
+        f"timeout); {result['slow_turn_decisions']} turn decisions took over 1 s"
+    )
+    lines.append(_line("  Smart Turn inference", result["smart_turn_inference"]))
+    interim = result["interim_words"]
+    lines.append(
+        f"interim words            before the final transcript in {interim['before_final']} of "
+        f"{interim['turns']} turns, while the question was spoken in {interim['while_speaking']}"
+        if interim["turns"]
+        else "interim words            none (this STT sends only final transcripts)"
     )
     if result["dashboard"]:
         lines.append(_line("UI event delay", result["ui_event_delay"]))
@@ -279,7 +303,9 @@ def format_summary(result: dict) -> str:
         per = ", ".join(str(s["underruns"]["count"]) for s in result["per_session"])
         lines.append(f"  per session            {per}")
     lines.append(
-        f"CPU {result['cpu_seconds']:.1f} s ({result['cpu_seconds_per_session']:.1f} s/session), "
+        f"CPU {result['cpu_seconds']:.1f} s ({result['cpu_seconds_per_session']:.2f} s/session), "
+        f"of which the event loop's thread {result['loop_cpu_seconds']:.1f} s "
+        f"(busy {result['loop_busy'] * 100:.0f} % of the wall time), "
         f"peak RSS {result['peak_rss_mb']:.0f} MB (baseline {result['rss_baseline_mb']:.0f} MB, "
         f"+{result['rss_increment_per_session_mb']:.0f} MB/session)"
     )
@@ -292,6 +318,10 @@ def format_summary(result: dict) -> str:
         lines.append(
             f"sweep {level['sessions']:>2} sessions: v2v median {ms(level['v2v_median'])}, "
             f"p95 {ms(level['v2v_p95'])}, underruns {level['underruns']}, "
+            f"fallbacks {level['smart_turn_fallbacks']}, "
+            f"interim shown {level['interim_words']['before_final']}/"
+            f"{level['interim_words']['turns']}, "
+            f"CPU {level['cpu_seconds_per_session']:.1f} s/session, "
             f"load {level['loadavg_before'][0]:.2f} -> {level['loadavg_after'][0]:.2f}"
         )
     if "app_startup" in result:

@@ -22,7 +22,13 @@ Per turn we read:
   verdict, not overhead);
 - ``barge_in_stop`` (barge-in turn): from the onset of the user's voice to
   the end of the last reply audio the client received;
-- ``underruns``: gaps in the reply's paced audio (see :func:`figures.underruns`).
+- ``underruns``: gaps in the reply's paced audio (see :func:`figures.underruns`);
+- ``smart_turn_fallback``: Smart Turn's last verdict before the turn ended was
+  "unfinished", so its fallback timeout ended the turn (``slow_turn_decision``:
+  the decision took over a second, which a verdict queued behind others also does);
+- ``interim_before_final`` / ``interim_while_speaking``: the question's interim
+  words reached the session's events before its final transcript / before its
+  voice ended (what the live view shows while the user speaks).
 """
 
 from __future__ import annotations
@@ -64,8 +70,9 @@ BARGE_IN_AFTER_SECS = 1.0  # into the reply
 PAUSE_SECS = 0.6
 STAGGER_SECS = 0.3  # between session starts
 TURN_TIMEOUT_SECS = 40.0
-# "turn detection" this long means Smart Turn said "unfinished" and the 2 s fallback ended it.
-FALLBACK_SIGN_SECS = 1.0
+# pipecat's "turn detection" (transcript -> LLM request) this long is a slow turn decision:
+# Smart Turn said "unfinished" and its fallback ended the turn, or its verdict queued.
+SLOW_DECISION_SECS = 1.0
 
 
 def script(session: int, turns: int) -> list[tuple[str, str]]:
@@ -91,6 +98,8 @@ class Profile:
     connections_opened: Callable[[float, float], set[int]] | None = None
     # after the run: (TurnWindow, connections) -> injected latencies (cloud-sim)
     attribution: Callable[[], object] | None = None
+    # Its STT shows interim words while the user speaks.
+    interim: bool = True
 
 
 @dataclass
@@ -108,6 +117,14 @@ class TurnResult:
     pipeline_overhead: float | None = None
     # Smart Turn judged the question unfinished: the turn ended on the fallback timeout.
     smart_turn_fallback: bool = False
+    # The turn decision took over SLOW_DECISION_SECS (a fallback, or a verdict that queued).
+    slow_turn_decision: bool = False
+    # Smart Turn's inference time per verdict of this turn (seconds, as pipecat measures it).
+    smart_turn_inference: list[float] = field(default_factory=list)
+    # Interim words reached the session's events before the final transcript, and before
+    # the question's voice ended (None: this profile's STT sends no interim words).
+    interim_before_final: bool | None = None
+    interim_while_speaking: bool | None = None
     barge_in_stop: float | None = None
     underruns: int = 0
     underrun_seconds: float = 0.0
@@ -144,7 +161,38 @@ def _events_between(driver: SessionDriver, kind: str, start: float, end: float) 
     return [e for e in driver.by_kind[kind] if lo <= e.t <= hi]
 
 
-def _read_turn(turn: TurnResult, driver: SessionDriver, spoken_until: float, end: float) -> None:
+def _events_since(driver: SessionDriver, kind: str, start: float, until_wall: float) -> list:
+    lo = _wall(start)
+    return [e for e in driver.by_kind[kind] if lo <= e.t <= until_wall]
+
+
+def _read_turn_decision(turn: TurnResult, driver: SessionDriver, end: float) -> None:
+    """Smart Turn's verdicts until the turn ended; the last one says whether the timeout ended it.
+
+    Smart Turn judges each pause; "unfinished" leaves the turn to the fallback
+    timeout, which ends it with no verdict of its own. So a turn whose last
+    verdict before it ended was "unfinished" waited out the timeout.
+    """
+    stopped = _events_between(driver, "UserStoppedSpeaking", turn.window[0], end)
+    until = stopped[0].t if stopped else _wall(end)
+    verdicts = _events_since(driver, "TurnDecision", turn.window[0], until)
+    turn.smart_turn_fallback = bool(verdicts) and not verdicts[-1].complete
+    turn.smart_turn_inference = [v.ms / 1000 for v in verdicts]
+    turn.slow_turn_decision = turn.contributions.get("turn detection", 0.0) > SLOW_DECISION_SECS
+
+
+def _read_interim(turn: TurnResult, driver: SessionDriver, voice_end: float, end: float) -> None:
+    """Did the question's words show while it was spoken (interim), before the final transcript?"""
+    said = _events_between(driver, "UserTranscript", turn.window[0], end)
+    final = next((e.t for e in said if e.final), _wall(end))
+    interim = [e.t for e in said if not e.final and e.text.strip() and e.t < final]
+    turn.interim_before_final = bool(interim)
+    turn.interim_while_speaking = bool(interim) and interim[0] <= _wall(voice_end)
+
+
+def _read_turn(
+    turn: TurnResult, driver: SessionDriver, spoken_until: float, end: float, voice_end: float
+) -> None:
     """Fill in what the session reported between the turn's start and ``end``."""
     start = turn.window[0]
     latency = _events_between(driver, "LatencyMeasured", start, end)
@@ -160,7 +208,8 @@ def _read_turn(turn: TurnResult, driver: SessionDriver, spoken_until: float, end
     turn.reply = replies[0].text if replies else ""
     gaps = figures.underruns([c for c in driver.received.audio_after(spoken_until) if c[0] <= end])
     turn.underruns, turn.underrun_seconds = gaps.count, gaps.gap_seconds
-    turn.smart_turn_fallback = turn.contributions.get("turn detection", 0.0) > FALLBACK_SIGN_SECS
+    _read_turn_decision(turn, driver, end)
+    _read_interim(turn, driver, voice_end, end)
 
 
 def _replied_since(driver: SessionDriver, start: float) -> Callable[[], bool]:
@@ -179,6 +228,7 @@ async def ask(driver: SessionDriver, turn: TurnResult, audio: np.ndarray) -> Non
     start = time.monotonic()
     turn.window = (start, start)
     spoken_until = await driver.play(audio)
+    voice_end = spoken_until - figures.speech_tail(audio, SAMPLE_RATE)
     await driver.play_silence_until(_replied_since(driver, start), TURN_TIMEOUT_SECS)
     # The reply's text is complete before its audio (under load, by up to a second).
     await driver.play_silence_until(
@@ -187,7 +237,7 @@ async def ask(driver: SessionDriver, turn: TurnResult, audio: np.ndarray) -> Non
     )
     end = time.monotonic()
     turn.window = (start, end)
-    _read_turn(turn, driver, spoken_until, end)
+    _read_turn(turn, driver, spoken_until, end, voice_end)
 
 
 async def ask_and_interrupt(
@@ -197,6 +247,7 @@ async def ask_and_interrupt(
     start = time.monotonic()
     turn.window = (start, start)
     spoken_until = await driver.play(audio)
+    voice_end = spoken_until - figures.speech_tail(audio, SAMPLE_RATE)
     await driver.play_silence_until(
         lambda: driver.received.last_audible_at > spoken_until, TURN_TIMEOUT_SECS
     )
@@ -213,7 +264,7 @@ async def ask_and_interrupt(
     await driver.play(silence(figures.STOP_GAP_SECS + 0.3))  # so the stop is followed by quiet
     turn.window = (start, barge_at)
     # The reply is read up to the user's voice; what follows is the cut and the next answer.
-    _read_turn(turn, driver, spoken_until, onset)
+    _read_turn(turn, driver, spoken_until, onset, voice_end)
     cut = [e for e in _events_between(driver, "BotTurnText", start, time.monotonic()) if e.text]
     turn.reply = cut[0].text if cut else ""
     if finished_early:
@@ -258,6 +309,8 @@ async def run_session(
                     await ask_and_interrupt(driver, turn, audio[k], interruption)
                 else:
                     await ask(driver, turn, audio[k])
+                if not profile.interim:
+                    turn.interim_before_final = turn.interim_while_speaking = None
             except TimeoutError:
                 turn.error = "no reply within the time limit"
                 result.errors.append(f"session {index} turn {k}: {turn.error}")
@@ -343,6 +396,7 @@ async def run_sessions(profile: Profile, sessions: int, turns: int) -> dict:
         speech_pcm(text)
     load_before = os.getloadavg()
     cpu_before = figures.cpu_seconds()
+    loop_cpu_before = time.thread_time()  # this thread runs the event loop every session shares
     started = time.perf_counter()
     start_lock = asyncio.Lock()
     with observer_cost() as observer_calls:
@@ -357,6 +411,7 @@ async def run_sessions(profile: Profile, sessions: int, turns: int) -> dict:
     results = [_as_result(i, outcome) for i, outcome in enumerate(outcomes)]
     wall = time.perf_counter() - started
     cpu = figures.cpu_seconds() - cpu_before
+    loop_cpu = time.thread_time() - loop_cpu_before
     _attribute(profile, results)
 
     from bench.report import pooled_figures, session_figures
@@ -368,6 +423,8 @@ async def run_sessions(profile: Profile, sessions: int, turns: int) -> dict:
         "observer_cost_us": figures.microseconds(observer_calls),
         "cpu_seconds": cpu,
         "cpu_seconds_per_session": cpu / sessions,
+        "loop_cpu_seconds": loop_cpu,
+        "loop_busy": loop_cpu / wall,
         "rss_baseline_mb": rss["baseline_mb"],
         "peak_rss_mb": rss["peak_mb"],
         "rss_increment_per_session_mb": (rss["peak_mb"] - rss["baseline_mb"]) / sessions,

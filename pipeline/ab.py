@@ -316,7 +316,6 @@ async def _run(
     finally:
         await runner.cancel(reason="A/B run over")
         await asyncio.gather(running, return_exceptions=True)
-        generation.release()
 
 
 async def _first(awaitable: Awaitable, task: asyncio.Task) -> None:

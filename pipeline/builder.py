@@ -16,8 +16,6 @@ import time
 from dataclasses import dataclass
 
 from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
-from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
-from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import Frame, InputAudioRawFrame
 from pipecat.pipeline.pipeline import Pipeline
@@ -55,6 +53,7 @@ from pipeline.switcher import TurnActivity
 from pipeline.telemetry import SessionTelemetry
 from pipeline.tools.installer import attach as attach_tools
 from pipeline.transport import FastRTCTransport, SessionOutbox
+from pipeline.turn_models import SileroVAD, SmartTurn, TurnModels
 from pipeline.vad_trace import record_vad_confidence
 
 
@@ -70,12 +69,11 @@ def transport_params(config: SessionConfig) -> TransportParams:
 
 
 def _turn_strategies(
-    config: SessionConfig, ledger: SpeculationLedger
-) -> tuple[UserTurnStrategies, LocalSmartTurnAnalyzerV3 | None]:
-    analyzer = None
+    config: SessionConfig, turn_models: TurnModels, vad: SileroVAD, ledger: SpeculationLedger
+) -> UserTurnStrategies:
     if config.smart_turn:
-        analyzer = LocalSmartTurnAnalyzerV3(
-            params=SmartTurnParams(stop_secs=config.turn_fallback_secs)
+        analyzer = SmartTurn(
+            turn_models, vad=vad, params=SmartTurnParams(stop_secs=config.turn_fallback_secs)
         )
         if config.speculative:
             stop = SpeculativeSmartTurnStopStrategy(turn_analyzer=analyzer, ledger=ledger)
@@ -83,7 +81,7 @@ def _turn_strategies(
             stop = TurnAnalyzerUserTurnStopStrategy(turn_analyzer=analyzer)
     else:
         stop = SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=config.vad_stop_secs)
-    return UserTurnStrategies(stop=[stop]), analyzer
+    return UserTurnStrategies(stop=[stop])
 
 
 async def _not_microphone_audio(frame: Frame) -> bool:
@@ -112,25 +110,6 @@ class PipelineGeneration:
     context: LLMContext
     activity: TurnActivity
     config: SessionConfig
-    vad: SileroVADAnalyzer | None = None
-    smart_turn: LocalSmartTurnAnalyzerV3 | None = None
-
-    def release(self) -> None:
-        """Free this generation's ONNX sessions now, once it has stopped running.
-
-        pipecat's processors reference each other in cycles, so a finished
-        pipeline is freed only by Python's cyclic garbage collector, whenever
-        that next runs; until then each connection's Silero and Smart Turn
-        ONNX sessions (with their thread pools and arenas) would stay alive.
-        Dropping them here frees them at once. The attributes are pipecat's
-        own (``SileroVADAnalyzer._model``, ``LocalSmartTurnAnalyzerV3._session``).
-        """
-        if self.vad is not None:
-            self.vad._model = None
-            self.vad = None
-        if self.smart_turn is not None:
-            self.smart_turn._session = None
-            self.smart_turn = None
 
 
 def build_generation(
@@ -144,6 +123,7 @@ def build_generation(
     transport: BaseTransport | None = None,
     rtvi: bool = False,
 ) -> PipelineGeneration:
+<<<<<<< HEAD
     """One pipeline generation; ``context`` carries the conversation over from the previous one.
 
     With ``telemetry`` tracing, pipecat's service spans join the session's trace
@@ -155,6 +135,10 @@ def build_generation(
     speaks RTVI and reads the conversation from pipecat's RTVI messages.
     """
     models.require("turn")  # Silero VAD and Smart Turn: no session works without them
+=======
+    """One pipeline generation; ``context`` carries the conversation over from the previous one."""
+    turn_models = models.turn  # Silero VAD and Smart Turn: no session works without them
+>>>>>>> issue-18-perf
     services = {
         stage: PROVIDERS[choice.provider].build(stage, choice, config.keys, config, models)
         for stage, choice in config.choices().items()
@@ -167,8 +151,7 @@ def build_generation(
     context = context or LLMContext()
     attach_tools(config, llm, context, sink)  # the demo tools, if this LLM calls them
     ledger = SpeculationLedger(sink)
-    strategies, smart_turn = _turn_strategies(config, ledger)
-    speculating = isinstance(strategies.stop[0], SpeculativeSmartTurnStopStrategy)
+    speculating = config.smart_turn and config.speculative
     vad_params = VADParams(stop_secs=config.vad_stop_secs)
     if speculating:
 
@@ -180,13 +163,16 @@ def build_generation(
             await strategies.stop[0].user_resumed()
             await user.broadcast_frame(UserResumedFrame)
 
-        vad = PauseAwareSileroVAD(params=vad_params, on_pause=_paused, on_resume=_resumed)
+        vad = PauseAwareSileroVAD(
+            turn_models, params=vad_params, on_pause=_paused, on_resume=_resumed
+        )
         if isinstance(llm, LLMService):
             # pipecat builds its own gate in LLMService.__init__ and takes none.
             llm._speculation_gate = LedgerSpeculationGate(ledger, name=f"{llm}::SpeculationGate")
     else:
-        vad = SileroVADAnalyzer(params=vad_params)
+        vad = SileroVAD(turn_models, params=vad_params)
     record_vad_confidence(vad, sink)  # the timeline's VAD lane
+    strategies = _turn_strategies(config, turn_models, vad, ledger)
     aggregators = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(vad_analyzer=vad, user_turn_strategies=strategies),
@@ -257,6 +243,4 @@ def build_generation(
         context=context,
         activity=activity,
         config=config,
-        vad=vad,
-        smart_turn=smart_turn,
     )

@@ -46,6 +46,7 @@ def _check_turn() -> None:
     from pipecat.audio.vad.silero import SileroVADAnalyzer
 
     vad = SileroVADAnalyzer(sample_rate=16000)
+    vad.set_sample_rate(16000)  # without it voice_confidence logs an error and never runs the model
     vad.voice_confidence(np.zeros(vad.num_frames_required(), dtype=np.int16).tobytes())
     turn = LocalSmartTurnAnalyzerV3(sample_rate=16000)
     turn._predict_endpoint(np.zeros(16000, dtype=np.float32))

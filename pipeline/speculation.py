@@ -38,7 +38,6 @@ from dataclasses import dataclass
 
 from loguru import logger
 from pipecat.audio.utils import pcm_to_wav
-from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADState
 from pipecat.frames.frames import (
     EagerEndOfTurnCancelFrame,
@@ -61,6 +60,7 @@ from pipecat.turns.user_stop.eager_match_policy import EagerMatchPolicy, Normali
 from pipecat.utils.time import time_now_iso8601
 
 from pipeline import events as ev
+from pipeline.turn_models import SileroVAD, TurnModels
 
 EventSink = Callable[[ev.Event], None]
 
@@ -84,7 +84,7 @@ class UserResumedFrame(SystemFrame):
 PauseHandler = Callable[[], Awaitable[None]]
 
 
-class PauseAwareSileroVAD(SileroVADAnalyzer):
+class PauseAwareSileroVAD(SileroVAD):
     """Silero VAD that also reports the first quiet windows and the speech that ends them.
 
     pipecat's VAD controller only reports the settled states (speaking, quiet);
@@ -92,8 +92,10 @@ class PauseAwareSileroVAD(SileroVADAnalyzer):
     before the VAD stop. Reading it costs one comparison per audio frame.
     """
 
-    def __init__(self, *, on_pause: PauseHandler, on_resume: PauseHandler, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(
+        self, models: TurnModels, *, on_pause: PauseHandler, on_resume: PauseHandler, **kwargs
+    ):
+        super().__init__(models, **kwargs)
         self._on_pause = on_pause
         self._on_resume = on_resume
         self._paused = False

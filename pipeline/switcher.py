@@ -102,8 +102,6 @@ class Generation(Protocol):
     activity: TurnActivity
     config: SessionConfig
 
-    def release(self) -> None: ...
-
 
 # (config, the conversation so far or None) -> a generation built and not yet started.
 Build = Callable[[SessionConfig, LLMContext | None], Generation]
@@ -183,10 +181,7 @@ class GenerationSwitcher:
             self._requested = self.config
             self._switch_requested.set()
         while generation is not None and not self.stopping:
-            try:
-                await self._run_generation(generation)
-            finally:
-                generation.release()
+            await self._run_generation(generation)
             generation, self._next = self._next, None
 
     async def push(self, sample_rate: int, pcm: np.ndarray) -> None:

@@ -1,4 +1,8 @@
-"""A closed connection is freed at once: its session, ONNX sessions, threads and outputs.
+"""A closed connection is freed at once: its session, turn analyzers, threads and outputs.
+
+The Silero and Smart Turn models are the process's (one ONNX session each,
+pipeline.turn_models): a connection adds none, and its analyzers (its own
+VAD state and Smart Turn buffer) go with its pipeline.
 
 The app runs in this process (so its objects can be counted) and real aiortc
 clients connect to it over loopback WebRTC, talk briefly and leave, several
@@ -18,6 +22,8 @@ from collections.abc import Callable
 import aiortc
 import onnxruntime
 import pytest
+from pipecat.audio.turn.base_turn_analyzer import BaseTurnAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADAnalyzer
 
 from pipeline.runtime import restrict_ice_to_loopback
 from pipeline.session import VoiceSession
@@ -52,6 +58,7 @@ def census(component) -> dict[str, int]:
     return {
         "sessions": sum(isinstance(o, VoiceSession) and o._started for o in objects),
         "onnx_sessions": sum(isinstance(o, onnxruntime.InferenceSession) for o in objects),
+        "turn_analyzers": sum(isinstance(o, VADAnalyzer | BaseTurnAnalyzer) for o in objects),
         "server_peer_connections": sum(
             isinstance(o, aiortc.RTCPeerConnection)
             and o.localDescription is not None
@@ -100,6 +107,7 @@ async def test_closed_connections_leave_nothing_behind(served, monkeypatch):
             monkeypatch.setattr(webrtc_guard, "COLLECT_AFTER_CLOSE_SECS", None)
             for _ in range(CYCLES):
                 await connect_talk_leave(http, url, api, component)
+            # No connection adds an ONNX session: the models are the process's.
             freed_at_once = ("sessions", "onnx_sessions", "fastrtc_outputs", "fastrtc_handlers")
 
             def at_baseline(keys) -> bool:
@@ -117,12 +125,13 @@ async def test_closed_connections_leave_nothing_behind(served, monkeypatch):
                 f"after {CYCLES} connections: {census(component)}; before: {baseline}"
             )
             # Then as served: one collection shortly after each close frees the
-            # peer connections too (aiortc's own objects reference each other).
+            # peer connections too (aiortc's own objects reference each other),
+            # and the pipelines' turn analyzers (pipecat's processors do).
             # The served delay, not a shorter one: on one loaded CPU aiortc's
             # close can take longer than a fraction of a second.
             monkeypatch.setattr(webrtc_guard, "COLLECT_AFTER_CLOSE_SECS", served_delay)
             await connect_talk_leave(http, url, api, component)
-            everything = (*freed_at_once, "server_peer_connections")
+            everything = (*freed_at_once, "server_peer_connections", "turn_analyzers")
             assert await eventually(lambda: at_baseline(everything), served_delay + 5), (
                 f"after the collection: {census(component)}; before: {baseline}"
             )

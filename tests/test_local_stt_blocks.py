@@ -44,7 +44,10 @@ class FakeModels:
     def transcribe(self, pcm16: bytes, sample_rate: int = RATE) -> str:
         return self._record("final", pcm16)
 
-    def transcribe_interim(self, pcm16: bytes, sample_rate: int = RATE) -> str | None:
+    def interim_idle(self, first: bool = False) -> bool:
+        return True
+
+    def transcribe_interim(self, pcm16: bytes, sample_rate: int = RATE, first=False) -> str | None:
         return self._record("interim", pcm16)
 
 

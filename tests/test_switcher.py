@@ -92,17 +92,12 @@ class Runner:
         self._cancelled.set()
 
 
-class Generation(SimpleNamespace):
-    def release(self) -> None:
-        self.released = True
-
-
 class Harness:
     """A switcher whose generations are fakes; ``events`` is what it reported."""
 
     def __init__(self, first: SessionConfig | None = None):
         self.events = []
-        self.built: list[Generation] = []
+        self.built: list[SimpleNamespace] = []
         self.runners: list[Runner] = []
         self.build_error: Exception | None = None
         self.build_gate: threading.Event | None = None  # holds the next build (a thread)
@@ -116,7 +111,7 @@ class Harness:
         )
         self.task: asyncio.Task | None = None
 
-    def build(self, cfg: SessionConfig, context: LLMContext | None) -> Generation:
+    def build(self, cfg: SessionConfig, context: LLMContext | None) -> SimpleNamespace:
         if self.build_gate is not None:
             self.build_gate.wait(5)
         if self.build_error is not None:
@@ -124,13 +119,12 @@ class Harness:
         worker = Worker()
         if self.hold_next_start:
             worker.gate.clear()
-        generation = Generation(
+        generation = SimpleNamespace(
             config=cfg,
             context=context or LLMContext(),
             activity=SimpleNamespace(idle=True),
             worker=worker,
             transport=Microphone(),
-            released=False,
         )
         self.built.append(generation)
         return generation
@@ -198,7 +192,7 @@ async def test_a_change_waits_for_the_gap_between_turns_and_keeps_the_conversati
         second = h.built[1]
         assert second.context is first.context, "the conversation was lost in the switch"
         assert h.switcher.generation is second and h.switcher.config is second.config
-        assert first.released and h.runners[0].reasons == ["switching providers"]
+        assert h.runners[0].reasons == ["switching providers"]
         assert h.kinds().count("SessionStarted") == 1
         assert h.providers()[1].startswith("Groq")
 
@@ -274,7 +268,7 @@ async def test_stopping_cancels_the_running_generation_and_starts_no_other():
         await until(lambda: h.providers())
         await h.switcher.stop("client disconnected")
         await asyncio.wait_for(h.task, 2)
-        assert h.runners[0].reasons == ["client disconnected"] and h.built[0].released
+        assert h.runners[0].reasons == ["client disconnected"]
         h.switcher.request(config("groq"))
         await asyncio.sleep(3 * IDLE_SECS)
     assert len(h.built) == 1

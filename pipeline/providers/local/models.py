@@ -31,8 +31,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pipeline.turn_models import TurnModels
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +216,7 @@ class LocalModels:
         self._load_lock = threading.Lock()
         self.whisper_lock = threading.Lock()
         self.interim_lock = threading.Lock()
+        self.first_words_lock = threading.Lock()
         self.llm_lock = threading.Lock()
         self.tts_lock = threading.Lock()
         self.load_times = LoadTimes()
@@ -243,10 +248,34 @@ class LocalModels:
         inherit the nice value of the thread that creates them, so the model
         is loaded and first run from a thread that lowered its own priority.
         """
+        return self._load_interim_model(niceness=19)
+
+    @cached_property
+    def first_words_whisper(self):
+        """A third single-threaded Whisper, at normal priority, for an utterance's first words.
+
+        At the lowest priority an interim pass gets no CPU at all while
+        anything else wants it (another session, a browser on the same
+        machine), and a short question's words never showed while it was
+        spoken. The first pass of each utterance runs here instead: one pass,
+        early (see ``LocalWhisperSTTService``), usually done before the
+        question is. Its own model, as the other interim passes have theirs,
+        so that a final transcript never waits for it (~120 MB of RSS).
+        """
+        return self._load_interim_model(niceness=0)
+
+    def _load_interim_model(self, niceness: int):
+        """A one-thread Whisper whose threads run at ``niceness``.
+
+        CTranslate2 computes on threads it starts itself; they inherit the
+        nice value of the thread that creates them, so the model is loaded and
+        first run from a thread that set its own.
+        """
         from faster_whisper import WhisperModel
 
         def load():
-            _lower_this_thread_priority()
+            if niceness:
+                _lower_this_thread_priority(niceness)
             model = WhisperModel(
                 str(whisper_model_dir()), device="cpu", compute_type="int8", cpu_threads=1
             )
@@ -276,6 +305,14 @@ class LocalModels:
             )
 
     @cached_property
+    def turn(self) -> TurnModels:
+        """Silero VAD and Smart Turn, which every session runs whatever its providers."""
+        from pipeline.turn_models import TurnModels  # imports pipecat: not before it is needed
+
+        self.require("turn")
+        return TurnModels()
+
+    @cached_property
     def piper(self):
         from piper import PiperVoice
 
@@ -291,25 +328,38 @@ class LocalModels:
         with self.whisper_lock:
             return _greedy_transcribe(self.whisper, pcm16, sample_rate)
 
-    def transcribe_interim(self, pcm16: bytes, sample_rate: int = 16000) -> str | None:
+    def interim_idle(self, first: bool = False) -> bool:
+        """Whether an interim pass would run now (:meth:`transcribe_interim` skips otherwise)."""
+        lock = self.first_words_lock if first else self.interim_lock
+        return not self.whisper_lock.locked() and not lock.locked()
+
+    def transcribe_interim(
+        self, pcm16: bytes, sample_rate: int = 16000, first: bool = False
+    ) -> str | None:
         """Best-effort transcript of an utterance still in progress; ``None`` when busy.
 
         Skipped (not queued) while a final transcript or another interim pass is
         running: on a loaded machine the interim text simply updates less often.
+        ``first``: the utterance's first pass, on :attr:`first_words_whisper`.
         """
-        if self.whisper_lock.locked() or not self.interim_lock.acquire(blocking=False):
+        lock = self.first_words_lock if first else self.interim_lock
+        if self.whisper_lock.locked() or not lock.acquire(blocking=False):
             return None
         try:
-            return _greedy_transcribe(self.interim_whisper, pcm16, sample_rate)
+            model = self.first_words_whisper if first else self.interim_whisper
+            return _greedy_transcribe(model, pcm16, sample_rate)
         finally:
-            self.interim_lock.release()
+            lock.release()
 
     def warm_up(self) -> LoadTimes:
         """Load every available model and run one small inference through each."""
         silence = np.zeros(16000, dtype=np.int16).tobytes()
+        if "turn" not in self.unavailable:
+            self.turn.warm_up()
         if "stt" not in self.unavailable:
             self.transcribe(silence)
             self.transcribe_interim(silence)
+            self.transcribe_interim(silence, first=True)
         if "llm" not in self.unavailable:
             with self.llm_lock:
                 self.llm.chat(
@@ -326,10 +376,10 @@ class LocalModels:
         return self.load_times
 
 
-def _lower_this_thread_priority() -> None:
+def _lower_this_thread_priority(niceness: int) -> None:
     """Nice the calling thread (Linux niceness is per thread) and threads it will start."""
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
     except (AttributeError, OSError):  # not Linux, or not permitted: run at normal priority
         log.debug("could not lower the interim transcription priority")
 

@@ -36,7 +36,12 @@ from pipecat.utils.time import time_now_iso8601
 from pipecat.utils.tracing.service_decorators import traced_llm, traced_stt, traced_tts
 
 from pipeline.providers.local.models import PIPER_LABEL, WHISPER_LABEL, LocalModels
-from pipeline.speculation import EagerSegment, EagerSegmentsMixin
+from pipeline.speculation import (
+    EagerSegment,
+    EagerSegmentsMixin,
+    UserPausedFrame,
+    UserResumedFrame,
+)
 from pipeline.weights import EMBEDDED_LABEL
 
 # Keep the prompt well inside the 2048-token window of the local model (about
@@ -92,10 +97,16 @@ class LocalWhisperSTTService(EagerSegmentsMixin, SegmentedSTTService):
     """Whisper tiny.en, greedy decoding, on the shared model.
 
     Whisper is segmented (it transcribes a finished utterance), so interim
-    text is made by re-transcribing the utterance so far every
-    ``interim_every_secs`` of new speech on a second model instance; a pass
-    is skipped when the machine is busy, and a pass still running when the
-    utterance ends is dropped.
+    text is made by re-transcribing the utterance so far on other model
+    instances: first once ``first_interim_secs`` of speech are in, at normal
+    priority (``LocalModels.first_words_whisper``: a pass takes ~0.45 s of
+    CPU, so a later or lower-priority first pass would end after a short
+    question on a busy machine), then every ``interim_every_secs`` of new
+    speech at the lowest priority. While a model is busy (a final
+    transcript, another session's pass) no pass starts and the next frame
+    tries again; none starts once the user pauses (the transcript of the
+    pause needs the CPU), and a pass still running when the utterance ends
+    is dropped.
 
     A long utterance is held in blocks of at most ``block_secs``, each cut at
     the quietest 100 ms of its last third: a closed block goes to the final
@@ -114,6 +125,7 @@ class LocalWhisperSTTService(EagerSegmentsMixin, SegmentedSTTService):
         *,
         models: LocalModels,
         interim_every_secs: float = 0.6,
+        first_interim_secs: float = 0.3,
         block_secs: float = 15.0,
         **kwargs,
     ):
@@ -125,9 +137,15 @@ class LocalWhisperSTTService(EagerSegmentsMixin, SegmentedSTTService):
         )
         self._models = models
         self._interim_every_secs = interim_every_secs
+        self._first_interim_secs = first_interim_secs
         self._block_secs = block_secs
+        # Where in the buffer the latest interim pass started, and whether the
+        # open block has had one (its first is due sooner).
         self._interim_from = 0
+        self._interim_ran = False
         self._interim_task: asyncio.Task | None = None
+        # The user paused (speculative turns report it before the VAD stop).
+        self._paused = False
         # The utterance in progress: its closed blocks, the open block's
         # latest interim text, and a counter that outdates interim passes
         # over audio that has since moved into a closed block.
@@ -157,6 +175,13 @@ class LocalWhisperSTTService(EagerSegmentsMixin, SegmentedSTTService):
         self._open_text = ""
         self._shown = ""
         self._interim_from = len(self._audio_buffer)
+        self._interim_ran = False
+        self._paused = False
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        if isinstance(frame, UserPausedFrame | UserResumedFrame):
+            self._paused = isinstance(frame, UserPausedFrame)
+        await super().process_frame(frame, direction)
 
     async def _handle_user_stopped_speaking(self, frame):
         await self._cancel_interim()
@@ -176,16 +201,20 @@ class LocalWhisperSTTService(EagerSegmentsMixin, SegmentedSTTService):
             and len(self._audio_buffer) >= self._block_secs * 2 * self.sample_rate
         ):
             self._close_block()
-        if self._interim_every_secs <= 0:
-            return
-        new_secs = (len(self._audio_buffer) - self._interim_from) / (2 * self.sample_rate)
-        if new_secs >= self._interim_every_secs and (
-            self._interim_task is None or self._interim_task.done()
+        if self._interim_every_secs <= 0 or (
+            self._interim_task is not None and not self._interim_task.done()
         ):
-            self._interim_from = len(self._audio_buffer)
+            return
+        first = not self._interim_ran
+        due = self._first_interim_secs if first else self._interim_every_secs
+        new_secs = (len(self._audio_buffer) - self._interim_from) / (2 * self.sample_rate)
+        if new_secs >= due and not self._paused and self._models.interim_idle(first):
+            started_from, self._interim_from = self._interim_from, len(self._audio_buffer)
+            self._interim_ran = True
             snapshot = bytes(self._audio_buffer)
             self._interim_task = self.create_task(
-                self._push_interim(snapshot, self._open_block), name="interim"
+                self._push_interim(snapshot, self._open_block, started_from, first),
+                name="interim",
             )
 
     def _close_block(self) -> None:
@@ -204,11 +233,18 @@ class LocalWhisperSTTService(EagerSegmentsMixin, SegmentedSTTService):
         self._blocks.append(audio.block)
         self._open_text = ""
         self._open_block += 1
+        self._interim_ran = False
         self._record_stt_audio_usage(audio)
         self._segment_queue.put_nowait(audio)
 
-    async def _push_interim(self, audio: bytes, block: int) -> None:
-        text = await asyncio.to_thread(self._models.transcribe_interim, audio, self.sample_rate)
+    async def _push_interim(self, audio: bytes, block: int, started_from: int, first: bool):
+        text = await asyncio.to_thread(
+            self._models.transcribe_interim, audio, self.sample_rate, first
+        )
+        if text is None and block == self._open_block:
+            # Whisper was taken between the check and the pass: due again at once.
+            self._interim_from, self._interim_ran = started_from, not first
+            return
         if text is not None and block == self._open_block and self._user_speaking:
             self._open_text = text
             self._open_covers = len(audio)
