@@ -123,7 +123,6 @@ def build_generation(
     transport: BaseTransport | None = None,
     rtvi: bool = False,
 ) -> PipelineGeneration:
-<<<<<<< HEAD
     """One pipeline generation; ``context`` carries the conversation over from the previous one.
 
     With ``telemetry`` tracing, pipecat's service spans join the session's trace
@@ -134,11 +133,7 @@ def build_generation(
     transport there, with ``rtvi`` on, since its client (the eval harness)
     speaks RTVI and reads the conversation from pipecat's RTVI messages.
     """
-    models.require("turn")  # Silero VAD and Smart Turn: no session works without them
-=======
-    """One pipeline generation; ``context`` carries the conversation over from the previous one."""
     turn_models = models.turn  # Silero VAD and Smart Turn: no session works without them
->>>>>>> issue-18-perf
     services = {
         stage: PROVIDERS[choice.provider].build(stage, choice, config.keys, config, models)
         for stage, choice in config.choices().items()

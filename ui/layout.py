@@ -213,7 +213,8 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
             if not otlp or not otlp.get("resourceSpans"):
                 raise gr.Error(
                     "This session has no trace: tracing is off on this server "
-                    "(VOICE_LAB_TRACE_DOWNLOAD=0, or OTEL_SDK_DISABLED) or its sampler left it out.",
+                    "(VOICE_LAB_TRACE_DOWNLOAD=0, or OTEL_SDK_DISABLED) "
+                    "or its sampler left it out.",
                     print_exception=False,
                 )
             return gr.update(value=str(export.write_trace(otlp, EXPORT_DIR)), visible=True)
