@@ -136,10 +136,7 @@ class EvalBot:
                 await runner.cancel(reason="the harness disconnected")
 
             await runner.add_workers(generation.worker)
-            try:
-                await runner.run()
-            finally:
-                generation.release()
+            await runner.run()
         except Exception as e:
             log.exception("the eval conversation failed")
             conversation.error = f"{type(e).__name__}: {e}"
