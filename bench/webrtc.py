@@ -364,7 +364,15 @@ async def run_webrtc_scenario(
         serving({**profile_env, **(extra_env or {})}, sessions, workers, url) as servers,
         contextlib.AsyncExitStack() as https,
     ):
-        http = [await https.enter_async_context(http_session()) for _ in range(sessions)]
+        # Each visitor from a loopback address of its own (as real visitors come
+        # from theirs): the app's per-client limits count addresses, not the bench.
+        # A deployment elsewhere (``url``) is reached from this host's own address.
+        http = [
+            await https.enter_async_context(
+                http_session(visitor_address(i) if url is None else None)
+            )
+            for i in range(sessions)
+        ]
         api = await page_api(http[0], servers.url)
         clients = [
             WebRTCClient(h, servers.url, api, name=f"session-{i + 1}", dashboard=dashboard)
