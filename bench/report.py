@@ -6,12 +6,18 @@ it does not fail. The summary says which were met on this run.
 
 from __future__ import annotations
 
-import html
 import json
 from collections import defaultdict
 from pathlib import Path
 
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
 from bench.figures import Underruns, summarize
+
+# The HTML reports (bench/templates): every value escaped, only plotly's own markup marked safe.
+PAGES = Environment(
+    loader=PackageLoader("bench", "templates"), autoescape=True, undefined=StrictUndefined
+)
 
 # -- pooling -------------------------------------------------------------------------------
 
@@ -495,17 +501,15 @@ def _heard_parts_chart(result: dict):
     return fig
 
 
-def _targets_table(result: dict) -> str:
-    rows = "".join(
-        f"<tr><td>{html.escape(t['name'])}</td><td>{html.escape(t['for'])}</td>"
-        f"<td>{html.escape(_limit(t))}</td><td>{html.escape(_measured(t))}</td>"
-        f"<td class='{t['status'].replace(' ', '-')}'>{html.escape(t['status'])}</td></tr>"
-        for t in result["targets"]
-    )
-    return (
-        "<table><tr><th>target</th><th>for</th><th>limit</th><th>measured</th><th>status</th></tr>"
-        f"{rows}</table>"
-    )
+def _target_rows(result: dict) -> list[tuple[str, str, str, str, str]]:
+    """Each target as the report's table shows it: name, what for, limit, measured, status."""
+    return [(t["name"], t["for"], _limit(t), _measured(t), t["status"]) for t in result["targets"]]
+
+
+def _page(template: str, path: Path, **values: object) -> None:
+    """Write ``bench/templates/<template>`` filled with ``values`` (escaped) to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(PAGES.get_template(template).render(**values), encoding="utf-8")
 
 
 def write_html(result: dict, path: Path, scorecards: list[dict] | None = None) -> None:
@@ -527,30 +531,19 @@ def write_html(result: dict, path: Path, scorecards: list[dict] | None = None) -
     body = "".join(
         fig.to_html(full_html=False, include_plotlyjs=False, default_height=460) for fig in charts
     )
-    summary = html.escape(format_summary(result))
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<title>Voice Lab benchmark: {html.escape(result["profile"])}, {result["sessions"]} sessions</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 1200px; }}
-pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
-table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; }}
-.met {{ color: #070; }} .missed {{ color: #b00; }} .n\\/a, .not-measured {{ color: #777; }}
-</style>
-<script>{get_plotlyjs()}</script>
-</head><body>
-<h1>Voice Lab benchmark</h1>
-<p>Measured {html.escape(result["measured_at"])}; targets are reported, never asserted.</p>
-{_targets_table(result)}
-<pre>{summary}</pre>
-{scorecard_section(scorecards or [])}
-{body}
-<details><summary>Full result (JSON)</summary><pre>{html.escape(json.dumps(result, indent=1))}</pre>
-</details>
-</body></html>
-"""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
+    _page(
+        "benchmark.html",
+        path,
+        profile=result["profile"],
+        sessions=result["sessions"],
+        measured_at=result["measured_at"],
+        targets=_target_rows(result),
+        summary=format_summary(result),
+        scorecard=scorecard_section(scorecards or []),
+        charts=body,
+        plotly_js=get_plotlyjs(),
+        result_json=json.dumps(result, indent=1),
+    )
 
 
 # -- peers: the systems side by side (python -m bench --peers) ------------------------------
@@ -642,44 +635,27 @@ def _peers_distributions(result: dict):
     return fig
 
 
-def _peers_table(result: dict) -> str:
-    def cell(value: str) -> str:
-        return f"<td>{html.escape(value)}</td>"
-
+def _peer_rows(result: dict) -> list[list[str]]:
+    """Each system's figures and their ratios to Voice Lab's, as the report's table shows them."""
     rows = []
     for p in result["peers"]:
         ratio = p["ratio_to_voice_lab"]
         cpu = p["cpu"]["mean_per_turn"]
         rows.append(
-            "<tr>"
-            + cell(p["name"])
-            + cell(ms(p["v2v"]["median"]))
-            + cell(ms(p["v2v"]["p95"]))
-            + cell(ms(p["barge_in"]["median"]))
-            + cell("-" if cpu is None else f"{cpu:.2f} s")
-            + "".join(
-                cell(_times(ratio[k]))
-                for k in ("v2v_median", "v2v_p95", "barge_in_median", "cpu_per_turn")
-            )
-            + cell(p["follows"])
-            + "</tr>"
+            [
+                p["name"],
+                ms(p["v2v"]["median"]),
+                ms(p["v2v"]["p95"]),
+                ms(p["barge_in"]["median"]),
+                "-" if cpu is None else f"{cpu:.2f} s",
+                *(
+                    _times(ratio[k])
+                    for k in ("v2v_median", "v2v_p95", "barge_in_median", "cpu_per_turn")
+                ),
+                p["follows"],
+            ]
         )
-    head = "".join(
-        f"<th>{h}</th>"
-        for h in (
-            "system",
-            "v2v p50",
-            "v2v p95",
-            "barge-in stop",
-            "CPU/turn",
-            "x p50",
-            "x p95",
-            "x barge-in",
-            "x CPU",
-            "written from",
-        )
-    )
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+    return rows
 
 
 def write_peers_html(result: dict, path: Path) -> None:
@@ -690,29 +666,17 @@ def write_peers_html(result: dict, path: Path) -> None:
         fig.to_html(full_html=False, include_plotlyjs=False, default_height=460)
         for fig in (_peers_bars(result), _peers_distributions(result))
     )
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<title>Voice Lab and its peers: {html.escape(result["profile"])}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 1200px; }}
-pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
-table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; }}
-</style>
-<script>{get_plotlyjs()}</script>
-</head><body>
-<h1>Voice Lab and its peers, side by side</h1>
-<p>Measured {html.escape(result["measured_at"])} on {html.escape(result["profile"])}: the same
-utterances, the same provider fakes, interleaved turn by turn. Ratios are to Voice Lab
-(above 1: slower or costlier).</p>
-{_peers_table(result)}
-<pre>{html.escape(format_peers(result))}</pre>
-{charts}
-<details><summary>Full result (JSON)</summary><pre>{html.escape(json.dumps(result, indent=1))}</pre>
-</details>
-</body></html>
-"""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
+    _page(
+        "peers.html",
+        path,
+        profile=result["profile"],
+        measured_at=result["measured_at"],
+        rows=_peer_rows(result),
+        summary=format_peers(result),
+        charts=charts,
+        plotly_js=get_plotlyjs(),
+        result_json=json.dumps(result, indent=1),
+    )
 
 
 # -- evals: the scorecard ------------------------------------------------------------------
@@ -725,7 +689,8 @@ def scorecard_section(runs: list[dict]) -> str:
     return render_scorecard(runs)
 
 
-def _scenario_rows(run: dict) -> str:
+def _scenario_rows(run: dict) -> list[tuple[str, str, str, str, str]]:
+    """Each scenario: name, verdict, V2V per turn, what was unmet, what the bot said."""
     rows = []
     for s in run["scenarios"]:
         notes = [f"{f['criterion']}: {f['reason']}" for f in s["failed"]]
@@ -733,40 +698,27 @@ def _scenario_rows(run: dict) -> str:
         notes += [s["note"]] if s["note"] else []
         said = " / ".join(t["bot_said"] for t in s["turns"] if t["bot_said"])
         v2v = ", ".join(ms(v) for v in s["v2v"]) or "-"
-        rows.append(
-            f"<tr><td>{html.escape(s['name'])}</td><td class='{s['verdict'].replace(' ', '-')}'>"
-            f"{html.escape(s['verdict'])}</td><td>{html.escape(v2v)}</td>"
-            f"<td>{html.escape('; '.join(notes))}</td><td>{html.escape(said)}</td></tr>"
-        )
-    return (
-        "<table><tr><th>scenario</th><th>verdict</th><th>V2V</th><th>unmet</th>"
-        f"<th>the bot said</th></tr>{''.join(rows)}</table>"
-    )
+        rows.append((s["name"], s["verdict"], v2v, "; ".join(notes), said))
+    return rows
 
 
 def write_scorecard_html(runs: list[dict], path: Path) -> None:
     """The evals' report: the scorecard section, then each stack's scenarios."""
-    stacks = "".join(
-        f"<h2>{html.escape(run['stack'])}"
-        f"{'' if run['real_providers'] else ' (test fakes: latency only)'}</h2>"
-        f"<p>{html.escape(run['measured_at'])}, judge: {html.escape(str(run['judge']))}</p>"
-        f"{_scenario_rows(run)}"
+    stacks = [
+        {
+            "name": run["stack"],
+            "real": run["real_providers"],
+            "measured_at": run["measured_at"],
+            "judge": str(run["judge"]),
+            "scenarios": _scenario_rows(run),
+        }
         for run in runs
         if run.get("scenarios")
+    ]
+    _page(
+        "scorecard.html",
+        path,
+        scorecard=scorecard_section(runs),
+        stacks=stacks,
+        results_json=json.dumps(runs, indent=1),
     )
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Voice Lab scorecard</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 1300px; }}
-table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; }}
-.passed {{ color: #070; }} .failed {{ color: #b00; }} .not-judged, .skipped {{ color: #777; }}
-</style></head><body>
-<h1>Voice Lab scorecard</h1>
-{scorecard_section(runs)}
-{stacks}
-<details><summary>Full results (JSON)</summary>
-<pre>{html.escape(json.dumps(runs, indent=1))}</pre></details>
-</body></html>
-"""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")

@@ -15,7 +15,6 @@ import time
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
-from html import escape
 
 import gradio as gr
 
@@ -40,7 +39,7 @@ from pipeline.providers.registry import (
     providers_for,
 )
 from pipeline.session import VoiceSession
-from ui import cost, timeline
+from ui import cost, markup, timeline
 from ui import settings as settings_panel
 from ui.state import SessionState, initial_state, reduce
 from ui.turnlog import TurnLog
@@ -156,12 +155,6 @@ def fold(events: tuple[ev.Event, ...]) -> SessionState:
 # -- rendering -------------------------------------------------------------------
 
 
-HEADER = (
-    '<thead><tr><th></th><th data-side="live">Live call</th>'
-    '<th data-side="other">Other stack</th><th>difference</th></tr></thead>'
-)
-
-
 def _ms(seconds: float | None) -> str:
     return NONE if seconds is None else f"{seconds * 1000:.0f} ms"
 
@@ -178,37 +171,33 @@ def _cost(dollars: float | None) -> str:
     return NONE if dollars is None else f"${dollars:.4f}"
 
 
-def _row(key: str, label: str, live: str, other: str, delta: str = "") -> str:
-    return (
-        f'<tr data-row="{key}"><th scope="row">{escape(label)}</th>'
-        f'<td data-side="live">{escape(live) or NONE}</td>'
-        f'<td data-side="other">{escape(other) or NONE}</td>'
-        f'<td class="ab-delta">{escape(delta)}</td></tr>'
-    )
+@dataclass(frozen=True)
+class Row:
+    """One line of the comparison: what it is, each side's figure, and their difference."""
+
+    key: str
+    label: str
+    live: str
+    other: str
+    delta: str = ""
 
 
-def _stages_table(live: TurnFigures, other: TurnFigures) -> str:
+def _stage_rows(live: TurnFigures, other: TurnFigures) -> list[Row]:
     """Where each turn's voice-to-voice went, part by part (pipecat's contributions)."""
     labels = list(dict.fromkeys(label for label, _ in (*live.contributions, *other.contributions)))
-    if not labels:
-        return ""
     live_parts, other_parts = dict(live.contributions), dict(other.contributions)
-    rows = "".join(
+    return [
         _timing_row("part", label, live_parts.get(label), other_parts.get(label))
         for label in labels
-    )
-    return (
-        '<table class="ab-stages"><caption>Where the voice-to-voice time went</caption>'
-        f"{HEADER}<tbody>{rows}</tbody></table>"
-    )
+    ]
 
 
-def _timing_row(key: str, label: str, live: float | None, other: float | None) -> str:
+def _timing_row(key: str, label: str, live: float | None, other: float | None) -> Row:
     delta = _delta(live, other)
-    return _row(key, label, _ms(live), _ms(other), f"{delta} ms" if delta else "")
+    return Row(key, label, _ms(live), _ms(other), f"{delta} ms" if delta else "")
 
 
-def _stt_row(live: TurnFigures, other: TurnFigures) -> str:
+def _stt_row(live: TurnFigures, other: TurnFigures) -> Row:
     """STT TTFB, or else the transcription part of voice-to-voice, marked ≈ (no difference)."""
 
     def shown(figures: TurnFigures) -> str:
@@ -216,48 +205,37 @@ def _stt_row(live: TurnFigures, other: TurnFigures) -> str:
 
     comparable = live.stt_estimated == other.stt_estimated
     delta = _delta(live.stt, other.stt) if comparable else ""
-    return _row("stt", "STT", shown(live), shown(other), f"{delta} ms" if delta else "")
+    return Row("stt", "STT", shown(live), shown(other), f"{delta} ms" if delta else "")
 
 
 def render_comparison(
     live: TurnFigures, other: TurnFigures, *, seconds: float, error: str | None = None
 ) -> str:
     """Both turns side by side: what each heard and said, and each figure with the difference."""
-    rows = "".join(
-        (
-            _row("stack", "Stack (STT · LLM · TTS)", live.stack, other.stack),
-            _row("heard", "Heard", live.heard, other.heard),
-            _row("reply", "Reply", live.reply, other.reply),
-            _timing_row("v2v", "Voice-to-voice", live.v2v, other.v2v),
-            _stt_row(live, other),
-            _timing_row("llm", "LLM TTFB", live.llm, other.llm),
-            _timing_row("tts", "TTS TTFB", live.tts, other.tts),
-            _row("cost", "Cost", _cost(live.cost), _cost(other.cost)),
-        )
-    )
-    problem = f'<div class="ab-error" role="alert">{escape(error)}</div>' if error else ""
-    note = ""
-    if live.stt_estimated or other.stt_estimated:
-        note = (
-            f'<div class="ab-note">{ESTIMATED}the STT reported no time to first byte for that '
-            "turn: shown is the transcription part of its voice-to-voice.</div>"
-        )
-    return (
-        f'<div class="ab-comparison" data-state="{"error" if error else "done"}">'
-        f'<div class="ab-title">The same {seconds:.1f} s of your speech, two stacks</div>'
-        f"{problem}"
-        f'<table class="ab-table">{HEADER}<tbody>{rows}</tbody></table>'
-        f"{note}{_stages_table(live, other)}</div>"
+    rows = [
+        Row("stack", "Stack (STT · LLM · TTS)", live.stack, other.stack),
+        Row("heard", "Heard", live.heard, other.heard),
+        Row("reply", "Reply", live.reply, other.reply),
+        _timing_row("v2v", "Voice-to-voice", live.v2v, other.v2v),
+        _stt_row(live, other),
+        _timing_row("llm", "LLM TTFB", live.llm, other.llm),
+        _timing_row("tts", "TTS TTFB", live.tts, other.tts),
+        Row("cost", "Cost", _cost(live.cost), _cost(other.cost)),
+    ]
+    return markup.render(
+        "ab_comparison.html",
+        seconds=seconds,
+        problem=error or "",
+        rows=rows,
+        estimated=ESTIMATED if live.stt_estimated or other.stt_estimated else "",
+        stages=_stage_rows(live, other),
+        none_shown=NONE,
     )
 
 
 def render_message(message: str, state: str = "error") -> str:
     """A refusal, an error or a progress line in place of the comparison."""
-    role = ' role="alert"' if state == "error" else ' role="status"'
-    return (
-        f'<div class="ab-comparison" data-state="{state}">'
-        f'<div class="ab-{state}"{role}>{escape(message)}</div></div>'
-    )
+    return markup.render("ab_message.html", message=message, state=state)
 
 
 # -- the run ---------------------------------------------------------------------

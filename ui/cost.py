@@ -10,9 +10,8 @@ have cost there. Cheap: a few multiplications per update.
 
 from __future__ import annotations
 
-from html import escape
-
 from pipeline import pricing
+from ui import markup
 from ui.state import SessionState
 from ui.timeline import turn_usage
 from ui.turnlog import Spend
@@ -101,46 +100,29 @@ def render_cost(state: SessionState) -> str:
         ("per minute", per_minute),
         ("session", pricing.format_usd(total)),
     ]
-    grid = "".join(
-        f'<div class="stat"><div class="stat-value">{escape(value)}</div>'
-        f'<div class="stat-label">{label}</div></div>'
-        for label, value in cells
-    )
     usage = session_usage(state)
-    stt_billed = ""
+    stt_billed = None
     if state.providers is not None:
         stt_price = pricing.price_of(state.providers.stt, "stt_audio_secs")
         billed = pricing.billed(usage, "stt_audio_secs", stt_price) if stt_price else 0.0
-        if billed > usage.stt_audio_secs + 0.05:
-            stt_billed = f" (billed as {billed:.0f} s: {escape(stt_price.billing)})"
-    rows = []
+        if stt_price and billed > usage.stt_audio_secs + 0.05:
+            stt_billed = (billed, stt_price.billing)
+    others = []
     for name, *labels in OTHER_STACKS:
         there = pricing.cost_of(usage, _stack(tuple(labels)))
         there_per_minute = pricing.format_usd(there / minutes) if minutes >= MIN_MINUTES else "–"
-        rows.append(
-            f"<tr><td>{escape(name)}</td><td>{pricing.format_usd(there)}</td><td>{there_per_minute}</td></tr>"
-        )
+        others.append((name, pricing.format_usd(there), there_per_minute))
     current = state.providers
-    stack_line = ""
-    missing: list[str] = []
-    if current is not None:
-        stack_line = f'<div class="cost-stack">Priced on {escape(current.label)}</div>'
-        missing = pricing.unpriced(_stack((current.stt, current.llm, current.tts)))
-    warning = (
-        f'<div class="cost-unpriced">No price known for {escape(", ".join(missing))}: '
-        "counted as $0.</div>"
-        if missing
-        else ""
+    unpriced = (
+        [] if current is None else pricing.unpriced(_stack((current.stt, current.llm, current.tts)))
     )
-    return (
-        '<div class="cost"><div class="stats-title">Cost</div>'
-        f'<div class="stat-grid">{grid}</div>{stack_line}{warning}'
-        '<table class="by-setup"><thead><tr><th>This conversation on</th><th>total</th>'
-        f"<th>per minute</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
-        '<div class="cost-note">Usage: '
-        f"{usage.llm_input_tokens:.0f} LLM tokens in, {usage.llm_output_tokens:.0f} out, "
-        f"{usage.tts_characters:.0f} TTS characters, {usage.stt_audio_secs:.1f} s of STT audio"
-        f"{stt_billed}. "
-        f"Prices as read on {pricing.READ_ON} (sources in pipeline/pricing.py; "
-        "VOICE_LAB_PRICE_* variables override them). Local models cost $0.</div></div>"
+    return markup.render(
+        "cost.html",
+        cells=cells,
+        stack=current.label if current is not None else "",
+        unpriced=unpriced,
+        others=others,
+        usage=usage,
+        stt_billed=stt_billed,
+        read_on=pricing.READ_ON,
     )

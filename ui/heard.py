@@ -23,9 +23,10 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from html import escape
+from dataclasses import dataclass
 
 from pipeline import events as ev
+from ui import markup
 from ui.state import HEARD_MEASURES, Heard, SessionState, percentile
 
 # Longest JSON text a page sends: {"measure": "barge-in", "ms": 1234.5, "n": 17}.
@@ -129,7 +130,35 @@ def heard_stat_cells(state: SessionState) -> list[tuple[str, str]]:
     return [("heard p50", _ms(percentile(values, 50))), ("heard p95", _ms(percentile(values, 95)))]
 
 
-def _summary(state: SessionState, measure: str) -> str:
+@dataclass(frozen=True)
+class HeardRow:
+    """One measured turn in the panel's table."""
+
+    turn: int
+    name: str
+    what: str
+    heard: str
+    server_name: str
+    server: str
+    gap: str
+    difference: str
+
+
+@dataclass(frozen=True)
+class HeardSummary:
+    """One measure's figures over the session, and the median gap to the server's figure."""
+
+    name: str
+    what: str
+    p50: str
+    p95: str
+    count: int
+    server_name: str
+    gap: str
+    difference: str  # empty until a heard figure has a server figure to compare with
+
+
+def _summary(state: SessionState, measure: str) -> HeardSummary | None:
     pairs = [
         (entry.seconds, server)
         for entry in state.heard
@@ -137,45 +166,44 @@ def _summary(state: SessionState, measure: str) -> str:
     ]
     values = heard_values(state, measure)
     if not values:
-        return ""
+        return None
     name, what, server_name, gap = LABELS[measure]
-    extra = ""
+    difference = ""
     if pairs:
-        differences = [heard - server for heard, server in pairs]
-        extra = (
-            f"; {_signed_ms(percentile(differences, 50))} median over the server's "
-            f"{server_name} ({escape(gap)})"
-        )
-    return (
-        f'<div class="heard-summary" data-measure="{name}">{name} ({escape(what)}): '
-        f"p50 {_ms(percentile(values, 50))}, p95 {_ms(percentile(values, 95))} "
-        f"over {len(values)}{extra}</div>"
+        difference = _signed_ms(percentile([heard - server for heard, server in pairs], 50))
+    return HeardSummary(
+        name,
+        what,
+        _ms(percentile(values, 50)),
+        _ms(percentile(values, 95)),
+        len(values),
+        server_name,
+        gap,
+        difference,
+    )
+
+
+def _row(state: SessionState, entry: Heard) -> HeardRow:
+    server = server_figure(state, entry)
+    name, what, server_name, gap = LABELS[entry.measure]
+    difference = None if server is None else entry.seconds - server
+    return HeardRow(
+        entry.turn,
+        name,
+        what,
+        _ms(entry.seconds),
+        server_name,
+        _ms(server),
+        gap,
+        _signed_ms(difference),
     )
 
 
 def render_heard(state: SessionState) -> str:
     """Per turn: heard in the page, the server's figure, and the difference between them."""
-    if not state.heard:
-        return (
-            '<div class="heard-latency empty">Heard latency: measured in your browser once the '
-            "bot answers (your microphone going quiet → the bot's voice audible).</div>"
-        )
-    rows = []
-    for entry in state.heard[-VISIBLE_ROWS:]:
-        server = server_figure(state, entry)
-        name, what, server_name, gap = LABELS[entry.measure]
-        difference = None if server is None else entry.seconds - server
-        rows.append(
-            f'<tr data-measure="{name}"><td>{entry.turn}</td>'
-            f'<td title="{escape(what)}">{name}</td>'
-            f'<td class="heard-ms">{_ms(entry.seconds)}</td>'
-            f"<td>{server_name} {_ms(server)}</td>"
-            f'<td title="{escape(gap)}">{_signed_ms(difference)}</td></tr>'
-        )
-    summaries = "".join(_summary(state, measure) for measure in HEARD_MEASURES)
-    return (
-        '<div class="heard-latency"><div class="stats-title">Heard in this page</div>'
-        '<table class="heard-table"><thead><tr><th>turn</th><th>what</th><th>heard</th>'
-        "<th>server</th><th>network, buffering and playback</th></tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table>{summaries}</div>"
+    summaries = [_summary(state, measure) for measure in HEARD_MEASURES]
+    return markup.render(
+        "heard.html",
+        rows=[_row(state, entry) for entry in state.heard[-VISIBLE_ROWS:]],
+        summaries=[summary for summary in summaries if summary is not None],
     )

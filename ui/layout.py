@@ -22,7 +22,19 @@ from pipeline.providers.local.models import shared_models
 from pipeline.session import SessionRecords, VoiceSession
 from pipeline.transport import end_streams_quietly, tighten_audio_jitter_buffer
 from pipeline.weights import local_llm
-from ui import clients, export, heard, hostile, limits, observability, render, server, state, views
+from ui import (
+    clients,
+    export,
+    heard,
+    hostile,
+    limits,
+    markup,
+    observability,
+    render,
+    server,
+    state,
+    views,
+)
 from ui.ab import build_ab_panel, wire_ab_panel
 from ui.relay import TurnRelay, relay_policy, relay_source
 from ui.settings import build_settings_panel, config_from_settings
@@ -53,7 +65,7 @@ def _browser_rtc(relay: TurnRelay | None):
 
 def _relay_notice(relay: TurnRelay | None) -> str:
     notice = relay.notice() if relay is not None else ""
-    return f'<div class="relay-health" role="status">{notice}</div>' if notice else ""
+    return markup.render("relay_health.html", notice=notice) if notice else ""
 
 
 def build_ui(session: VoiceSession | None = None) -> gr.Blocks:

@@ -5,12 +5,12 @@ Pure and cheap: called up to ten times a second per session.
 
 from __future__ import annotations
 
-from html import escape
+from dataclasses import dataclass
 
+from ui import markup
 from ui.heard import heard_stat_cells
 from ui.state import (
     TTFB,
-    BotReply,
     SessionState,
     ToolCall,
     TurnLatency,
@@ -36,113 +36,69 @@ STATUS_TEXT = {
 
 
 def render_status(state: SessionState) -> str:
-    text = STATUS_TEXT[state.status]
-    error = ""
-    if state.error:
-        error = f'<span class="status-error">{escape(state.error)}</span>'
-    providers = ""
-    if state.providers is not None and state.status not in ("idle", "ended"):
-        providers = (
-            f'<span class="status-providers">Running on {escape(state.providers.label)}</span>'
-        )
-    budget = ""
-    if state.server_key_remaining is not None and state.status not in ("idle", "ended"):
-        left = state.server_key_remaining
-        budget = (
-            f'<span class="status-budget">{left:.0f} s left on the server\'s API keys</span>'
-            if left > 0
-            else '<span class="status-budget">Server\'s API keys used up: local models</span>'
-        )
-    return (
-        f'<div class="status-line" data-status="{state.status}">'
-        f'<span class="status-dot"></span><span class="status-text">{escape(text)}</span>'
-        f"{error}{providers}{budget}</div>"
+    running = state.status not in ("idle", "ended")
+    return markup.render(
+        "status.html",
+        status=state.status,
+        text=STATUS_TEXT[state.status],
+        error=state.error,
+        providers=state.providers.label if state.providers is not None and running else "",
+        budget_left=state.server_key_remaining if running else None,
     )
-
-
-def _bubble(
-    role: str, data_role: str, body: str, extra_class: str = "", providers: str = ""
-) -> str:
-    who = "You" if role == "user" else "Bot"
-    setup = f'<span class="turn-providers">{escape(providers)}</span>' if providers else ""
-    return (
-        f'<div class="turn turn-{role} {extra_class}" data-role="{data_role}">'
-        f'<span class="turn-who">{who}</span><span class="turn-text">{body}</span>{setup}</div>'
-    )
-
-
-def _live_reply(bot: BotReply) -> str:
-    parts = []
-    if bot.spoken:
-        parts.append(f'<span class="spoken">{escape(bot.spoken)}</span>')
-    if bot.speaking:
-        parts.append(f'<mark class="speaking">{escape(bot.speaking)}</mark>')
-    pending = pending_text(bot)
-    if pending:
-        parts.append(f'<span class="pending">{escape(pending)}</span>')
-    return " ".join(parts) or '<span class="pending">…</span>'
 
 
 def render_conversation(state: SessionState) -> str:
     turns = state.turns[-VISIBLE_TURNS:]
     hidden = max(state.turn_count, len(state.turns)) - len(turns)
-    parts = []
-    if hidden:
-        parts.append(f'<div class="turn-summary">{hidden} earlier turns</div>')
     cards = _tool_cards(state, hidden)
+    entries: list[tuple[str, object]] = []
     for number, turn in enumerate(turns, hidden + 1):
-        body = escape(turn.text)
-        if turn.unspoken:
-            body += f' <s class="unspoken" title="never spoken">{escape(turn.unspoken)}</s>'
-        if turn.interrupted:
-            body += ' <span class="turn-flag">(interrupted)</span>'
-        providers = turn.providers.label if turn.providers else ""
-        parts.append(_bubble(turn.role, turn.role, body, providers=providers))
-        parts.extend(cards.pop(number, ()))
+        entries.append(("turn", turn))
+        entries.extend(("tool", card) for card in cards.pop(number, ()))
     # Calls made since the last committed turn: the reply they serve is in progress.
-    parts.extend(card for _, later in sorted(cards.items()) for card in later)
+    entries.extend(("tool", card) for _, later in sorted(cards.items()) for card in later)
+    live = None
     if state.bot is not None and state.bot.generated:
-        parts.append(_bubble("bot", "bot-live", _live_reply(state.bot), "turn-live"))
-    if not parts:
-        parts.append('<div class="turn-empty">The conversation will appear here.</div>')
-    return '<div class="conversation">' + "".join(parts) + "</div>"
+        live = (state.bot, pending_text(state.bot))
+    return markup.render("conversation.html", hidden=hidden, entries=entries, live=live)
 
 
-def _tool_cards(state: SessionState, hidden: int) -> dict[int, list[str]]:
+@dataclass(frozen=True)
+class ToolCard:
+    """A tool call as its card shows it."""
+
+    outcome: str  # "running", "ok" or "failed"
+    took: str
+    name: str
+    arguments: str
+    result: str
+
+
+def _tool_card(call: ToolCall) -> ToolCard:
+    if call.ok is None:
+        outcome, took = "running", "running…"
+    else:
+        outcome, took = ("ok" if call.ok else "failed"), _ms(call.seconds)
+    return ToolCard(outcome, took, call.name, call.arguments, call.result)
+
+
+def _tool_cards(state: SessionState, hidden: int) -> dict[int, list[ToolCard]]:
     """Each visible tool call as a card, by the number of turns it follows."""
-    cards: dict[int, list[str]] = {}
+    cards: dict[int, list[ToolCard]] = {}
     for call in state.tool_calls:
         if call.after_turns > hidden:
-            cards.setdefault(call.after_turns, []).append(render_tool_card(call))
+            cards.setdefault(call.after_turns, []).append(_tool_card(call))
     return cards
 
 
 def render_tool_card(call: ToolCall) -> str:
     """A small card: the tool, its arguments, how long it took, what it answered."""
-    if call.ok is None:
-        outcome, took = "running", "running…"
-    else:
-        outcome, took = ("ok" if call.ok else "failed"), _ms(call.seconds)
-    result = f'<div class="tool-result">{escape(call.result)}</div>' if call.result else ""
-    return (
-        f'<div class="turn turn-tool tool-{outcome}" data-role="tool" '
-        f'data-tool="{escape(call.name)}"><span class="turn-who">Tool</span>'
-        f'<code class="tool-name">{escape(call.name)}</code> '
-        f'<code class="tool-args">{escape(call.arguments)}</code> '
-        f'<span class="tool-time">· {took}</span>{result}</div>'
-    )
+    return markup.render("tool_card.html", card=_tool_card(call))
 
 
 def render_user_live(state: SessionState) -> str:
     """What the user is saying right now: settled words, then the interim guess."""
-    if not (state.user_live or state.user_interim):
-        return '<div class="user-live empty"></div>'
-    interim = f' <span class="interim">{escape(state.user_interim)}</span>'
-    return (
-        f'<div class="user-live"><span class="turn-who">You (live)</span>'
-        f'<span class="final">{escape(state.user_live)}</span>'
-        f"{interim if state.user_interim else ''}</div>"
-    )
+    return markup.render("user_live.html", final=state.user_live, interim=state.user_interim)
 
 
 def _ms(seconds: float | None) -> str:
@@ -175,17 +131,11 @@ def render_stats(state: SessionState) -> str:
     cells += heard_stat_cells(state)
     cells += health_cells(state.turn_logs)
     cells += _speculation_cells(state)
-    grid = "".join(
-        f'<div class="stat"><div class="stat-value">{value}</div>'
-        f'<div class="stat-label">{label}</div></div>'
-        for label, value in cells
-    )
-    ttfb = _ttfb_figures(state.ttfb)
-    return (
-        '<div class="latency-stats"><div class="stats-title">Voice-to-voice latency</div>'
-        f'<div class="stat-grid">{grid}</div>'
-        f'<div class="stats-ttfb">{escape(ttfb)}</div>'
-        f"{_by_setup(state.latency)}</div>"
+    return markup.render(
+        "stats.html",
+        cells=cells,
+        ttfb=_ttfb_figures(state.ttfb),
+        by_setup=_by_setup(state.latency),
     )
 
 
@@ -203,41 +153,29 @@ def _speculation_cells(state: SessionState) -> list[tuple[str, str]]:
     ]
 
 
-def _by_setup(latency: tuple[TurnLatency, ...]) -> str:
-    """Median and p95 per provider combination, once the session has tried more than one."""
+def _by_setup(latency: tuple[TurnLatency, ...]) -> list[tuple[str, str, str, str]]:
+    """Turns, median and p95 per provider combination, once the session has tried more than one."""
     groups: dict[str, list[float]] = {}
     for entry in latency:
         if entry.providers is not None and not entry.interrupted:
             groups.setdefault(entry.providers.label, []).append(entry.seconds)
     if len(groups) < 2:
-        return ""
-    rows = "".join(
-        f"<tr><td>{escape(setup)}</td><td>{len(values)}</td>"
-        f"<td>{_ms(percentile(values, 50))}</td><td>{_ms(percentile(values, 95))}</td></tr>"
+        return []
+    return [
+        (setup, str(len(values)), _ms(percentile(values, 50)), _ms(percentile(values, 95)))
         for setup, values in groups.items()
-    )
-    return (
-        '<table class="by-setup"><thead><tr><th>STT · LLM · TTS</th><th>turns</th>'
-        f"<th>p50</th><th>p95</th></tr></thead><tbody>{rows}</tbody></table>"
-    )
+    ]
 
 
 def render_local_health(unavailable: dict[str, str]) -> str:
     """Which local stages this server cannot run, and why (empty when all work)."""
     if not unavailable:
         return ""
-    items = "".join(
-        f"<li><strong>Local {escape(LOCAL_STAGE_NAMES.get(stage, stage))} unavailable:</strong> "
-        f"{escape(reason)}</li>"
-        for stage, reason in unavailable.items()
+    return markup.render(
+        "local_health.html",
+        unavailable=[(LOCAL_STAGE_NAMES.get(s, s), reason) for s, reason in unavailable.items()],
+        no_session="turn" in unavailable,
     )
-    hint = (
-        "Voice activity detection is needed by every session, so no session can start here."
-        if "turn" in unavailable
-        else "The cloud providers still work: pick one for that stage in "
-        "<em>Providers and settings</em> and type its API key."
-    )
-    return f'<div class="local-health" role="alert"><ul>{items}</ul><p>{hint}</p></div>'
 
 
 _LLM_SOURCES = {
@@ -249,11 +187,12 @@ _LLM_SOURCES = {
 
 def render_local_llm(choice) -> str:
     """The model the local LLM runs (a :class:`pipeline.weights.LocalLLM`), and any fallback."""
-    source = _LLM_SOURCES.get(choice.source, choice.source)
-    line = f'<p class="local-llm">Local LLM: <strong>{escape(choice.label)}</strong> ({source})</p>'
-    if choice.notice:
-        line += f'<p class="local-llm-notice" role="status">{escape(choice.notice)}</p>'
-    return f'<div class="local-llm-info">{line}</div>'
+    return markup.render(
+        "local_llm.html",
+        label=choice.label,
+        source=_LLM_SOURCES.get(choice.source, choice.source),
+        notice=choice.notice,
+    )
 
 
 LOCAL_STAGE_NAMES = {

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from functools import lru_cache
-from html import escape
 from pathlib import Path
+
+from ui import markup
 
 log = logging.getLogger(__name__)
 
@@ -74,81 +76,86 @@ def _usd(value) -> str:
     return "–" if not isinstance(value, int | float) else format_usd(value)
 
 
-def _failures(card: dict) -> str:
-    failures = card.get("failed_expectations") or []
-    if not failures:
-        return ""
-    items = "".join(
-        f"<li><code>{escape(str(f.get('scenario', '')))}</code>: "
-        f"{escape(str(f.get('expectation', '')))}"
-        + (f" — the bot said “{escape(str(f['bot_said']))}”" if f.get("bot_said") else "")
-        + "</li>"
-        for f in failures[:MAX_FAILURES_SHOWN]
-    )
-    more = len(failures) - MAX_FAILURES_SHOWN
-    if more > 0:
-        items += f"<li>… and {more} more</li>"
-    return (
-        f"<details><summary>{len(failures)} failed expectation"
-        f"{'s' if len(failures) != 1 else ''}</summary><ul>{items}</ul></details>"
-    )
+@dataclass(frozen=True)
+class Failure:
+    """A failed expectation, in the results file's words."""
+
+    scenario: str
+    expectation: str
+    bot_said: str
 
 
-def _row(run: dict) -> str:
-    card = run.get("scorecard") or {}
-    machine = run.get("machine") or {}
+@dataclass(frozen=True)
+class ScorecardRow:
+    """One stack's results as the table shows them: figures formatted, the file's text as text."""
+
+    stack: str
+    providers: list[str]
+    pass_rate: str
+    passed: object
+    scenarios: object
+    not_judged: object
+    v2v: str
+    unanswered: object
+    turns: object
+    heard_minus_server: str
+    cost: str
+    date: str
+    where: str
+    real: bool
+    failures: list[Failure]
+
+
+def _failures(card: dict) -> list[Failure]:
+    return [
+        Failure(
+            str(f.get("scenario", "")),
+            str(f.get("expectation", "")),
+            str(f["bot_said"]) if f.get("bot_said") else "",
+        )
+        for f in card.get("failed_expectations") or []
+    ]
+
+
+def _where(machine: dict, run: dict) -> str:
+    """The machine it was measured on, its load, and any scaling of the latency budgets."""
     load = machine.get("loadavg_before") or []
-    where = escape(str(machine.get("name", "?")))
+    where = str(machine.get("name", "?"))
     if machine.get("cpus"):
         where += f", {int(machine['cpus'])} CPUs"
     if load:
         where += f", load {float(load[0]):.1f}"
     if run.get("budget_scale", 1) != 1:
         where += f", latency budgets ×{float(run['budget_scale']):g}"
-    providers = " · ".join(escape(str(v)) for v in (run.get("providers") or {}).values())
-    judged = card.get("not_judged", 0)
-    unanswered = card.get("turns_unanswered")
+    return where
+
+
+def _row(run: dict) -> ScorecardRow:
+    card = run.get("scorecard") or {}
     v2v = card.get("v2v") or {}
-    cells = [
-        f"<strong>{escape(str(run.get('stack', '?')))}</strong><br><small>{providers}</small>",
-        f"{_percent(card.get('pass_rate'))}<br><small>{card.get('passed', 0)} of "
-        f"{card.get('scenarios', 0)} passed"
-        + (f", {judged} not judged" if judged else "")
-        + "</small>",
-        f"{_ms(v2v.get('median'))} / {_ms(v2v.get('p95'))}"
-        + (
-            f"<br><small>{unanswered} of {card.get('turns', '?')} turns unanswered</small>"
-            if unanswered
-            else ""
-        ),
-        _ms((card.get("heard_minus_server") or {}).get("median")),
-        _usd(card.get("cost_per_scenario_usd")),
-        f"{escape(str(run.get('measured_at', '?'))[:10])}<br><small>{where}</small>",
-        "yes" if run.get("real_providers") else "no (test fakes)",
-    ]
-    row = "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
-    failures = _failures(card)
-    if failures:
-        row += f'<tr class="scorecard-failures"><td colspan="{len(cells)}">{failures}</td></tr>'
-    return row
+    return ScorecardRow(
+        stack=str(run.get("stack", "?")),
+        providers=[str(v) for v in (run.get("providers") or {}).values()],
+        pass_rate=_percent(card.get("pass_rate")),
+        passed=card.get("passed", 0),
+        scenarios=card.get("scenarios", 0),
+        not_judged=card.get("not_judged", 0),
+        v2v=f"{_ms(v2v.get('median'))} / {_ms(v2v.get('p95'))}",
+        unanswered=card.get("turns_unanswered"),
+        turns=card.get("turns", "?"),
+        heard_minus_server=_ms((card.get("heard_minus_server") or {}).get("median")),
+        cost=_usd(card.get("cost_per_scenario_usd")),
+        date=str(run.get("measured_at", "?"))[:10],
+        where=_where(run.get("machine") or {}, run),
+        real=bool(run.get("real_providers")),
+        failures=_failures(card),
+    )
 
 
 def render_scorecard(runs: tuple[dict, ...] | list[dict]) -> str:
     """One row per stack: pass rate beside latency and cost, with when, where and who answered."""
-    if not runs:
-        return (
-            '<div class="scorecard"><h4>Scorecard</h4><p>No suite results yet: run '
-            "<code>python -m bench evals --stack local</code>.</p></div>"
-        )
-    return (
-        '<div class="scorecard"><h4>Scorecard: spoken scenarios per stack</h4>'
-        '<div class="scorecard-table"><table><tr><th>Stack</th><th>Pass rate</th>'
-        "<th>V2V p50 / p95</th><th>Heard − server</th><th>Cost / scenario</th>"
-        "<th>Measured</th><th>Real providers</th></tr>"
-        + "".join(_row(run) for run in runs)
-        + "</table></div><p><small>From <code>python -m bench evals</code> (pipecat's eval "
-        "harness on the same pipeline you talk to). Expectations that need an LLM judge count "
-        "as not passed when no judge was configured.</small></p></div>"
+    return markup.render(
+        "scorecard.html", rows=[_row(run) for run in runs], max_failures=MAX_FAILURES_SHOWN
     )
 
 
