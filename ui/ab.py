@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from html import escape
 
 import gradio as gr
+from fastrtc import WebRTC
 
 from pipeline import events as ev
 from pipeline.ab import (
@@ -416,9 +417,7 @@ def _choices(picked: list) -> dict[Stage, StageChoice]:
     return choices
 
 
-def wire_ab_panel(
-    panel: ABPanel, audio: gr.components.Component, settings: gr.State, guard: WebRTCGuard
-) -> None:
+def wire_ab_panel(panel: ABPanel, audio: WebRTC, settings: gr.State, guard: WebRTCGuard) -> None:
     """The model lists follow the provider; the button compares this visitor's own call only."""
     for stage, (provider, model) in panel.pickers.items():
 

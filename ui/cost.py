@@ -43,7 +43,7 @@ OTHER_STACKS = (
 MIN_MINUTES = 0.1
 
 
-def _stack(labels: tuple[str, str, str]) -> dict[str, str]:
+def _stack(labels: tuple[str, ...]) -> dict[str, str]:
     return dict(zip(("stt", "llm", "tts"), labels, strict=True))
 
 
@@ -111,7 +111,7 @@ def render_cost(state: SessionState) -> str:
     if state.providers is not None:
         stt_price = pricing.price_of(state.providers.stt, "stt_audio_secs")
         billed = pricing.billed(usage, "stt_audio_secs", stt_price) if stt_price else 0.0
-        if billed > usage.stt_audio_secs + 0.05:
+        if stt_price and billed > usage.stt_audio_secs + 0.05:
             stt_billed = f" (billed as {billed:.0f} s: {escape(stt_price.billing)})"
     rows = []
     for name, *labels in OTHER_STACKS:

@@ -283,7 +283,7 @@ class SessionMetrics:
         stack = self._view.usage_stack
         if e.measure == "stt_audio_secs" and e.amount:
             self._stt_reported.add(stack)
-        self._charge(stack, pricing.Usage(**{e.measure: e.amount}))
+        self._charge(stack, pricing.Usage.of(e.measure, e.amount))
 
     def _speech(self, e: ev.StageSpan) -> None:
         if e.stage == "user" and self._view.turn_stack is not None:
