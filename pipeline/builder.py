@@ -149,8 +149,9 @@ def build_generation(
         for stage, choice in config.choices().items()
     }
     stt, llm, tts = services["stt"], services["llm"], services["tts"]
-    tts_choice = config.choices()["tts"]
-    stt_streams = capabilities("stt", config.choices()["stt"]).streaming
+    choices = config.choices()
+    stt_streams = capabilities("stt", choices["stt"]).streaming
+    tts_capabilities = capabilities("tts", choices["tts"])
     transport = transport or FastRTCTransport(
         transport_params(config), outbox, config.output_lead_secs
     )
@@ -204,7 +205,7 @@ def build_generation(
             user,
             _microphone_stops_here(),
             llm,
-            *([] if capabilities("tts", tts_choice).streamed_text else [first_clause_chunker()]),
+            *([] if tts_capabilities.streamed_text else [first_clause_chunker()]),
             tts,
             transport.output(),
             assistant,
@@ -218,7 +219,7 @@ def build_generation(
             service.name: PROVIDERS[config.choices()[stage].provider].label
             for stage, service in services.items()
         },
-        word_timing=capabilities("tts", tts_choice).word_timing,
+        word_timing=tts_capabilities.word_timing,
         redact=config.keys.redact,
     )
     activity = TurnActivity()
