@@ -21,9 +21,9 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from pipecat.processors.aggregators.llm_context import LLMContext
@@ -40,6 +40,7 @@ from pipeline.transport import SessionOutbox
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Outcome = TypeVar("Outcome")
 
 # Audio kept from before the VAD's start: Silero reports speech ~0.2 s after it began.
 PREROLL_SECS = 1.0
@@ -131,7 +132,7 @@ class UtteranceRecorder:
             self._preroll_bytes -= len(self._preroll.popleft())
 
     def _record(self, pcm: bytes) -> None:
-        if self._too_long:
+        if self._too_long or self._recording is None:
             return
         limit = min(self._max_bytes, self._max_secs * self._sample_rate * 2)
         if self._recorded_bytes + len(pcm) > limit:
@@ -302,7 +303,7 @@ async def _run(
     @generation.worker.event_handler("on_pipeline_started")
     async def _on_started(_worker, _frame):
         sink(ev.SessionStarted(time.time()))
-        sink(ev.ProvidersChanged(time.time(), config.stt.label, config.llm.label, config.tts.label))
+        sink(ev.ProvidersChanged(time.time(), *config.labels()))
         started.set()
 
     runner = WorkerRunner(handle_sigint=False)
@@ -380,7 +381,7 @@ async def _feed(
         await asyncio.sleep(max(0.0, start + frames * FRAME_SECS - time.monotonic()))
 
 
-async def run_apart(make: Callable[[], Awaitable[T]]) -> T:
+async def run_apart(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run the coroutine ``make()`` returns on a new event loop, on a thread of its own.
 
     The live calls' loop carries every session's 20 ms audio frames; the other
@@ -391,7 +392,7 @@ async def run_apart(make: Callable[[], Awaitable[T]]) -> T:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[T] = loop.create_future()
 
-    def settle(outcome: Callable[[object], None], value: object) -> None:
+    def settle(outcome: Callable[[Outcome], None], value: Outcome) -> None:
         if not done.done():  # the waiting coroutine may have been cancelled
             outcome(value)
 

@@ -29,6 +29,7 @@ from pipecat.processors.filters.function_filter import FunctionFilter
 from pipecat.services.llm_service import LLMService
 from pipecat.transports.base_transport import BaseTransport, TransportParams
 from pipecat.turns.user_stop import (
+    BaseUserTurnStopStrategy,
     SpeechTimeoutUserTurnStopStrategy,
     TurnAnalyzerUserTurnStopStrategy,
 )
@@ -71,6 +72,7 @@ def transport_params(config: SessionConfig) -> TransportParams:
 def _turn_strategies(
     config: SessionConfig, turn_models: TurnModels, vad: SileroVAD, ledger: SpeculationLedger
 ) -> UserTurnStrategies:
+    stop: BaseUserTurnStopStrategy
     if config.smart_turn:
         analyzer = SmartTurn(
             turn_models, vad=vad, params=SmartTurnParams(stop_secs=config.turn_fallback_secs)
@@ -82,6 +84,14 @@ def _turn_strategies(
     else:
         stop = SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=config.vad_stop_secs)
     return UserTurnStrategies(stop=[stop])
+
+
+def _speculative_stop(strategies: UserTurnStrategies) -> SpeculativeSmartTurnStopStrategy:
+    """The stop strategy :func:`_turn_strategies` makes for a speculating session."""
+    stop = strategies.stop[0] if strategies.stop else None
+    if not isinstance(stop, SpeculativeSmartTurnStopStrategy):
+        raise TypeError(f"a speculating session has no speculative stop strategy: {stop!r}")
+    return stop
 
 
 async def _not_microphone_audio(frame: Frame) -> bool:
@@ -139,23 +149,27 @@ def build_generation(
         for stage, choice in config.choices().items()
     }
     stt, llm, tts = services["stt"], services["llm"], services["tts"]
-    stt_streams = capabilities("stt", config.stt).streaming
+    choices = config.choices()
+    stt_streams = capabilities("stt", choices["stt"]).streaming
+    tts_capabilities = capabilities("tts", choices["tts"])
     transport = transport or FastRTCTransport(
         transport_params(config), outbox, config.output_lead_secs
     )
     context = context or LLMContext()
-    attach_tools(config, llm, context, sink)  # the demo tools, if this LLM calls them
+    if isinstance(llm, LLMService):
+        attach_tools(config, llm, context, sink)  # the demo tools, if this LLM calls them
     ledger = SpeculationLedger(sink)
     speculating = config.smart_turn and config.speculative
     vad_params = VADParams(stop_secs=config.vad_stop_secs)
+    vad: SileroVAD
     if speculating:
 
         async def _paused():
-            await strategies.stop[0].user_paused()
+            await _speculative_stop(strategies).user_paused()
             await user.broadcast_frame(UserPausedFrame)
 
         async def _resumed():
-            await strategies.stop[0].user_resumed()
+            await _speculative_stop(strategies).user_resumed()
             await user.broadcast_frame(UserResumedFrame)
 
         vad = PauseAwareSileroVAD(
@@ -191,7 +205,7 @@ def build_generation(
             user,
             _microphone_stops_here(),
             llm,
-            *([] if capabilities("tts", config.tts).streamed_text else [first_clause_chunker()]),
+            *([] if tts_capabilities.streamed_text else [first_clause_chunker()]),
             tts,
             transport.output(),
             assistant,
@@ -205,7 +219,7 @@ def build_generation(
             service.name: PROVIDERS[config.choices()[stage].provider].label
             for stage, service in services.items()
         },
-        word_timing=capabilities("tts", config.tts).word_timing,
+        word_timing=tts_capabilities.word_timing,
         redact=config.keys.redact,
     )
     activity = TurnActivity()
@@ -228,9 +242,9 @@ def build_generation(
         cancel_runner_on_idle_timeout=False,
         enable_tracing=tracing,
         enable_turn_tracking=not tracing,
-        conversation_id=telemetry.session_id if tracing else None,
+        conversation_id=telemetry.session_id if telemetry is not None and tracing else None,
     )
-    if tracing:
+    if telemetry is not None and tracing:
         telemetry.attach(worker)
     return PipelineGeneration(
         worker=worker,

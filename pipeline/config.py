@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 
-from pipeline.providers.base import ProviderKeys, StageChoice
+from pipeline.providers.base import ProviderKeys, Stage, StageChoice
 from pipeline.providers.registry import (
     PROVIDERS,
     default_choice,
@@ -89,10 +89,17 @@ class SessionConfig:
         self.llm = self.llm or default_choice("llm", self.keys)
         self.tts = self.tts or default_choice("tts", self.keys)
 
-    def choices(self) -> dict[str, StageChoice]:
+    def choices(self) -> dict[Stage, StageChoice]:
+        # __post_init__ filled in every stage left out.
+        assert self.stt and self.llm and self.tts
         return {"stt": self.stt, "llm": self.llm, "tts": self.tts}
 
-    def keyless_stages(self) -> list[str]:
+    def labels(self) -> tuple[str, str, str]:
+        """The STT, LLM and TTS choices as "Provider model" labels."""
+        choices = self.choices()
+        return (choices["stt"].label, choices["llm"].label, choices["tts"].label)
+
+    def keyless_stages(self) -> list[Stage]:
         """Stages set to a cloud provider this session has no key for."""
         return [
             stage
@@ -104,11 +111,17 @@ class SessionConfig:
         """This config with every keyless cloud stage on the offline provider instead."""
         return self.with_local_for(self.keyless_stages())
 
-    def with_local_for(self, stages: list[str]) -> SessionConfig:
+    def with_local_for(self, stages: list[Stage]) -> SessionConfig:
         """This config with ``stages`` on the offline provider (the local models)."""
-        return replace(self, **{stage: offline_choice(stage) for stage in stages})
+        local = {stage: offline_choice(stage) for stage in stages}
+        return replace(
+            self,
+            stt=local.get("stt", self.stt),
+            llm=local.get("llm", self.llm),
+            tts=local.get("tts", self.tts),
+        )
 
-    def server_key_stages(self) -> list[str]:
+    def server_key_stages(self) -> list[Stage]:
         """Stages running on the server's own key (a Space's secret), not one the visitor typed."""
         server = keys_from_environment()
         return [

@@ -12,7 +12,7 @@ from contextlib import suppress
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from functools import cache, partial
 from types import UnionType
-from typing import Union, get_args, get_origin, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 
 @dataclass(frozen=True)
@@ -296,8 +296,8 @@ MAX_ITEMS = 16
 MAX_NUMBER = 1e12
 
 
-def _subclasses(cls: type) -> list[type]:
-    found = []
+def _subclasses(cls: type[Event]) -> list[type[Event]]:
+    found: list[type[Event]] = []
     for sub in cls.__subclasses__():
         found += [sub, *_subclasses(sub)]
     return found
@@ -448,13 +448,14 @@ def from_dict(data: object) -> Event:
     cls = _kind(kind) if isinstance(kind, str) else None
     if cls is None:
         raise EventFormatError("unknown event kind")
-    converters, required = _schema(cls)
+    # A class object is hashable; mypy checks it against the instances' __hash__ instead.
+    converters, required = _schema(cls)  # type: ignore[arg-type]
     given = data.keys() - {"kind"}
     if given - converters.keys():
         raise EventFormatError(f"{kind} has a field it does not define")
     if required - given:
         raise EventFormatError(f"{kind} lacks its {sorted(required - given)[0]!r} field")
-    values = {}
+    values: dict[str, Any] = {}
     for name in given:
         try:
             values[name] = converters[name](data[name])

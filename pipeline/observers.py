@@ -108,8 +108,8 @@ class UIEventObserver(BaseObserver):
         ):
             return
         if isinstance(frame, MetricsFrame):
-            for event in self._metric_events(frame):
-                self._sink(event)
+            for metric_event in self._metric_events(frame):
+                self._sink(metric_event)
             return
         if isinstance(frame, ErrorFrame):
             event = self._error_event(frame, data.source)
@@ -232,7 +232,7 @@ class TimelineLatencyObserver(UserBotLatencyObserver):
             self._span("vad", silence, frame.timestamp, "silence before the VAD stop")
             self._speech_from = None
         elif isinstance(frame, TTSStoppedFrame | InterruptionFrame) and self._synthesis:
-            self._span("tts", *self._synthesis, "synthesis")
+            self._span("tts", self._synthesis[0], self._synthesis[1], "synthesis")
             self._synthesis = None
         elif isinstance(frame, MetricsFrame):
             for metric in frame.data:

@@ -26,6 +26,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 READ_ON = "2026-11-30"
 # The speech-to-text pages, read again for their billing rules.
@@ -51,6 +52,12 @@ class Usage:
     def __post_init__(self) -> None:
         if self.stt_audio_secs and not self.stt_requests:
             object.__setattr__(self, "stt_requests", (self.stt_audio_secs,))
+
+    @classmethod
+    def of(cls, measure: str, amount: float) -> Usage:
+        """``amount`` of one of :data:`MEASURES` (each a number field, never ``stt_requests``)."""
+        amounts: dict[str, Any] = {measure: amount}
+        return cls(**amounts)
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(

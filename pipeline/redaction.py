@@ -28,6 +28,10 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from loguru import Record  # a type of loguru's stubs only
 
 MASK = "***"
 # Typed keys remembered (oldest forgotten first): a bound on memory and on the
@@ -280,7 +284,7 @@ def _redacting_factory(previous):
 # --------------------------------------------------------------------------- loguru
 
 
-def _redact_loguru_record(record: dict) -> None:
+def _redact_loguru_record(record: Record) -> None:
     """Mask the message, and the exception: sinks render it from the live objects.
 
     An exception whose traceback holds a key is handed to the sinks as

@@ -42,7 +42,8 @@ def configure_logging() -> None:
     redaction.install()
     logger.remove()
     # diagnose=False: no variable values in tracebacks (loguru's advice for production).
-    logger.add(redaction.RedactingStream(sys.stderr), level=level, diagnose=False)
+    # loguru's stubs want a sink's write() to return None; a text stream's returns a count.
+    logger.add(redaction.RedactingStream(sys.stderr), level=level, diagnose=False)  # type: ignore[call-overload]
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, "voice_lab", False)]:
         root.removeHandler(handler)
@@ -89,10 +90,11 @@ def restrict_ice_to_loopback() -> None:
         if _is_loopback(addr[0]):
             original_request(self, message, addr, protocol)
 
+    # A patch of aioice (mypy types a method as read-only, a module as closed).
     aioice.ice.get_host_addresses = loopback_only
-    aioice.ice.Connection.add_remote_candidate = add_loopback_candidate
-    aioice.ice.Connection.request_received = loopback_request_received
-    aioice.ice._voice_lab_loopback = True
+    aioice.ice.Connection.add_remote_candidate = add_loopback_candidate  # type: ignore[method-assign]
+    aioice.ice.Connection.request_received = loopback_request_received  # type: ignore[method-assign]
+    aioice.ice._voice_lab_loopback = True  # type: ignore[attr-defined]
 
 
 def _is_loopback(host: str) -> bool:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 
 from pipeline import events as ev
 from pipeline.config import SessionConfig, server_key_budget_secs, server_key_window_secs
+from pipeline.providers.base import Stage
 from pipeline.providers.registry import PROVIDERS
 
 # How often the time on the server's keys is counted and shown.
@@ -164,7 +165,7 @@ class ServerKeyBudget:
         self._ledger.charge(self._accounts, seconds)
         self._report(ev.ServerKeyTime(time.time(), self.remaining, self.budget))
 
-    def _message(self, config: SessionConfig, stages: list[str]) -> str:
+    def _message(self, config: SessionConfig, stages: list[Stage]) -> str:
         names = sorted({PROVIDERS[config.choices()[stage].provider].label for stage in stages})
         return (
             f"Your {self.budget:.0f} s on this server's {' and '.join(names)} "

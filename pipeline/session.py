@@ -27,12 +27,12 @@ from fastrtc.utils import AdditionalOutputs, current_context
 
 from pipeline import events as ev
 from pipeline.ab import UtteranceRecorder
-from pipeline.builder import PipelineGeneration, build_generation
+from pipeline.builder import build_generation
 from pipeline.config import SessionConfig
 from pipeline.providers.local.models import LocalModels, LocalStageUnavailable, shared_models
 from pipeline.publisher import StatePublisher
 from pipeline.server_keys import SERVER_KEYS, ServerKeyBudget, ServerKeyLedger
-from pipeline.switcher import GenerationSwitcher
+from pipeline.switcher import Generation, GenerationSwitcher
 from pipeline.telemetry import SessionTelemetry, metrics, refused
 from pipeline.transport import SessionOutbox, microphone_resampler
 
@@ -150,8 +150,9 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         )
         self._closed = self._started = self._heard_audio = False
         self._last_audio_at: float | None = None
+        # fastrtc's own attribute (its connection sets it), typed there as always set.
         try:
-            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()  # type: ignore[assignment]
         except RuntimeError:
             self._loop = None
 
@@ -172,7 +173,7 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         return self.switcher.config
 
     @property
-    def voice(self) -> PipelineGeneration | None:
+    def voice(self) -> Generation | None:
         """The pipeline generation that runs now."""
         return self.switcher.generation
 
@@ -299,11 +300,12 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
 
     def resample(self, frame):
         """fastrtc's input resampling, in 20 ms frames rather than its 60 ms (see the helper)."""
-        if self._resampler is None:
-            self._resampler = microphone_resampler(
+        resampler = self._resampler
+        if resampler is None:
+            resampler = self._resampler = microphone_resampler(
                 frame, self.input_sample_rate, self.expected_layout
             )
-        yield from self._resampler.resample(frame)
+        yield from resampler.resample(frame)
 
     async def emit(self):
         if self.finished.is_set() and self.outbox.empty():

@@ -35,6 +35,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from loguru import logger
 from pipecat.audio.utils import pcm_to_wav
@@ -61,6 +62,11 @@ from pipecat.utils.time import time_now_iso8601
 
 from pipeline import events as ev
 from pipeline.turn_models import SileroVAD, TurnModels
+
+if TYPE_CHECKING:  # a mixin: what it is mixed into, for the type checker only
+    from pipecat.services.stt_service import SegmentedSTTService as _EagerSegmentsBase
+else:
+    _EagerSegmentsBase = object
 
 EventSink = Callable[[ev.Event], None]
 
@@ -336,7 +342,7 @@ def _join(left: str, right: str) -> str:
     return f"{left} {right}".strip() if left else right.strip()
 
 
-class EagerSegmentsMixin:
+class EagerSegmentsMixin(_EagerSegmentsBase):
     """For a ``SegmentedSTTService``: transcribe at the pause, reuse it at the VAD stop.
 
     Put it between the provider's class and ``SegmentedSTTService`` in the

@@ -35,6 +35,7 @@ from pipecat.workers.runner import WorkerRunner
 
 from pipeline import events as ev
 from pipeline.config import SessionConfig
+from pipeline.providers.base import Stage
 from pipeline.providers.registry import PROVIDERS
 
 log = logging.getLogger(__name__)
@@ -107,11 +108,7 @@ class Generation(Protocol):
 Build = Callable[[SessionConfig, LLMContext | None], Generation]
 
 
-def _labels(config: SessionConfig) -> tuple[str, str, str]:
-    return (config.stt.label, config.llm.label, config.tts.label)
-
-
-def _no_key_message(config: SessionConfig, stages: list[str]) -> str:
+def _no_key_message(config: SessionConfig, stages: list[Stage]) -> str:
     names = sorted({PROVIDERS[config.choices()[stage].provider].label for stage in stages})
     return (
         f"No API key for {' and '.join(names)}: using the local models for "
@@ -176,6 +173,7 @@ class GenerationSwitcher:
             # local models for those stages rather than not at all.
             self._notice = _no_key_message(self.config, missing)
             self.config = self.config.with_local_fallback()
+        generation: Generation | None
         generation = await asyncio.to_thread(self._build, self.config, None)
         if generation.config is not self.config:  # the page changed a setting meanwhile
             self._requested = self.config
@@ -188,6 +186,8 @@ class GenerationSwitcher:
         """Microphone audio into the running generation, or held while generations hand over."""
         if self._handover is not None:
             self._handover.append((sample_rate, pcm))
+            return
+        if self.generation is None:  # not started yet, or released: nothing to hear it
             return
         await self.generation.transport.input().push_pcm(pcm.tobytes(), sample_rate)
 
@@ -231,7 +231,7 @@ class GenerationSwitcher:
     def _generation_started(self, generation: Generation, first: bool) -> None:
         if first:
             self._report(ev.SessionStarted(time.time(), self._session_id))
-        self._report(ev.ProvidersChanged(time.time(), *_labels(generation.config)))
+        self._report(ev.ProvidersChanged(time.time(), *generation.config.labels()))
         if self._notice:
             # After SessionStarted, which clears the page's error line.
             self._report(ev.ErrorReported(time.time(), self._notice))
@@ -275,7 +275,7 @@ class GenerationSwitcher:
             return
         if self.stopping:
             return
-        log.info("switching to %s", " / ".join(_labels(config)))
+        log.info("switching to %s", " / ".join(config.labels()))
         self._handover = deque(maxlen=HANDOVER_FRAMES)
         self._next = new
         if self._runner is not None:

@@ -183,9 +183,10 @@ class FastRTCOutputTransport(BaseOutputTransport):
 
     async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
         if self._lead_in:
-            frame = without_lead_in(frame)
-            if frame is None:
+            audible = without_lead_in(frame)
+            if audible is None:
                 return True  # all of it the TTS's lead-in: nothing to hear, nothing to wait for
+            frame = audible
             self._lead_in = False
         dry = self._clock.dry_secs
         if self._replying and dry >= self.MIN_GAP_SECS:
@@ -264,9 +265,10 @@ def tighten_audio_jitter_buffer(prefetch: int = 1) -> None:
         if kind == "audio":
             self._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=16, prefetch=prefetch)
 
-    RTCRtpReceiver._voice_lab_original_init = original
-    RTCRtpReceiver._voice_lab_prefetch = prefetch
-    RTCRtpReceiver.__init__ = __init__
+    # A patch of aiortc's class (mypy types a method as read-only, a class as closed).
+    RTCRtpReceiver._voice_lab_original_init = original  # type: ignore[attr-defined]
+    RTCRtpReceiver._voice_lab_prefetch = prefetch  # type: ignore[attr-defined]
+    RTCRtpReceiver.__init__ = __init__  # type: ignore[method-assign]
 
 
 def end_streams_quietly() -> None:
@@ -293,8 +295,9 @@ def end_streams_quietly() -> None:
             raise MediaStreamError
         return frame
 
-    AudioCallback.recv = recv
-    AudioCallback._voice_lab_quiet_end = True
+    # A patch of fastrtc's class (mypy types a method as read-only, a class as closed).
+    AudioCallback.recv = recv  # type: ignore[method-assign]
+    AudioCallback._voice_lab_quiet_end = True  # type: ignore[attr-defined]
 
 
 class FastRTCTransport(BaseTransport):

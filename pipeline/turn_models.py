@@ -252,8 +252,9 @@ class SmartTurn(LocalSmartTurnAnalyzerV3):
         verdict of a question Smart Turn is unsure of.
         """
         heard, vad = self._audio_buffer, self._vad
-        stopped = vad is not None and vad.speech_stopped_at > vad.speech_started_at
-        end = self.heard_at(vad.speech_stopped_at) if stopped else None
+        end = None
+        if vad is not None and vad.speech_stopped_at > vad.speech_started_at:
+            end = self.heard_at(vad.speech_stopped_at)
         if end is not None:
             heard = [entry for entry in heard if entry[0] < end]
         loop = asyncio.get_running_loop()
@@ -283,9 +284,10 @@ class SmartTurn(LocalSmartTurnAnalyzerV3):
             if self._speech_start_time == 0:
                 # Where the strategy would have heard the start on an idle machine.
                 started = self.heard_at(self._vad.speech_started_at) if self._vad else None
-                self._speech_start_time = at if started is None else started
+                # pipecat's attribute starts as an int 0 and holds a float (so in pipecat too).
+                self._speech_start_time = at if started is None else started  # type: ignore[assignment]
         elif self._speech_triggered:
-            self._silence_ms += len(chunk) * 1000 / self.sample_rate
+            self._silence_ms += len(chunk) * 1000 / self.sample_rate  # type: ignore[assignment]
             if self._silence_ms >= self._stop_ms:
                 self._clear(EndOfTurnState.COMPLETE)
                 return EndOfTurnState.COMPLETE

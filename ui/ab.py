@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
 import gradio as gr
+from fastrtc import WebRTC
 
 from pipeline import events as ev
 from pipeline.ab import (
@@ -394,9 +395,7 @@ def _choices(picked: list) -> dict[Stage, StageChoice]:
     return choices
 
 
-def wire_ab_panel(
-    panel: ABPanel, audio: gr.components.Component, settings: gr.State, guard: WebRTCGuard
-) -> None:
+def wire_ab_panel(panel: ABPanel, audio: WebRTC, settings: gr.State, guard: WebRTCGuard) -> None:
     """The model lists follow the provider; the button compares this visitor's own call only."""
     for stage, (provider, model) in panel.pickers.items():
 

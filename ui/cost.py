@@ -42,7 +42,7 @@ OTHER_STACKS = (
 MIN_MINUTES = 0.1
 
 
-def _stack(labels: tuple[str, str, str]) -> dict[str, str]:
+def _stack(labels: tuple[str, ...]) -> dict[str, str]:
     return dict(zip(("stt", "llm", "tts"), labels, strict=True))
 
 

@@ -58,7 +58,7 @@ def quiet_input_refusals(demo: gr.Blocks) -> None:
             log.info("refused a request to %s: %s", getattr(block_fn, "name", "?"), _summary(e))
             raise gr.Error(REFUSED, print_exception=False) from None
 
-    demo.preprocess_data = preprocess_data
+    demo.preprocess_data = preprocess_data  # type: ignore[method-assign]  # a patch, deliberate
 
 
 def _not_found(_request) -> JSONResponse:
@@ -82,7 +82,7 @@ class QuietErrors:
         if posted_to(scope, "/gradio_api/component_server"):
             body = await read_body(receive, MAX_COMPONENT_CALL_BODY)
             problem = "too large" if body is None else _unknown_call(scope.get("app"), body)
-            if problem:
+            if problem or body is None:
                 log.info("refused a component call: %s", problem)
                 status = 413 if body is None else 404
                 await JSONResponse({"detail": REFUSED}, status_code=status)(scope, receive, send)

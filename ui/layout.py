@@ -207,8 +207,10 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
         def export_current(connection, request: gr.Request) -> dict:
             connection_id = webrtc_id_of(connection)
             # Only the page that made the connection may export it.
-            owned = guard.owns(connection_id, request.session_hash)
-            events = records.get(connection_id) if owned else None
+            if guard.owns(connection_id, request.session_hash):
+                events = records.get(connection_id)
+            else:
+                events = None
             if not events:
                 raise gr.Error(
                     "Nothing to export yet: press Record and talk first.", print_exception=False
@@ -218,8 +220,8 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
         def download_trace(connection, request: gr.Request) -> dict:
             connection_id = webrtc_id_of(connection)
             # As the export: only the page that made the connection may read its trace.
-            owned = guard.owns(connection_id, request.session_hash)
-            if not owned or not records.get(connection_id):
+            session_hash = request.session_hash
+            if not guard.owns(connection_id, session_hash) or not records.get(connection_id):
                 raise gr.Error("No trace yet: press Record and talk first.", print_exception=False)
             otlp = records.trace(connection_id)
             if not otlp or not otlp.get("resourceSpans"):

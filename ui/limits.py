@@ -364,7 +364,7 @@ class QueueGate:
         app = scope.get("app")
         if app is None or not hasattr(app, "get_blocks"):
             return None
-        waiting = Counter()
+        waiting: Counter[str] = Counter()
         for session_hash, owner in waiting_events(app):
             waiting.update((f"session:{session_hash}", f"client:{owner}"))
         if waiting[session] + self._joining[session] >= self.limits.per_session:

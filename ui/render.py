@@ -106,7 +106,7 @@ def _ms(seconds: float | None) -> str:
 
 
 def _ttfb_figures(points: tuple[TTFB, ...]) -> str:
-    stages = {}
+    stages: dict[str, list[float]] = {}
     for point in points:
         if not point.interrupted:
             stages.setdefault(point.stage, []).append(point.seconds)

@@ -158,6 +158,8 @@ class WorkerHeader:
 
 
 class _AgentHandler(socketserver.BaseRequestHandler):
+    server: CapacityAgent
+
     def handle(self) -> None:
         self.request.sendall(self.server.status.agent_answer())
 

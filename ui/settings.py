@@ -64,7 +64,7 @@ def config_from_settings(values: dict) -> SessionConfig:
         if provider not in PROVIDERS or stage not in PROVIDERS[provider].stages:
             raise ValueError(f"Unknown {STAGE_TITLES[stage]} provider: {provider!r}")
         choices[stage] = choice_for(provider, stage, picked.get("model"), picked.get("voice"))
-    config = SessionConfig(keys=keys, **choices)
+    config = SessionConfig(keys=keys, stt=choices["stt"], llm=choices["llm"], tts=choices["tts"])
     prompt = values.get("system_prompt") or ""
     if not isinstance(prompt, str):
         raise ValueError("The system prompt must be text.")
@@ -178,7 +178,7 @@ def build_settings_panel() -> gr.State:
                 voice = None
                 if stage == "tts":
                     voice = gr.Dropdown(
-                        [tuple(v) for v in catalog_.voices],
+                        [(label, voice_id) for label, voice_id in catalog_.voices],
                         value=current["voice"],
                         label="Voice",
                         allow_custom_value=True,
@@ -280,7 +280,9 @@ def build_settings_panel() -> gr.State:
             return updates
 
         # In the order ``set_key`` answers: each stage's model, then the TTS voice.
-        lists = [pickers["stt"][1], pickers["llm"][1], pickers["tts"][1], pickers["tts"][2]]
+        tts_voice = pickers["tts"][2]
+        assert tts_voice is not None, "the TTS row has a voice picker"
+        lists = [pickers["stt"][1], pickers["llm"][1], pickers["tts"][1], tts_voice]
         outputs = [settings, key_status, *lists]
         box.blur(set_key, [settings, box], outputs)
         box.submit(set_key, [settings, box], outputs)

@@ -295,8 +295,8 @@ def reduce(state: SessionState, event: ev.Event) -> SessionState:
         case ev.ServerKeyTime(remaining=remaining):
             return replace(state, server_key_remaining=remaining)
         case ev.HeardLatency(measure=measure, ms=ms) if measure in HEARD_MEASURES:
-            entry = Heard(state.user_turns, measure, ms / 1000)
-            return replace(state, heard=(*state.heard, entry)[-STATS_TURNS:])
+            heard = Heard(state.user_turns, measure, ms / 1000)
+            return replace(state, heard=(*state.heard, heard)[-STATS_TURNS:])
         case ev.ErrorReported(message=message, fatal=fatal):
             return replace(state, error=message, status="error" if fatal else state.status)
         case ev.SessionEnded():

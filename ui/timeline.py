@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 from gradio.components.plot import PlotData
 
@@ -113,7 +114,7 @@ class _Drawing:
 
 def _origin(turn: TurnLog) -> float:
     """The user's speech onset: the first speech span's start, else the turn's start."""
-    starts = [e.start for e in turn.events if e.kind == "StageSpan" and e.stage == "user"]
+    starts = [e.start for e in turn.events if isinstance(e, ev.StageSpan) and e.stage == "user"]
     return min(starts) if starts else turn.opened
 
 
@@ -122,7 +123,7 @@ def _first_sentence_end(turn: TurnLog) -> float | None:
     started = False
     for event in turn.events:
         ends_sentence = event.kind in ("BotSpoken", "BotStoppedSpeaking", "Interrupted") or (
-            event.kind == "BotWordStarted" and SENTENCE_END.search(event.text)
+            isinstance(event, ev.BotWordStarted) and SENTENCE_END.search(event.text)
         )
         if started and ends_sentence:
             return event.t
@@ -137,41 +138,41 @@ def _draw(turn: TurnLog) -> _Drawing:
     tools: dict[str, tuple[float, str]] = {}
     gaps: list[ev.OutputGap] = []
     for e in turn.events:
-        match e.kind:
-            case "StageSpan" if e.label not in DUPLICATES and e.stage in LANE_Y:
+        match e:
+            case ev.StageSpan() if e.label not in DUPLICATES and e.stage in LANE_Y:
                 colour = {"tts": "tts-stream" if e.label == "synthesis" else "tts"}.get(
                     e.stage, e.stage
                 )
                 drawing.bar(e.stage, e.start, e.end, colour, e.label or e.stage)
-            case "VADTrace":
+            case ev.VADTrace():
                 drawing.probability(e.start, e.step, e.levels)
-            case "TurnDecision":
+            case ev.TurnDecision():
                 verdict = "complete" if e.complete else "not finished"
                 text = f"Smart Turn: {verdict}, p={e.probability:.2f}"
                 start = e.t - e.ms / 1000
                 drawing.bar("turn", start, e.t, "turn" if e.complete else "turn-no", text)
-            case "UserStoppedSpeaking":
+            case ev.UserStoppedSpeaking():
                 drawing.mark("turn", e.t, "turn", "turn ended", "diamond")
-            case "UserTranscript":
+            case ev.UserTranscript():
                 text = f"{'final' if e.final else 'interim'}: {e.text}"
                 drawing.mark("stt", e.t, "stt", text, "circle" if e.final else "circle-open")
-            case "ServiceTTFB" if e.stage in ("stt", "llm", "tts"):
+            case ev.ServiceTTFB() if e.stage in ("stt", "llm", "tts"):
                 text = f"{e.stage.upper()} time to first byte ({e.model or e.service})"
                 drawing.bar(e.stage, e.t - e.seconds, e.t, "ttfb", text, thin=True)
-            case "BotThinking":
+            case ev.BotThinking():
                 drawing.mark("llm", e.t, "llm", "LLM asked", "triangle-right")
-            case "BotStartedSpeaking":
+            case ev.BotStartedSpeaking():
                 speaking_from = e.t
-            case "BotStoppedSpeaking" | "Interrupted" if speaking_from is not None:
+            case ev.BotStoppedSpeaking() | ev.Interrupted() if speaking_from is not None:
                 drawing.bar("playback", speaking_from, e.t, "playback", "bot audio")
                 speaking_from = None
-            case "BotSentenceStarted":
+            case ev.BotSentenceStarted():
                 drawing.mark("playback", e.t, "playback", f"plays: {e.text}", "line-ns-open")
-            case "OutputGap":
+            case ev.OutputGap():
                 gaps.append(e)
-            case "SpeculationStarted":
+            case ev.SpeculationStarted():
                 speculating = (e.t, e.text)
-            case "SpeculationEnded" if speculating is not None:
+            case ev.SpeculationEnded() if speculating is not None:
                 start, text = speculating
                 verdict = "adopted" if e.adopted else f"discarded ({e.reason})"
                 detail = f"speculation {verdict}: {text}"
@@ -183,9 +184,9 @@ def _draw(turn: TurnLog) -> _Drawing:
                     "speculation", start, e.t, "adopted" if e.adopted else "discarded", detail
                 )
                 speculating = None
-            case "ToolCallStarted":
+            case ev.ToolCallStarted():
                 tools[e.call_id] = (e.t, f"{e.name}({e.arguments})")
-            case "ToolCallFinished" if e.call_id in tools:
+            case ev.ToolCallFinished() if e.call_id in tools:
                 start, call = tools.pop(e.call_id)
                 result = "ok" if e.ok else "failed"
                 colour = "tool" if e.ok else "tool-failed"
@@ -304,7 +305,7 @@ def timeline_spec(state: SessionState) -> dict:
     turns = state.turn_logs.turns
     latency = {entry.turn: entry.seconds for entry in state.latency}
     data: list[dict] = []
-    buttons = []
+    buttons: list[dict[str, Any]] = []
     per_turn = 4
     for index, turn in enumerate(turns):
         drawing = _draw(turn)
@@ -323,7 +324,7 @@ def timeline_spec(state: SessionState) -> dict:
                 ],
             }
         )
-    layout = {
+    layout: dict[str, Any] = {
         "height": 360,
         "margin": {"l": 90, "r": 10, "t": 60, "b": 40},
         "barmode": "overlay",
@@ -340,9 +341,9 @@ def timeline_spec(state: SessionState) -> dict:
         "hovermode": "closest",
     }
     if turns:
-        newest = buttons[-1]["args"][1]
-        layout["title"]["text"] = newest["title.text"]
-        layout["xaxis"]["range"] = newest["xaxis.range"]
+        newest_view = buttons[-1]["args"][1]
+        layout["title"]["text"] = newest_view["title.text"]
+        layout["xaxis"]["range"] = newest_view["xaxis.range"]
         layout["updatemenus"] = [
             {
                 "type": "dropdown",

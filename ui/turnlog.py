@@ -152,8 +152,8 @@ def fold(logs: TurnLogs, event: ev.Event, *, speaking: bool, stack: Stack | None
         # The conversation's length is its last activity, not when the tab closed.
         return _closed(logs)
     current = logs.current
-    if kind == "UsageAmount" and event.measure in MEASURES:
-        return _spent(logs, stack, Usage(**{event.measure: event.amount}), 0.0)
+    if isinstance(event, ev.UsageAmount) and event.measure in MEASURES:
+        return _spent(logs, stack, Usage.of(event.measure, event.amount), 0.0)
     if current is None:
         return logs
     if kind == "BotToken":
@@ -164,14 +164,14 @@ def fold(logs: TurnLogs, event: ev.Event, *, speaking: bool, stack: Stack | None
     turn_log = current
     if len(turn_log.events) < MAX_TURN_EVENTS:
         turn_log = replace(turn_log, events=(*turn_log.events, event))
-    if kind in ("UserTranscript", "UserTurnText") and says_something(event.text):
+    if isinstance(event, ev.UserTranscript | ev.UserTurnText) and says_something(event.text):
         turn_log = replace(turn_log, words=True)
-    if kind == "OutputGap":
+    if isinstance(event, ev.OutputGap):
         turn_log = replace(
             turn_log, gaps=turn_log.gaps + 1, gap_secs=turn_log.gap_secs + event.secs
         )
         logs = replace(logs, gaps=logs.gaps + 1, gap_secs=logs.gap_secs + event.secs)
-    if kind == "StageSpan" and event.stage == "user":
+    if isinstance(event, ev.StageSpan) and event.stage == "user":
         speech = max(0.0, event.end - event.start)
         turn_log = replace(turn_log, speech_secs=turn_log.speech_secs + speech)
         logs = _spent(logs, stack, Usage(), speech)

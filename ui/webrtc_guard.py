@@ -58,6 +58,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import gradio as gr
 from fastapi.responses import JSONResponse
@@ -135,7 +136,7 @@ class WebRTCGuard:
 
     # -- ownership -----------------------------------------------------------
 
-    def owns(self, webrtc_id: str | None, session_hash: str | None) -> bool:
+    def owns(self, webrtc_id: str | None, session_hash: str | None) -> TypeGuard[str]:
         owner = self._owners.get(webrtc_id) if webrtc_id else None
         return owner is not None and session_hash is not None and owner.session_hash == session_hash
 
@@ -202,14 +203,16 @@ class WebRTCGuard:
             self._collect_soon()
             return connection
 
-        offer._is_server_fn = True
-        quit_output_stream._is_server_fn = True
+        # Patches of one component's methods and Gradio's server-function marker: mypy
+        # types a method as read-only and a function as having no attributes.
+        offer._is_server_fn = True  # type: ignore[attr-defined]
+        quit_output_stream._is_server_fn = True  # type: ignore[attr-defined]
         component.offer = offer
         component.quit_output_stream = quit_output_stream
-        component.set_input_gradio = set_input_gradio
-        component.set_input_on_submit = set_input_on_submit
-        component.set_additional_outputs = set_additional_outputs
-        component.clean_up = clean_up
+        component.set_input_gradio = set_input_gradio  # type: ignore[method-assign,assignment]
+        component.set_input_on_submit = set_input_on_submit  # type: ignore[method-assign,assignment]
+        component.set_additional_outputs = set_additional_outputs  # type: ignore[method-assign]
+        component.clean_up = clean_up  # type: ignore[method-assign]
 
     def on_additional_outputs(self, fn: Callable, outputs: list) -> None:
         """fastrtc's ``on_additional_outputs``, answering only the session that owns the id."""

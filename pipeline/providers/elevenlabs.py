@@ -97,6 +97,8 @@ class VoiceLabElevenLabsTTSService(ReportsDroppedConnection, ElevenLabsTTSServic
         return context_id not in self._flushed
 
     async def _flush(self, context_id: str) -> None:
+        if self._websocket is None:  # the connection dropped while the text went out
+            return
         await self._websocket.send(json.dumps({"context_id": context_id, "flush": True}))
         self._flushed.add(context_id)
 

@@ -12,12 +12,14 @@ import os
 from collections.abc import AsyncGenerator
 
 import httpx
+import openai
 from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 from pipecat.frames.frames import ErrorFrame, Frame
 from pipecat.services.groq.llm import GroqLLMService
 from pipecat.services.groq.stt import GroqSTTService
-from pipecat.services.groq.tts import GroqTTSService
+from pipecat.services.groq.tts import GroqTTSService, GroqTTSSettings
 from pipecat.transcriptions.language import Language
+from pipecat.utils.types import assert_given
 
 from pipeline.providers.base import Capabilities, Catalog, Provider, Stage
 from pipeline.speculation import EagerSegmentsMixin
@@ -47,17 +49,34 @@ def openai_base_url() -> str:
     return f"{base_url()}/openai/v1"
 
 
-def _timeout() -> httpx.Timeout:
+def _timeout() -> openai.Timeout:
+    """For the OpenAI SDK's clients, whose HTTP library is httpx2."""
+    return openai.Timeout(FIRST_BYTE_TIMEOUT_SECS, connect=CONNECT_TIMEOUT_SECS)
+
+
+def _groq_timeout() -> httpx.Timeout:
+    """For the Groq SDK's client, whose HTTP library is httpx."""
     return httpx.Timeout(FIRST_BYTE_TIMEOUT_SECS, connect=CONNECT_TIMEOUT_SECS)
 
 
 class VoiceLabGroqLLMService(GroqLLMService):
     """Groq chat, failing fast instead of retrying (the SDK retries twice by default)."""
 
-    def create_client(self, api_key=None, base_url=None, **kwargs):
+    def create_client(
+        self,
+        api_key=None,
+        base_url=None,
+        organization=None,
+        project=None,
+        default_headers=None,
+        **kwargs,
+    ):
         return AsyncOpenAI(
             api_key=api_key,
             base_url=base_url,
+            organization=organization,
+            project=project,
+            default_headers=default_headers,
             timeout=_timeout(),
             max_retries=0,
             http_client=DefaultAsyncHttpxClient(timeout=_timeout()),
@@ -90,12 +109,15 @@ class VoiceLabGroqTTSService(GroqTTSService):
     and the rest streamed (and resampled if need be) as it arrives.
     """
 
+    # pipecat annotates it with its class alias ``Settings``, which mypy cannot resolve.
+    _settings: GroqTTSSettings
+
     def __init__(self, *, api_key: str, **kwargs):
         super().__init__(api_key=api_key, **kwargs)
         from groq import AsyncGroq
 
         self._client = AsyncGroq(
-            api_key=api_key, base_url=base_url(), timeout=_timeout(), max_retries=0
+            api_key=api_key, base_url=base_url(), timeout=_groq_timeout(), max_retries=0
         )
 
     async def cleanup(self):
@@ -105,12 +127,16 @@ class VoiceLabGroqTTSService(GroqTTSService):
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
         try:
             await self.start_tts_usage_metrics(text)
+            model, voice = assert_given(self._settings.model), assert_given(self._settings.voice)
+            if model is None or voice is None:
+                raise ValueError("Groq TTS needs a model and a voice")
             for piece in split_for_speech(text, TTS_MAX_INPUT_CHARS):
                 async with self._client.audio.speech.with_streaming_response.create(
-                    model=self._settings.model,
-                    voice=self._settings.voice,
+                    model=model,
+                    voice=voice,
                     response_format="wav",
-                    sample_rate=self.sample_rate,
+                    # Typed as the rates Groq takes; the pipeline's output rate is one of them.
+                    sample_rate=self.sample_rate,  # type: ignore[arg-type]
                     input=piece,
                 ) as response:
                     async for frame in self._stream_audio_frames_from_iterator(

@@ -8,8 +8,19 @@ server gave, and lets each service decide what else the lost turn needs.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
-class ReportsDroppedConnection:
+if TYPE_CHECKING:  # a mixin: what it is mixed into, for the type checker only
+    from pipecat.services.ai_service import AIService
+    from pipecat.services.websocket_service import WebsocketService
+
+    class _WebsocketAIService(AIService, WebsocketService): ...
+
+else:
+    _WebsocketAIService = object
+
+
+class ReportsDroppedConnection(_WebsocketAIService):
     """Say so when the websocket drops mid-turn; pipecat reconnects silently, losing the turn.
 
     Also keeps the reason the server gave when it closed the socket ("1008

@@ -17,6 +17,7 @@ is one query::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -24,6 +25,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from pipeline import events as ev
 from pipeline import pricing
 from pipeline.config import worker_id
+from pipeline.providers.base import STAGES
 from pipeline.providers.registry import PROVIDERS
 from pipeline.telemetry.view import DashboardView, Stack
 from pipeline.tools.catalog import TOOLS
@@ -149,7 +151,7 @@ def _known_models(stage: str) -> dict[str, frozenset[str]]:
     """Per provider label: the models a label may name for ``stage`` (catalog and price table)."""
     known: dict[str, set[str]] = {}
     for provider in PROVIDERS.values():
-        catalog = provider.catalogs.get(stage)
+        catalog = provider.catalogs.get(stage) if stage in STAGES else None
         if catalog is not None:
             known.setdefault(provider.label, set()).update(catalog.models)
     for price in pricing.PRICES:
@@ -169,7 +171,8 @@ def stage_label(stage: str, label: str) -> str:
 
 
 def stack_labels(stack: Stack) -> tuple[str, str, str]:
-    return tuple(stage_label(stage, label) for stage, label in zip(STACK, stack, strict=True))
+    stt, llm, tts = stack
+    return (stage_label("stt", stt), stage_label("llm", llm), stage_label("tts", tts))
 
 
 def refused(reason: str) -> None:
@@ -197,7 +200,7 @@ class SessionMetrics:
         self._started = False
         self._stt_reported: set[Stack] = set()
         self._speech_secs: dict[Stack, float] = {}
-        self._handlers = {
+        self._handlers: dict[type, Callable] = {
             ev.SessionStarted: self._session_started,
             ev.SessionEnded: self._session_ended,
             ev.UserTurnText: self._turn,
@@ -283,7 +286,7 @@ class SessionMetrics:
         stack = self._view.usage_stack
         if e.measure == "stt_audio_secs" and e.amount:
             self._stt_reported.add(stack)
-        self._charge(stack, pricing.Usage(**{e.measure: e.amount}))
+        self._charge(stack, pricing.Usage.of(e.measure, e.amount))
 
     def _speech(self, e: ev.StageSpan) -> None:
         if e.stage == "user" and self._view.turn_stack is not None:

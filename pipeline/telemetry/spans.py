@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from opentelemetry import trace
+from opentelemetry.sdk import trace as sdk_trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, Status, StatusCode
 from pipecat.audio.vad.vad_analyzer import VADParams
@@ -128,6 +129,13 @@ class SessionTrace:
         if context.trace_flags.sampled:
             self._trace_id = context.trace_id
             self._store.register(context.trace_id, self.spans)
+
+    @property
+    def _open_conversation(self) -> trace.Span:
+        """The conversation span: :meth:`observe` runs the handlers only once it is open."""
+        if self._conversation is None:
+            raise RuntimeError("the conversation span is not open: start() first")
+        return self._conversation
 
     def observe(self, event: ev.Event) -> None:
         handler = self._handlers.get(type(event))
@@ -310,10 +318,10 @@ class SessionTrace:
         self._end(self._child(turn, "heard", start, attributes), start + seconds)
 
     def _error(self, e: ev.ErrorReported) -> None:
-        target = self._turn.span if self._turn is not None else self._conversation
+        target = self._turn.span if self._turn is not None else self._open_conversation
         target.add_event("error", {"message": e.message, "fatal": e.fatal}, _ns(e.t))
         if e.fatal:
-            self._conversation.set_status(Status(StatusCode.ERROR, e.message))
+            self._open_conversation.set_status(Status(StatusCode.ERROR, e.message))
 
     def _output_gap(self, e: ev.OutputGap) -> None:
         if self._turn is not None:
@@ -321,7 +329,7 @@ class SessionTrace:
 
     def _providers(self, e: ev.ProvidersChanged) -> None:
         attributes = {"stt": e.stt, "llm": e.llm, "tts": e.tts}
-        self._conversation.add_event("providers", attributes, _ns(e.t))
+        self._open_conversation.add_event("providers", attributes, _ns(e.t))
 
     def _session_ended(self, e: ev.SessionEnded) -> None:
         for span in [*self._tools.values(), self._speculation]:
@@ -334,7 +342,7 @@ class SessionTrace:
             self._cut = None
         if self._turn is not None:
             self._end_turn(self._turn, self._turn.last, "session end")
-        conversation = self._conversation
+        conversation = self._open_conversation
         conversation.set_attribute("voice_lab.turns", self._view.turns)
         conversation.set_attribute("voice_lab.ended_by", e.reason)
         self._end(conversation, e.t)
@@ -355,7 +363,7 @@ class SessionTrace:
         )
 
     def _parent_of(self, turn: _Turn | None) -> SpanContext:
-        return (turn.span if turn is not None else self._conversation).get_span_context()
+        return (turn.span if turn is not None else self._open_conversation).get_span_context()
 
     @staticmethod
     def _end(span: trace.Span, t: float) -> None:
@@ -383,7 +391,8 @@ class SessionTrace:
         return [
             scrubbed(span, self.keep_content, end_time=now)
             for span in spans
-            if span is not None and span.is_recording()
+            # The SDK's spans are readable; a tracer that is off makes non-recording ones.
+            if isinstance(span, sdk_trace.Span) and span.is_recording()
         ]
 
     def otlp_json(self) -> dict:

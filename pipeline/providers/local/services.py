@@ -34,6 +34,7 @@ from pipecat.services.tts_service import TTSService
 from pipecat.transcriptions.language import Language
 from pipecat.utils.time import time_now_iso8601
 from pipecat.utils.tracing.service_decorators import traced_llm, traced_stt, traced_tts
+from pipecat.utils.types import assert_given
 
 from pipeline.providers.local.models import PIPER_LABEL, WHISPER_LABEL, LocalModels
 from pipeline.speculation import (
@@ -289,9 +290,9 @@ class LocalWhisperSTTService(EagerSegmentsMixin, SegmentedSTTService):
             return
         if isinstance(audio, _BlockAudio):
             # A block of an utterance still in progress: its text waits for the rest.
-            text = await asyncio.to_thread(self._models.transcribe, audio, self.sample_rate)
-            self._final_blocks.append(text)
-            audio.block.final = text
+            block_text = await asyncio.to_thread(self._models.transcribe, audio, self.sample_rate)
+            self._final_blocks.append(block_text)
+            audio.block.final = block_text
             if audio.block.utterance == self._utterance and self._user_speaking:
                 await self._show_interim()
             return
@@ -421,7 +422,10 @@ class LocalLlamaLLMService(LLMService):
         tokens: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
         stop = threading.Event()
         models = self._models
-        max_tokens = int(self._settings.max_tokens)
+        given_max_tokens = assert_given(self._settings.max_tokens)
+        if given_max_tokens is None:
+            raise ValueError("the local LLM needs a max_tokens setting")
+        max_tokens = int(given_max_tokens)
         temperature = float(self._settings.temperature or 0.0)
 
         def generate() -> None:
