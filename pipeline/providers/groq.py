@@ -19,6 +19,7 @@ from pipecat.services.groq.stt import GroqSTTService
 from pipecat.services.groq.tts import GroqTTSService
 from pipecat.transcriptions.language import Language
 
+from pipeline.compat.pipecat import replace_client, service_client, stream_tts_audio
 from pipeline.providers.base import Capabilities, Catalog, Provider, Stage
 from pipeline.speculation import EagerSegmentsMixin
 
@@ -65,7 +66,7 @@ class VoiceLabGroqLLMService(GroqLLMService):
 
     async def cleanup(self):
         await super().cleanup()
-        await self._client.close()  # pipecat leaves its keep-alive sockets to the GC
+        await service_client(self).close()  # pipecat leaves its keep-alive sockets to the GC
 
 
 class VoiceLabGroqSTTService(EagerSegmentsMixin, GroqSTTService):
@@ -73,13 +74,16 @@ class VoiceLabGroqSTTService(EagerSegmentsMixin, GroqSTTService):
 
     def __init__(self, *, api_key: str, **kwargs):
         super().__init__(api_key=api_key, base_url=openai_base_url(), **kwargs)
-        self._client = AsyncOpenAI(
-            api_key=api_key, base_url=openai_base_url(), timeout=_timeout(), max_retries=0
+        replace_client(
+            self,
+            AsyncOpenAI(
+                api_key=api_key, base_url=openai_base_url(), timeout=_timeout(), max_retries=0
+            ),
         )
 
     async def cleanup(self):
         await super().cleanup()
-        await self._client.close()
+        await service_client(self).close()
 
 
 class VoiceLabGroqTTSService(GroqTTSService):
@@ -94,27 +98,27 @@ class VoiceLabGroqTTSService(GroqTTSService):
         super().__init__(api_key=api_key, **kwargs)
         from groq import AsyncGroq
 
-        self._client = AsyncGroq(
-            api_key=api_key, base_url=base_url(), timeout=_timeout(), max_retries=0
+        replace_client(
+            self, AsyncGroq(api_key=api_key, base_url=base_url(), timeout=_timeout(), max_retries=0)
         )
 
     async def cleanup(self):
         await super().cleanup()
-        await self._client.close()
+        await service_client(self).close()
 
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
         try:
             await self.start_tts_usage_metrics(text)
             for piece in split_for_speech(text, TTS_MAX_INPUT_CHARS):
-                async with self._client.audio.speech.with_streaming_response.create(
-                    model=self._settings.model,
-                    voice=self._settings.voice,
+                async with service_client(self).audio.speech.with_streaming_response.create(
+                    model=self.settings.model,
+                    voice=self.settings.voice,
                     response_format="wav",
                     sample_rate=self.sample_rate,
                     input=piece,
                 ) as response:
-                    async for frame in self._stream_audio_frames_from_iterator(
-                        response.iter_bytes(), strip_wav_header=True, context_id=context_id
+                    async for frame in stream_tts_audio(
+                        self, response.iter_bytes(), strip_wav_header=True, context_id=context_id
                     ):
                         await self.stop_ttfb_metrics()
                         yield frame

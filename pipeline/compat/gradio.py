@@ -1,0 +1,42 @@
+"""Gradio's (and Starlette's, under it) internals we rely on. Imports neither library."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pipeline.compat import Reliance
+
+CONTRACT = [
+    Reliance(
+        "gradio",
+        "gradio.routes",
+        "_is_server_fn",
+        "the flag Gradio's /gradio_api/component_server route requires on a callable component "
+        "method: set on the guard's offer and quit_output_stream, checked by ui.hostile first",
+        "a public server-function decorator usable on an instance's replacement method",
+    ),
+    Reliance(
+        "starlette",
+        "starlette.applications.Starlette",
+        "middleware_stack",
+        "reset after launch so our middleware (ui.server) is built into the running app",
+        "Gradio accepting middleware before it builds the app (app_kwargs covers only routes)",
+        on_instance=True,
+    ),
+]
+
+
+def mark_server_fn(fn: Callable) -> Callable:
+    """Let Gradio's component-server route call ``fn`` (as fastrtc's ``@server`` does)."""
+    fn._is_server_fn = True
+    return fn
+
+
+def is_server_fn(fn: object) -> bool:
+    """Whether Gradio's component-server route would call ``fn``."""
+    return bool(getattr(fn, "_is_server_fn", False))
+
+
+def rebuild_middleware_stack(app) -> None:
+    """Make a Starlette app build its middleware again on its next request."""
+    app.middleware_stack = None
