@@ -12,7 +12,7 @@ from fastrtc import WebRTC
 
 from pipeline.compat.aiortc import tighten_audio_jitter_buffer
 from pipeline.compat.fastrtc import end_streams_quietly
-from pipeline.compat.gradio import rebuild_middleware_stack
+from pipeline.compat.gradio import hide_tracebacks
 from pipeline.config import (
     admission_secs,
     handshake_secs,
@@ -295,7 +295,6 @@ def launch(demo: gr.Blocks, **options) -> None:
         app_kwargs=server.app_kwargs(status),
         **options,
     )
-    demo.server_app.debug = False
-    rebuild_middleware_stack(demo.server_app)
+    hide_tracebacks(demo.server_app)
     server.serve_worker(status)
     demo.block_thread()

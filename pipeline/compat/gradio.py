@@ -19,8 +19,9 @@ CONTRACT = [
         "starlette",
         "starlette.applications.Starlette",
         "middleware_stack",
-        "reset after launch so our middleware (ui.server) is built into the running app",
-        "Gradio accepting middleware before it builds the app (app_kwargs covers only routes)",
+        "Gradio builds its app with debug=True (tracebacks to clients): the stack is rebuilt "
+        "after launch with debug off",
+        "Gradio launching with debug=False, or a launch option for it",
         on_instance=True,
     ),
 ]
@@ -37,6 +38,12 @@ def is_server_fn(fn: object) -> bool:
     return bool(getattr(fn, "_is_server_fn", False))
 
 
-def rebuild_middleware_stack(app) -> None:
-    """Make a Starlette app build its middleware again on its next request."""
+def hide_tracebacks(app) -> None:
+    """Make a launched Starlette app answer errors without a traceback.
+
+    Starlette builds its error middleware, with the app's ``debug``, on the
+    first request; Gradio sets ``debug=True``. Clearing the built stack makes
+    the next request build it again with ``debug`` off.
+    """
+    app.debug = False
     app.middleware_stack = None
