@@ -7,6 +7,9 @@ of the class or one of its bases; anything else is an attribute of the owner (or
 another module reads, appears in that module's source). Run it after moving a pin: it names
 each name that moved, in seconds.
 
+The seam's patches keep the patched function's signature (``functools.wraps``), so the check
+sees the library's own even after a test in the same run installed them.
+
 Imports only the libraries: the contract lists are read from the seam's source, so a library
 that lost a class the seam subclasses still gets every entry checked, not one ImportError.
 Runs in any virtualenv that has the libraries and pytest (no app dependency).

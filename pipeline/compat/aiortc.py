@@ -6,6 +6,7 @@ of ours, so installing it twice is harmless.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from pipeline.compat import Reliance
@@ -83,6 +84,7 @@ def tighten_audio_jitter_buffer(prefetch: int = 1) -> None:
         return
     original = getattr(RTCRtpReceiver, "_voice_lab_original_init", RTCRtpReceiver.__init__)
 
+    @functools.wraps(original)
     def __init__(self, kind, transport):
         original(self, kind, transport)
         if kind == "audio":
@@ -112,6 +114,7 @@ def restrict_ice_to_loopback() -> None:
 
     original_add = aioice.ice.Connection.add_remote_candidate
 
+    @functools.wraps(original_add)
     async def add_loopback_candidate(self, candidate):
         if candidate is not None and not _is_loopback(candidate.host):
             return
@@ -119,6 +122,7 @@ def restrict_ice_to_loopback() -> None:
 
     original_request = aioice.ice.Connection.request_received
 
+    @functools.wraps(original_request)
     def loopback_request_received(self, message, addr, protocol):
         # A check from the browser's LAN address would otherwise be learnt as
         # a peer-reflexive candidate and answered.

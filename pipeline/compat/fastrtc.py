@@ -8,6 +8,7 @@ attributes fastrtc sets on the handler itself.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from pipeline.compat import Reliance
@@ -165,6 +166,7 @@ def end_streams_quietly() -> None:
         return
     original = AudioCallback.recv
 
+    @functools.wraps(original)
     async def recv(self):
         frame = await original(self)
         if frame is None:
