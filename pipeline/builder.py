@@ -37,6 +37,7 @@ from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from pipeline import events as ev
 from pipeline.chunking import first_clause_chunker
+from pipeline.compat.pipecat import install_speculation_gate
 from pipeline.config import SessionConfig
 from pipeline.observers import EventSink, SessionObservers, UIEventObserver, latency_observer
 from pipeline.providers.local.models import LocalModels
@@ -176,8 +177,9 @@ def build_generation(
             turn_models, params=vad_params, on_pause=_paused, on_resume=_resumed
         )
         if isinstance(llm, LLMService):
-            # pipecat builds its own gate in LLMService.__init__ and takes none.
-            llm._speculation_gate = LedgerSpeculationGate(ledger, name=f"{llm}::SpeculationGate")
+            install_speculation_gate(
+                llm, LedgerSpeculationGate(ledger, name=f"{llm}::SpeculationGate")
+            )
     else:
         vad = SileroVAD(turn_models, params=vad_params)
     record_vad_confidence(vad, sink)  # the timeline's VAD lane

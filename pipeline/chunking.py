@@ -30,7 +30,7 @@ class FirstClauseAggregator(SimpleTextAggregator):
     async def aggregate(self, text: str) -> AsyncIterator[Aggregation]:
         # A clause ends where punctuation is followed by a space: "1,000" and
         # "3:30" arrive as separate tokens but are not clause boundaries.
-        pending = self._text.strip()
+        pending = self.text.text.strip()
         if (
             not self._first_sent
             and text[:1].isspace()

@@ -45,11 +45,13 @@ def _check_turn() -> None:
     from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
     from pipecat.audio.vad.silero import SileroVADAnalyzer
 
+    from pipeline.compat.pipecat import predict_endpoint
+
     vad = SileroVADAnalyzer(sample_rate=16000)
     vad.set_sample_rate(16000)  # without it voice_confidence logs an error and never runs the model
     vad.voice_confidence(np.zeros(vad.num_frames_required(), dtype=np.int16).tobytes())
     turn = LocalSmartTurnAnalyzerV3(sample_rate=16000)
-    turn._predict_endpoint(np.zeros(16000, dtype=np.float32))
+    predict_endpoint(turn, np.zeros(16000, dtype=np.float32))
 
 
 def _check_stt() -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import sys
 import time
 
+from pipeline.compat.aiortc import restrict_ice_to_loopback
 from pipeline.probe import RuntimeProbe
 from pipeline.providers.local.models import shared_models
 from pipeline.weights import local_llm
@@ -56,52 +56,6 @@ def configure_logging() -> None:
     handler.setLevel(root.level)
     for name in HEADER_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.INFO, root.level))
-
-
-def restrict_ice_to_loopback() -> None:
-    """Make aiortc offer and accept only 127.0.0.1 ICE candidates.
-
-    aioice never offers loopback addresses, so a browser on the same machine
-    would be reached through the machine's LAN address. Tests, the benchmark
-    and CI must not send traffic anywhere but 127.0.0.1, so with
-    ``VOICE_LAB_LOOPBACK_ICE=1`` the server offers 127.0.0.1 and ignores the
-    browser's other candidates. Never needed in production.
-    """
-    import aioice.ice
-
-    if getattr(aioice.ice, "_voice_lab_loopback", False):
-        return
-
-    def loopback_only(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        return ["127.0.0.1"] if use_ipv4 else []
-
-    original_add = aioice.ice.Connection.add_remote_candidate
-
-    async def add_loopback_candidate(self, candidate):
-        if candidate is not None and not _is_loopback(candidate.host):
-            return
-        await original_add(self, candidate)
-
-    original_request = aioice.ice.Connection.request_received
-
-    def loopback_request_received(self, message, addr, protocol):
-        # A check from the browser's LAN address would otherwise be learnt as
-        # a peer-reflexive candidate and answered.
-        if _is_loopback(addr[0]):
-            original_request(self, message, addr, protocol)
-
-    # A patch of aioice (mypy types a method as read-only, a module as closed).
-    aioice.ice.get_host_addresses = loopback_only
-    aioice.ice.Connection.add_remote_candidate = add_loopback_candidate  # type: ignore[method-assign]
-    aioice.ice.Connection.request_received = loopback_request_received  # type: ignore[method-assign]
-    aioice.ice._voice_lab_loopback = True  # type: ignore[attr-defined]
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # an mDNS name such as 1234.local
-        return False
 
 
 def prepare_runtime(probe: RuntimeProbe | None = None, warm: bool = True) -> float:

@@ -28,6 +28,7 @@ from fastrtc.utils import AdditionalOutputs, current_context
 from pipeline import events as ev
 from pipeline.ab import UtteranceRecorder
 from pipeline.builder import build_generation
+from pipeline.compat.fastrtc import cached_resampler, drop_handler_wrappers, set_handler_loop
 from pipeline.config import SessionConfig
 from pipeline.providers.local.models import LocalModels, LocalStageUnavailable, shared_models
 from pipeline.publisher import StatePublisher
@@ -152,9 +153,9 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         self._last_audio_at: float | None = None
         # fastrtc's own attribute (its connection sets it), typed there as always set.
         try:
-            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()  # type: ignore[assignment]
+            set_handler_loop(self, asyncio.get_running_loop())
         except RuntimeError:
-            self._loop = None
+            set_handler_loop(self, None)
 
     def copy(self) -> VoiceSession[S]:
         return VoiceSession(
@@ -223,7 +224,7 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
             log.warning("a second start of the same session ignored")
             return
         self._started = True
-        self._loop = asyncio.get_running_loop()
+        set_handler_loop(self, asyncio.get_running_loop())
         self.telemetry.start()
         connection = current_context.get()
         if connection is not None:
@@ -271,8 +272,9 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         self._call_soon(self.args_set.set)
 
     def _call_soon(self, fn, *args) -> None:
-        if self._loop is not None and self._loop.is_running():
-            self._loop.call_soon_threadsafe(fn, *args)
+        loop = self.loop
+        if loop is not None and loop.is_running():
+            loop.call_soon_threadsafe(fn, *args)
         else:
             fn(*args)
 
@@ -300,11 +302,10 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
 
     def resample(self, frame):
         """fastrtc's input resampling, in 20 ms frames rather than its 60 ms (see the helper)."""
-        resampler = self._resampler
-        if resampler is None:
-            resampler = self._resampler = microphone_resampler(
-                frame, self.input_sample_rate, self.expected_layout
-            )
+        resampler = cached_resampler(
+            self,
+            lambda: microphone_resampler(frame, self.input_sample_rate, self.expected_layout),
+        )
         yield from resampler.resample(frame)
 
     async def emit(self):
@@ -346,11 +347,7 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         a long-lived server can be many connections later.
         """
         self.switcher.drop_references()
-        self._clear_queue = None
-        # fastrtc wraps these bound methods in error handlers stored on the
-        # instance (``handler.emit = webrtc_error_handler(handler.emit)``): a cycle.
-        for name in ("emit", "receive", "start_up", "shutdown"):
-            self.__dict__.pop(name, None)
+        drop_handler_wrappers(self)
 
     # -- internals -----------------------------------------------------------
 
@@ -372,8 +369,8 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
                 return
 
     def _clear_fastrtc_queue(self) -> None:
-        if self._clear_queue is not None:
-            self._clear_queue()
+        if self.clear_queue is not None:
+            self.clear_queue()
 
     async def _finish(self, reason: str) -> None:
         if self._closed:

@@ -54,13 +54,17 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.transcriptions.language import Language
-from pipecat.turns.speculation_gate import SpeculationGate
 from pipecat.turns.types import ProcessFrameResult, UserTurnSpeculation
-from pipecat.turns.user_stop import TurnAnalyzerUserTurnStopStrategy
 from pipecat.turns.user_stop.eager_match_policy import EagerMatchPolicy, NormalizedMatch
 from pipecat.utils.time import time_now_iso8601
 
 from pipeline import events as ev
+from pipeline.compat.pipecat import (
+    DiscardingSpeculationGate,
+    SegmentedSTT,
+    TurnAnalyzerStopStrategy,
+    vad_stopping_windows,
+)
 from pipeline.turn_models import SileroVAD, TurnModels
 
 if TYPE_CHECKING:  # a mixin: what it is mixed into, for the type checker only
@@ -113,7 +117,7 @@ class PauseAwareSileroVAD(SileroVAD):
             if state == VADState.SPEAKING:
                 self._paused = False
                 await self._on_resume()
-        elif state == VADState.STOPPING and self._vad_stopping_count >= PAUSE_WINDOWS:
+        elif state == VADState.STOPPING and vad_stopping_windows(self) >= PAUSE_WINDOWS:
             self._paused = True
             await self._on_pause()
         return state
@@ -170,7 +174,7 @@ class SpeculationLedger:
         self._sink(ev.SpeculationEnded(time.time(), False, reason, self._tokens, 0, 0.0))
 
 
-class LedgerSpeculationGate(SpeculationGate):
+class LedgerSpeculationGate(DiscardingSpeculationGate):
     """pipecat's gate, also counting the reply tokens a speculation produces.
 
     Installed as the LLM service's ``_speculation_gate`` (pipecat creates its
@@ -206,10 +210,10 @@ class LedgerSpeculationGate(SpeculationGate):
         """
         logger.debug(f"{self}: the speculative inference failed, dropping it: {error.error}")
         self._ledger.discarded("provider error")
-        return [*self._discard(), (EagerEndOfTurnCancelFrame(), FrameDirection.UPSTREAM)]
+        return [*self.discard_speculation(), (EagerEndOfTurnCancelFrame(), FrameDirection.UPSTREAM)]
 
 
-class SpeculativeSmartTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
+class SpeculativeSmartTurnStopStrategy(TurnAnalyzerStopStrategy):
     """Smart Turn decides the turn, as before; the reply is generated while it decides.
 
     The speculation half of pipecat's ``EagerUserTurnStopStrategy`` on top of
@@ -259,13 +263,13 @@ class SpeculativeSmartTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
             self._speculation = None
             self._answer_when_confirmed = True
         result = await super().process_frame(frame)
-        if isinstance(frame, TranscriptionFrame) and self._vad_user_speaking:
+        if isinstance(frame, TranscriptionFrame) and self.vad_user_speaking:
             # The transcript of an earlier segment, arriving while the user
             # speaks on (a slow STT): it does not cover what is being said, so
             # it must not let the next VAD stop end the turn before the new
             # segment's transcript is in (pipecat clears the flag only at the
             # VAD start, which came first here).
-            self._transcript_finalized = False
+            self.unfinalize_transcript()
         if isinstance(frame, EagerTranscriptionFrame) and self._paused:
             await self._speculate(_join(self._committed, frame.text))
         elif isinstance(frame, TranscriptionFrame):
@@ -282,13 +286,13 @@ class SpeculativeSmartTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
         self._ledger.withdrawing()
         await self.trigger_user_turn_speculation_cancelled()
 
-    async def _handle_vad_user_stopped_speaking(self, frame):
-        await super()._handle_vad_user_stopped_speaking(frame)
+    async def on_vad_user_stopped_speaking(self, frame):
+        await super().on_vad_user_stopped_speaking(frame)
         await self._speculate_if_undecided()
 
     async def _speculate_if_undecided(self) -> None:
         """Smart Turn heard an unfinished sentence: answer what was said while it waits."""
-        if self._vad_stopped and not self._turn_complete and self._committed:
+        if self.vad_stopped and not self.turn_complete and self._committed:
             await self._speculate(self._committed)
 
     async def _speculate(self, text: str) -> None:
@@ -329,8 +333,8 @@ class SpeculativeSmartTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
             enable_user_speaking_frames=enable_user_speaking_frames
         )
 
-    async def _reset(self):
-        await super()._reset()
+    async def on_reset(self):
+        await super().on_reset()
         self._committed = ""
         self._answer_when_confirmed = False
         # A turn that ended some other way (the stop watchdog, an
@@ -342,10 +346,10 @@ def _join(left: str, right: str) -> str:
     return f"{left} {right}".strip() if left else right.strip()
 
 
-class EagerSegmentsMixin(_EagerSegmentsBase):
+class EagerSegmentsMixin(SegmentedSTT):
     """For a ``SegmentedSTTService``: transcribe at the pause, reuse it at the VAD stop.
 
-    Put it between the provider's class and ``SegmentedSTTService`` in the
+    Put it before the provider's ``SegmentedSTTService`` subclass in the
     bases. On :class:`UserPausedFrame` the audio so far is transcribed at once
     and an ``EagerTranscriptionFrame`` pushed if the VAD has not stopped yet;
     at the VAD stop, if the user did not speak since the pause, the segment is
@@ -364,11 +368,11 @@ class EagerSegmentsMixin(_EagerSegmentsBase):
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
-        if isinstance(frame, UserPausedFrame) and self._user_speaking:
+        if isinstance(frame, UserPausedFrame) and self.user_speaking:
             logger.debug(f"{self}: the user paused, transcribing now")
             await self._drop_eager()
             self._eager_task = self.create_task(
-                self._eager_pass(bytes(self._audio_buffer) + self._trailing_silence()),
+                self._eager_pass(bytes(self.audio_buffer) + self.trailing_silence()),
                 name="eager-transcript",
             )
         elif isinstance(frame, UserResumedFrame):
@@ -406,7 +410,7 @@ class EagerSegmentsMixin(_EagerSegmentsBase):
 
     async def _report_usage(self, pcm: bytes) -> None:
         """One transcription of ``pcm``: the audio a provider bills for it."""
-        self._record_stt_audio_usage(pcm)
+        self.record_audio_usage(pcm)
         await self.emit_stt_usage_metrics()
 
     async def _eager_pass(self, pcm: bytes) -> str | ErrorFrame | None:
@@ -418,12 +422,12 @@ class EagerSegmentsMixin(_EagerSegmentsBase):
             return None
         if isinstance(text, ErrorFrame):
             return text
-        if text and self._user_speaking:
+        if text and self.user_speaking:
             # Still before the VAD stop: worth answering now. After it, the
             # committed transcript (this same text) follows at once anyway.
             await self.push_frame(
                 EagerTranscriptionFrame(
-                    self.eager_frame_text(text), self._user_id, time_now_iso8601(), Language.EN
+                    self.eager_frame_text(text), self.user_id, time_now_iso8601(), Language.EN
                 )
             )
         return text
@@ -433,18 +437,18 @@ class EagerSegmentsMixin(_EagerSegmentsBase):
             task, self._eager_task = self._eager_task, None
             await self.cancel_task(task)
 
-    async def _handle_user_stopped_speaking(self, frame):
+    async def on_user_stopped_speaking(self, frame):
         task, self._eager_task = self._eager_task, None
         if task is None or not self.is_usable:
-            await super()._handle_user_stopped_speaking(frame)
+            await super().on_user_stopped_speaking(frame)
             return
         # No speech since the pause: the segment is the paused audio plus
         # silence, so its transcript is the eager one.
         logger.debug(f"{self}: the pause ended the utterance, committing its transcript")
-        self._user_speaking = False
-        pcm = bytes(self._audio_buffer) + self._trailing_silence()
-        self._audio_buffer.clear()
-        await self._segment_queue.put(EagerSegment(pcm, task))  # its usage: the eager pass's
+        self.user_speaking = False
+        pcm = bytes(self.audio_buffer) + self.trailing_silence()
+        self.audio_buffer.clear()
+        await self.segment_queue.put(EagerSegment(pcm, task))  # its usage: the eager pass's
 
     async def run_stt(self, audio: bytes):
         if isinstance(audio, EagerSegment):
@@ -452,7 +456,7 @@ class EagerSegmentsMixin(_EagerSegmentsBase):
             if isinstance(text, ErrorFrame):
                 yield text
             elif text:
-                yield TranscriptionFrame(text, self._user_id, time_now_iso8601(), Language.EN)
+                yield TranscriptionFrame(text, self.user_id, time_now_iso8601(), Language.EN)
             return
         async for frame in super().run_stt(audio):
             yield frame

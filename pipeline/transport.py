@@ -241,65 +241,6 @@ def microphone_resampler(frame, rate: int, layout: str):
     return av.AudioResampler(format="s16", layout=layout, rate=rate, frame_size=size)
 
 
-def tighten_audio_jitter_buffer(prefetch: int = 1) -> None:
-    """Hand the pipeline each browser audio frame as soon as it is complete.
-
-    aiortc's receiver keeps 4 audio frames in its jitter buffer before it
-    releases one (``JitterBuffer(capacity=16, prefetch=4)``), so the server
-    heard the user 80 ms late: every turn's end, and every barge-in, was
-    detected that much later than it could be. The buffer releases frames in
-    order and waits for a missing packet whatever the prefetch, so prefetching
-    protects nothing for single-packet Opus frames; one frame (the next
-    packet's arrival proves the previous frame complete) is the minimum.
-    Process-wide and idempotent.
-    """
-    from aiortc.jitterbuffer import JitterBuffer
-    from aiortc.rtcrtpreceiver import RTCRtpReceiver
-
-    if getattr(RTCRtpReceiver, "_voice_lab_prefetch", None) == prefetch:
-        return
-    original = getattr(RTCRtpReceiver, "_voice_lab_original_init", RTCRtpReceiver.__init__)
-
-    def __init__(self, kind, transport):
-        original(self, kind, transport)
-        if kind == "audio":
-            self._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=16, prefetch=prefetch)
-
-    # A patch of aiortc's class (mypy types a method as read-only, a class as closed).
-    RTCRtpReceiver._voice_lab_original_init = original  # type: ignore[attr-defined]
-    RTCRtpReceiver._voice_lab_prefetch = prefetch  # type: ignore[attr-defined]
-    RTCRtpReceiver.__init__ = __init__  # type: ignore[method-assign]
-
-
-def end_streams_quietly() -> None:
-    """A stream the server ends ends without a traceback in the log.
-
-    fastrtc 0.0.34's ``AudioCallback.recv`` answers its ``CloseStream`` (and any
-    error it swallows) by stopping the track and returning None; aiortc's sender
-    then tries to encode None and logs the AttributeError with its traceback,
-    once per session the server ends (idle, browser gone). Raising
-    ``MediaStreamError`` is how an aiortc track says it has ended, and the
-    sender stops quietly. Retire this when fastrtc raises it itself.
-    Process-wide and idempotent.
-    """
-    from aiortc.mediastreams import MediaStreamError
-    from fastrtc.tracks import AudioCallback
-
-    if getattr(AudioCallback, "_voice_lab_quiet_end", False):
-        return
-    original = AudioCallback.recv
-
-    async def recv(self):
-        frame = await original(self)
-        if frame is None:
-            raise MediaStreamError
-        return frame
-
-    # A patch of fastrtc's class (mypy types a method as read-only, a class as closed).
-    AudioCallback.recv = recv  # type: ignore[method-assign]
-    AudioCallback._voice_lab_quiet_end = True  # type: ignore[attr-defined]
-
-
 class FastRTCTransport(BaseTransport):
     """The pair of processors that connect one fastrtc connection to one pipeline."""
 

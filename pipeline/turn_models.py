@@ -25,8 +25,9 @@ anything in its session: Silero's recurrent state is in pipecat's
   question it is unsure of came and went with the load.
 
 pipecat offers no way to hand an analyzer a model or a thread, so the two
-classes below set the few private attributes pipecat's constructors would
-have. ``tests/test_turn_models.py`` checks they set exactly those.
+classes below stand on :mod:`pipeline.compat.pipecat`'s, which set the few
+private attributes pipecat's constructors would have.
+``tests/test_turn_models.py`` checks they set exactly those.
 """
 
 from __future__ import annotations
@@ -41,11 +42,12 @@ from importlib import resources
 import numpy as np
 import onnxruntime as ort
 from pipecat.audio.turn.base_turn_analyzer import EndOfTurnState
-from pipecat.audio.turn.smart_turn.base_smart_turn import BaseSmartTurn, SmartTurnParams
-from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
-from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
-from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams, VADState
+from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
+from pipecat.audio.vad.silero import SileroOnnxModel
+from pipecat.audio.vad.vad_analyzer import VADParams, VADState
 from pipecat.metrics.metrics import MetricsData
+
+from pipeline.compat.pipecat import SileroVADOnModel, SmartTurnOnSession, predict_endpoint
 
 # The VAD's news of speech starting or stopping reaches Smart Turn at most this
 # late (measured: 20-100 ms at 20 sessions); anything older is other news.
@@ -124,7 +126,7 @@ class TurnModels:
         turn = SmartTurn(self, sample_rate=16000)
         silence = np.zeros(16000, dtype=np.float32)
         runs = [
-            self.smart_turn_queue.submit(turn._predict_endpoint, silence)
+            self.smart_turn_queue.submit(predict_endpoint, turn, silence)
             for _ in range(SMART_TURN_THREADS)
         ]
         for run in runs:
@@ -144,7 +146,7 @@ class _SharedSileroModel(SileroOnnxModel):
         self.sample_rates = [8000, 16000]
 
 
-class SileroVAD(SileroVADAnalyzer):
+class SileroVAD(SileroVADOnModel):
     """pipecat's Silero VAD on the process's model and the process's VAD thread.
 
     ``SileroVADAnalyzer.__init__`` loads a model and ``VADAnalyzer.analyze_audio``
@@ -161,10 +163,7 @@ class SileroVAD(SileroVADAnalyzer):
         sample_rate: int | None = None,
         params: VADParams | None = None,
     ):
-        VADAnalyzer.__init__(self, sample_rate=sample_rate, params=params)
-        self._model = _SharedSileroModel(models.silero)
-        self._windows_since_reset = 0
-        self._low_confidence_windows = 0
+        super().__init__(_SharedSileroModel(models.silero), sample_rate=sample_rate, params=params)
         self._queue = models.vad_queue
         # Samples heard so far, and where the user last started and stopped
         # speaking as pipecat's VAD controller sees it (from SPEAKING to QUIET):
@@ -177,7 +176,7 @@ class SileroVAD(SileroVADAnalyzer):
     async def analyze_audio(self, buffer: bytes) -> VADState:
         self.samples_heard += len(buffer) // 2
         loop = asyncio.get_running_loop()
-        state = await loop.run_in_executor(self._queue, self._run_analyzer, buffer)
+        state = await loop.run_in_executor(self._queue, self.run_analyzer, buffer)
         if state == VADState.SPEAKING and not self._speaking:
             self._speaking, self.speech_started_at = True, self.samples_heard
         elif state == VADState.QUIET and self._speaking:
@@ -185,7 +184,7 @@ class SileroVAD(SileroVADAnalyzer):
         return state
 
 
-class SmartTurn(LocalSmartTurnAnalyzerV3):
+class SmartTurn(SmartTurnOnSession):
     """pipecat's Smart Turn v3 on the process's model and thread, hearing what it would when idle.
 
     ``LocalSmartTurnAnalyzerV3.__init__`` loads a model and ``BaseSmartTurn``
@@ -206,10 +205,9 @@ class SmartTurn(LocalSmartTurnAnalyzerV3):
         sample_rate: int | None = None,
         params: SmartTurnParams | None = None,
     ):
-        BaseSmartTurn.__init__(self, sample_rate=sample_rate, params=params)
-        self._log_data = False  # pipecat's debugging aid: WAV files of every segment
-        self._session = models.smart_turn
-        self._queue = models.smart_turn_queue
+        super().__init__(
+            models.smart_turn, models.smart_turn_queue, sample_rate=sample_rate, params=params
+        )
         # The VAD analysing the same frames just before they reach this
         # analyzer (the user aggregator runs it first), if it is ours.
         self._vad = vad
@@ -217,10 +215,6 @@ class SmartTurn(LocalSmartTurnAnalyzerV3):
         # AUDIO_CLOCK_ORIGIN + samples before it / rate, computed afresh each
         # time, so the same sample always gets the same time.
         self._samples = 0
-
-    @property
-    def _model_executor(self) -> ThreadPoolExecutor:
-        return self._queue
 
     def heard_at(self, sample: int) -> float | None:
         """The audio-clock time of the VAD's ``sample``, if the VAD heard it lately.
@@ -251,16 +245,18 @@ class SmartTurn(LocalSmartTurnAnalyzerV3):
         frames of silence later, and a longer tail of silence can change the
         verdict of a question Smart Turn is unsure of.
         """
-        heard, vad = self._audio_buffer, self._vad
+        heard, vad = self.audio_buffer, self._vad
         end = None
         if vad is not None and vad.speech_stopped_at > vad.speech_started_at:
             end = self.heard_at(vad.speech_stopped_at)
         if end is not None:
             heard = [entry for entry in heard if entry[0] < end]
         loop = asyncio.get_running_loop()
-        state, result = await loop.run_in_executor(self._queue, self._process_speech_segment, heard)
+        state, result = await loop.run_in_executor(
+            self.executor, self.process_speech_segment, heard
+        )
         if state == EndOfTurnState.COMPLETE:
-            self._clear(state)
+            self.clear()
         return state, result
 
     def append_audio(self, buffer: bytes, is_speech: bool) -> EndOfTurnState:
@@ -277,23 +273,22 @@ class SmartTurn(LocalSmartTurnAnalyzerV3):
         chunk = np.frombuffer(buffer, dtype=np.int16)
         at = self._time_of(self._samples)
         self._samples += len(chunk)
-        self._audio_buffer.append((at, chunk))
+        self.audio_buffer.append((at, chunk))
         if is_speech:
-            self._silence_ms = 0
-            self._speech_triggered = True
-            if self._speech_start_time == 0:
+            self.silence_ms = 0
+            self.speech_triggered = True
+            if self.speech_start_time == 0:
                 # Where the strategy would have heard the start on an idle machine.
                 started = self.heard_at(self._vad.speech_started_at) if self._vad else None
-                # pipecat's attribute starts as an int 0 and holds a float (so in pipecat too).
-                self._speech_start_time = at if started is None else started  # type: ignore[assignment]
-        elif self._speech_triggered:
-            self._silence_ms += len(chunk) * 1000 / self.sample_rate  # type: ignore[assignment]
-            if self._silence_ms >= self._stop_ms:
-                self._clear(EndOfTurnState.COMPLETE)
+                self.speech_start_time = at if started is None else started
+        elif self.speech_triggered:
+            self.silence_ms += len(chunk) * 1000 / self.sample_rate
+            if self.silence_ms >= self.stop_ms:
+                self.clear()
                 return EndOfTurnState.COMPLETE
         else:  # keep no more before the speech than a segment can use
-            keep = self._params.pre_speech_ms / 1000 + self._params.stop_secs
-            keep += self._params.max_duration_secs
-            while self._audio_buffer and self._audio_buffer[0][0] < at - keep:
-                self._audio_buffer.pop(0)
+            keep = self.params.pre_speech_ms / 1000 + self.params.stop_secs
+            keep += self.params.max_duration_secs
+            while self.audio_buffer and self.audio_buffer[0][0] < at - keep:
+                self.audio_buffer.pop(0)
         return EndOfTurnState.INCOMPLETE

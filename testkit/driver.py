@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from fastrtc import CloseStream
 
+from pipeline.compat.fastrtc import set_clear_queue
 from pipeline.session import VoiceSession
 
 FRAME_SECS = 0.02
@@ -62,7 +63,7 @@ class SessionDriver:
 
     async def __aenter__(self) -> SessionDriver:
         # What fastrtc's AudioCallback installs: its clear-queue hook.
-        self.session._clear_queue = self._on_clear
+        set_clear_queue(self.session, self._on_clear)
         report = self.session.report
 
         def indexed_report(event) -> None:

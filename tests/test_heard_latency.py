@@ -23,9 +23,9 @@ from aiortc.rtp import RtpPacket
 from pipecat.frames.frames import OutputAudioRawFrame
 
 from pipeline import events as ev
+from pipeline.compat.aiortc import tighten_audio_jitter_buffer
 from pipeline.transport import (
     microphone_resampler,
-    tighten_audio_jitter_buffer,
     without_lead_in,
 )
 from ui import export, heard, render, state

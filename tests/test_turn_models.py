@@ -47,7 +47,7 @@ def test_the_analyzers_set_what_pipecats_constructors_set(turn_models):
     assert set(vars(ours._model)) == set(vars(theirs._model))
     ours_turn = SmartTurn(turn_models, sample_rate=16000)
     theirs_turn = LocalSmartTurnAnalyzerV3(sample_rate=16000)
-    assert set(vars(ours_turn)) - {"_queue", "_samples", "_vad"} == set(vars(theirs_turn))
+    assert set(vars(ours_turn)) - {"_shared_executor", "_samples", "_vad"} == set(vars(theirs_turn))
 
 
 def _recording(voice_confidence, seen: list[float]):

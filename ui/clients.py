@@ -28,7 +28,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ def _take_forwarded_scheme(scope: dict) -> None:
             return
 
 
-def keep_uvicorn_out_of_it(environ: dict[str, str] | os._Environ = os.environ) -> None:
+def keep_uvicorn_out_of_it(environ: MutableMapping[str, str] = os.environ) -> None:
     """Stop uvicorn from rewriting the client from ``X-Forwarded-For`` before we decide.
 
     Gradio builds uvicorn's ``Config`` without ``forwarded_allow_ips``, so

@@ -27,6 +27,7 @@ import gradio as gr
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from pipeline.compat.gradio import is_server_fn
 from ui.limits import posted_to, read_body, replay
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,6 @@ def _unknown_call(app, body: bytes) -> str | None:
     if block is None:
         return "no such component"
     fn = getattr(block, fn_name, None) if isinstance(fn_name, str) else None
-    if fn is None or not getattr(fn, "_is_server_fn", False):
+    if fn is None or not is_server_fn(fn):
         return "no such function"
     return None

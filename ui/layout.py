@@ -10,6 +10,9 @@ from pathlib import Path
 import gradio as gr
 from fastrtc import WebRTC
 
+from pipeline.compat.aiortc import tighten_audio_jitter_buffer
+from pipeline.compat.fastrtc import end_streams_quietly
+from pipeline.compat.gradio import hide_tracebacks
 from pipeline.config import (
     admission_secs,
     handshake_secs,
@@ -20,7 +23,6 @@ from pipeline.config import (
 )
 from pipeline.providers.local.models import shared_models
 from pipeline.session import SessionRecords, VoiceSession
-from pipeline.transport import end_streams_quietly, tighten_audio_jitter_buffer
 from pipeline.weights import local_llm
 from ui import (
     clients,
@@ -307,7 +309,6 @@ def launch(demo: gr.Blocks, **options) -> None:
         app_kwargs=server.app_kwargs(status),
         **options,
     )
-    demo.server_app.debug = False
-    demo.server_app.middleware_stack = None
+    hide_tracebacks(demo.server_app)
     server.serve_worker(status)
     demo.block_thread()

@@ -65,6 +65,8 @@ from fastapi.responses import JSONResponse
 from fastrtc import WebRTC
 from fastrtc.utils import AdditionalOutputs, WebRTCData
 
+from pipeline.compat.fastrtc import replace_component_methods
+from pipeline.compat.gradio import mark_server_fn
 from pipeline.config import balancer_cookie
 from pipeline.telemetry import refused as count_refusal
 from ui.clients import client_of
@@ -203,16 +205,15 @@ class WebRTCGuard:
             self._collect_soon()
             return connection
 
-        # Patches of one component's methods and Gradio's server-function marker: mypy
-        # types a method as read-only and a function as having no attributes.
-        offer._is_server_fn = True  # type: ignore[attr-defined]
-        quit_output_stream._is_server_fn = True  # type: ignore[attr-defined]
-        component.offer = offer
-        component.quit_output_stream = quit_output_stream
-        component.set_input_gradio = set_input_gradio  # type: ignore[method-assign,assignment]
-        component.set_input_on_submit = set_input_on_submit  # type: ignore[method-assign,assignment]
-        component.set_additional_outputs = set_additional_outputs  # type: ignore[method-assign]
-        component.clean_up = clean_up  # type: ignore[method-assign]
+        replace_component_methods(
+            component,
+            offer=mark_server_fn(offer),
+            quit_output_stream=mark_server_fn(quit_output_stream),
+            set_input_gradio=set_input_gradio,
+            set_input_on_submit=set_input_on_submit,
+            set_additional_outputs=set_additional_outputs,
+            clean_up=clean_up,
+        )
 
     def on_additional_outputs(self, fn: Callable, outputs: list) -> None:
         """fastrtc's ``on_additional_outputs``, answering only the session that owns the id."""

@@ -34,6 +34,7 @@ import numpy as np
 from fastrtc import AsyncStreamHandler, CloseStream
 
 from bench.figures import AUDIBLE_THRESHOLD, STOP_GAP_SECS
+from pipeline.compat.fastrtc import set_clear_queue, set_handler_loop
 
 FRAME_SECS = 0.02
 START_TIMEOUT_SECS = 60.0
@@ -165,8 +166,8 @@ class Listener:
     async def start(self) -> Listener:
         loop = asyncio.get_running_loop()
         # What fastrtc's connection and AudioCallback install on every handler.
-        self.handler._loop = loop
-        self.handler._clear_queue = self.playout.clear
+        set_handler_loop(self.handler, loop)
+        set_clear_queue(self.handler, self.playout.clear)
         start_up = (
             self.handler.start_up() if self._async else asyncio.to_thread(self.handler.start_up)
         )

@@ -193,8 +193,8 @@ class PipecatBot(AsyncStreamHandler):
     def _clear_listener(self) -> None:
         while not self._outbox.empty():
             self._outbox.get_nowait()
-        if self._clear_queue is not None:
-            self._clear_queue()
+        if self.clear_queue is not None:
+            self.clear_queue()
 
     async def start_up(self) -> None:
         self._transport = BenchTransport(self._outbox.put_nowait, self._clear_listener)

@@ -14,10 +14,10 @@ from urllib.parse import urlsplit
 
 import httpx
 from pipecat.frames.frames import VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame
-from pipecat.services.elevenlabs.stt import CommitStrategy, ElevenLabsRealtimeSTTService
-from pipecat.services.elevenlabs.tts import ElevenLabsTTSService
+from pipecat.services.elevenlabs.stt import CommitStrategy
 from pipecat.services.tts_service import TextAggregationMode
 
+from pipeline.compat.pipecat import ElevenLabsRealtimeSTT, ElevenLabsTTS
 from pipeline.providers.base import Capabilities, Catalog, Provider, Stage
 from pipeline.providers.websocket import ReportsDroppedConnection
 
@@ -53,7 +53,7 @@ def websocket_host() -> str:
     return urlsplit(base_url()).netloc
 
 
-class VoiceLabElevenLabsTTSService(ReportsDroppedConnection, ElevenLabsTTSService):
+class VoiceLabElevenLabsTTSService(ReportsDroppedConnection, ElevenLabsTTS):
     """ElevenLabs TTS fed the LLM's tokens as they stream, generating from the first phrase.
 
     The websocket takes text in pieces, so nothing waits for a whole clause
@@ -75,14 +75,14 @@ class VoiceLabElevenLabsTTSService(ReportsDroppedConnection, ElevenLabsTTSServic
         self._unflushed: dict[str, str] = {}
         self._flushed: set[str] = set()
 
-    async def _send_text(self, text: str, context_id: str):
-        if not (self._websocket and context_id):
+    async def send_text(self, text: str, context_id: str):
+        if not (self.websocket and context_id):
             return
         pending = self._unflushed.get(context_id, "")
         if text[:1].isspace() and _long_first_phrase(pending, first=self._first(context_id)):
             await self._flush(context_id)  # a word just ended the first phrase
             pending = ""
-        await super()._send_text(text, context_id)
+        await super().send_text(text, context_id)
         pending += text
         if _phrase_ends(pending, first=self._first(context_id)):
             await self._flush(context_id)
@@ -97,9 +97,9 @@ class VoiceLabElevenLabsTTSService(ReportsDroppedConnection, ElevenLabsTTSServic
         return context_id not in self._flushed
 
     async def _flush(self, context_id: str) -> None:
-        if self._websocket is None:  # the connection dropped while the text went out
+        if self.websocket is None:  # the connection dropped while the text went out
             return
-        await self._websocket.send(json.dumps({"context_id": context_id, "flush": True}))
+        await self.websocket.send(json.dumps({"context_id": context_id, "flush": True}))
         self._flushed.add(context_id)
 
     def _mid_turn(self) -> bool:
@@ -109,7 +109,7 @@ class VoiceLabElevenLabsTTSService(ReportsDroppedConnection, ElevenLabsTTSServic
         await self.broadcast_interruption()
 
 
-class VoiceLabElevenLabsSTTService(ReportsDroppedConnection, ElevenLabsRealtimeSTTService):
+class VoiceLabElevenLabsSTTService(ReportsDroppedConnection, ElevenLabsRealtimeSTT):
     """Scribe realtime, reporting a commit that is never answered.
 
     pipecat waits for the committed transcript forever; a stalled service
@@ -138,10 +138,10 @@ class VoiceLabElevenLabsSTTService(ReportsDroppedConnection, ElevenLabsRealtimeS
         self._awaiting_transcript = None
         await self.push_error("no transcript: the request timed out")
 
-    async def _process_response(self, data: dict):
+    async def on_response(self, data: dict):
         if data.get("message_type") != "partial_transcript":
             await self._stop_waiting()
-        await super()._process_response(data)
+        await super().on_response(data)
 
     async def _stop_waiting(self) -> None:
         if self._awaiting_transcript is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncGenerator
+from typing import cast
 
 import httpx
 import openai
@@ -21,6 +22,7 @@ from pipecat.services.groq.tts import GroqTTSService, GroqTTSSettings
 from pipecat.transcriptions.language import Language
 from pipecat.utils.types import assert_given
 
+from pipeline.compat.pipecat import replace_client, service_client, stream_tts_audio
 from pipeline.providers.base import Capabilities, Catalog, Provider, Stage
 from pipeline.speculation import EagerSegmentsMixin
 
@@ -84,7 +86,7 @@ class VoiceLabGroqLLMService(GroqLLMService):
 
     async def cleanup(self):
         await super().cleanup()
-        await self._client.close()  # pipecat leaves its keep-alive sockets to the GC
+        await service_client(self).close()  # pipecat leaves its keep-alive sockets to the GC
 
 
 class VoiceLabGroqSTTService(EagerSegmentsMixin, GroqSTTService):
@@ -92,13 +94,16 @@ class VoiceLabGroqSTTService(EagerSegmentsMixin, GroqSTTService):
 
     def __init__(self, *, api_key: str, **kwargs):
         super().__init__(api_key=api_key, base_url=openai_base_url(), **kwargs)
-        self._client = AsyncOpenAI(
-            api_key=api_key, base_url=openai_base_url(), timeout=_timeout(), max_retries=0
+        replace_client(
+            self,
+            AsyncOpenAI(
+                api_key=api_key, base_url=openai_base_url(), timeout=_timeout(), max_retries=0
+            ),
         )
 
     async def cleanup(self):
         await super().cleanup()
-        await self._client.close()
+        await service_client(self).close()
 
 
 class VoiceLabGroqTTSService(GroqTTSService):
@@ -109,38 +114,36 @@ class VoiceLabGroqTTSService(GroqTTSService):
     and the rest streamed (and resampled if need be) as it arrives.
     """
 
-    # pipecat annotates it with its class alias ``Settings``, which mypy cannot resolve.
-    _settings: GroqTTSSettings
-
     def __init__(self, *, api_key: str, **kwargs):
         super().__init__(api_key=api_key, **kwargs)
         from groq import AsyncGroq
 
-        self._client = AsyncGroq(
-            api_key=api_key, base_url=base_url(), timeout=_groq_timeout(), max_retries=0
+        replace_client(
+            self,
+            AsyncGroq(api_key=api_key, base_url=base_url(), timeout=_groq_timeout(), max_retries=0),
         )
 
     async def cleanup(self):
         await super().cleanup()
-        await self._client.close()
+        await service_client(self).close()
 
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
         try:
             await self.start_tts_usage_metrics(text)
-            model, voice = assert_given(self._settings.model), assert_given(self._settings.voice)
+            settings = cast(GroqTTSSettings, self.settings)  # typed as the base class's
+            model, voice = assert_given(settings.model), assert_given(settings.voice)
             if model is None or voice is None:
                 raise ValueError("Groq TTS needs a model and a voice")
             for piece in split_for_speech(text, TTS_MAX_INPUT_CHARS):
-                async with self._client.audio.speech.with_streaming_response.create(
+                async with service_client(self).audio.speech.with_streaming_response.create(
                     model=model,
                     voice=voice,
                     response_format="wav",
-                    # Typed as the rates Groq takes; the pipeline's output rate is one of them.
-                    sample_rate=self.sample_rate,  # type: ignore[arg-type]
+                    sample_rate=self.sample_rate,
                     input=piece,
                 ) as response:
-                    async for frame in self._stream_audio_frames_from_iterator(
-                        response.iter_bytes(), strip_wav_header=True, context_id=context_id
+                    async for frame in stream_tts_audio(
+                        self, response.iter_bytes(), strip_wav_header=True, context_id=context_id
                     ):
                         await self.stop_ttfb_metrics()
                         yield frame

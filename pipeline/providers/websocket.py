@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # a mixin: what it is mixed into, for the type checker only
     from pipecat.services.ai_service import AIService
-    from pipecat.services.websocket_service import WebsocketService
 
-    class _WebsocketAIService(AIService, WebsocketService): ...
+    from pipeline.compat.pipecat import WebsocketHooks
+
+    class _WebsocketAIService(WebsocketHooks, AIService): ...
 
 else:
     _WebsocketAIService = object
@@ -27,7 +28,7 @@ class ReportsDroppedConnection(_WebsocketAIService):
     Invalid API key"): pipecat's later reconnection errors say only that
     verification failed, and the reason is what tells a visitor what to fix.
 
-    Mix it in before a pipecat ``WebsocketService`` subclass, and override
+    Mix it in before a :class:`pipeline.compat.pipecat.WebsocketHooks` subclass, and override
     :meth:`_mid_turn` (is a turn on this socket now?) and
     :meth:`_on_dropped_mid_turn` (what else to do about it).
     """
@@ -44,18 +45,18 @@ class ReportsDroppedConnection(_WebsocketAIService):
         if closed is not None and closed.code != 1000:
             self._server_close_reason = f"{closed.code} {closed.reason}".strip()
 
-    async def _verify_connection(self) -> bool:
-        verified = await super()._verify_connection()
+    async def verify_connection(self) -> bool:
+        verified = await super().verify_connection()
         if not verified:
-            self._note_close(getattr(self._websocket, "close_rcvd", None))
+            self._note_close(getattr(self.websocket, "close_rcvd", None))
         return verified
 
-    async def _maybe_try_reconnect(self, error_message, report_error, error=None):
+    async def maybe_try_reconnect(self, error_message, report_error, error=None):
         self._note_close(getattr(error, "rcvd", None))
-        if not self._disconnecting and self._mid_turn():
+        if not self.disconnecting and self._mid_turn():
             await self.push_error(f"connection dropped: {error_message}", exception=error)
             await self._on_dropped_mid_turn()
-        return await super()._maybe_try_reconnect(error_message, report_error, error)
+        return await super().maybe_try_reconnect(error_message, report_error, error)
 
     async def push_error_frame(self, error, *args, **kwargs):
         reason = self._server_close_reason

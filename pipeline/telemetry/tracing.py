@@ -42,6 +42,7 @@ from opentelemetry.sdk.trace import (
 from opentelemetry.trace import Status
 from pipecat.utils.tracing.tracing_context import TracingContext
 
+from pipeline.compat.pipecat import set_worker_tracing_context
 from pipeline.config import worker_id
 from pipeline.redaction import redact
 from pipeline.telemetry import settings
@@ -285,9 +286,9 @@ def share_tracing_context(worker, context: TracingContext) -> None:
     pipecat's ``PipelineWorker`` makes a ``TracingContext`` of its own, and only
     when its turn tracking is on (whose turn spans we replace, see the module
     docstring); services read ``worker._tracing_context`` when they are set up.
-    A ``tracing_context=`` parameter on ``PipelineWorker`` would retire this.
+    (see :func:`pipeline.compat.pipecat.set_worker_tracing_context`).
     """
-    worker._tracing_context = context
+    set_worker_tracing_context(worker, context)
 
 
 def otlp_json(spans: Iterable[ReadableSpan]) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator
+from typing import cast
 
 import numpy as np
 from loguru import logger
@@ -36,6 +37,7 @@ from pipecat.utils.time import time_now_iso8601
 from pipecat.utils.tracing.service_decorators import traced_llm, traced_stt, traced_tts
 from pipecat.utils.types import assert_given
 
+from pipeline.compat.pipecat import push_llm_text, stream_tts_audio
 from pipeline.providers.local.models import PIPER_LABEL, WHISPER_LABEL, LocalModels
 from pipeline.speculation import (
     EagerSegment,
@@ -168,14 +170,14 @@ class LocalWhisperSTTService(EagerSegmentsMixin, SegmentedSTTService):
     def can_generate_metrics(self) -> bool:
         return True
 
-    async def _handle_user_started_speaking(self, frame):
-        await super()._handle_user_started_speaking(frame)
+    async def on_user_started_speaking(self, frame):
+        await super().on_user_started_speaking(frame)
         self._utterance += 1
         self._open_block += 1
         self._blocks = []
         self._open_text = ""
         self._shown = ""
-        self._interim_from = len(self._audio_buffer)
+        self._interim_from = len(self.audio_buffer)
         self._interim_ran = False
         self._paused = False
 
@@ -184,22 +186,22 @@ class LocalWhisperSTTService(EagerSegmentsMixin, SegmentedSTTService):
             self._paused = isinstance(frame, UserPausedFrame)
         await super().process_frame(frame, direction)
 
-    async def _handle_user_stopped_speaking(self, frame):
+    async def on_user_stopped_speaking(self, frame):
         await self._cancel_interim()
         if self._blocks and not self.is_usable:
             # pipecat drops the segment: the blocks queued before it must not
             # prefix the next utterance's transcript.
-            self._segment_queue.put_nowait(_DropBlocks(b"\0"))
+            self.segment_queue.put_nowait(_DropBlocks(b"\0"))
         self._blocks = []
-        await super()._handle_user_stopped_speaking(frame)
+        await super().on_user_stopped_speaking(frame)
 
     async def process_audio_frame(self, frame, direction):
         await super().process_audio_frame(frame, direction)
-        if not self._user_speaking:
+        if not self.user_speaking:
             return
         if (
             self._block_secs > 0
-            and len(self._audio_buffer) >= self._block_secs * 2 * self.sample_rate
+            and len(self.audio_buffer) >= self._block_secs * 2 * self.sample_rate
         ):
             self._close_block()
         if self._interim_every_secs <= 0 or (
@@ -208,11 +210,11 @@ class LocalWhisperSTTService(EagerSegmentsMixin, SegmentedSTTService):
             return
         first = not self._interim_ran
         due = self._first_interim_secs if first else self._interim_every_secs
-        new_secs = (len(self._audio_buffer) - self._interim_from) / (2 * self.sample_rate)
+        new_secs = (len(self.audio_buffer) - self._interim_from) / (2 * self.sample_rate)
         if new_secs >= due and not self._paused and self._models.interim_idle(first):
-            started_from, self._interim_from = self._interim_from, len(self._audio_buffer)
+            started_from, self._interim_from = self._interim_from, len(self.audio_buffer)
             self._interim_ran = True
-            snapshot = bytes(self._audio_buffer)
+            snapshot = bytes(self.audio_buffer)
             self._interim_task = self.create_task(
                 self._push_interim(snapshot, self._open_block, started_from, first),
                 name="interim",
@@ -223,20 +225,20 @@ class LocalWhisperSTTService(EagerSegmentsMixin, SegmentedSTTService):
         search_from = int(self._block_secs * 2 / 3 * self.sample_rate) * 2
         # Stop short of the newest audio (the VAD ends an utterance 0.2 s into
         # a pause), so what follows the cut always holds speech.
-        search_to = max(search_from + 2, len(self._audio_buffer) - self.sample_rate)
-        window = bytes(self._audio_buffer[search_from:search_to])
+        search_to = max(search_from + 2, len(self.audio_buffer) - self.sample_rate)
+        window = bytes(self.audio_buffer[search_from:search_to])
         cut = search_from + 2 * quiet_point(window, self.sample_rate)
-        with memoryview(self._audio_buffer) as view:
+        with memoryview(self.audio_buffer) as view:
             audio = _BlockAudio(view[:cut])
-        del self._audio_buffer[:cut]
+        del self.audio_buffer[:cut]
         self._interim_from = max(0, self._interim_from - cut)
         audio.block = _Block(self._open_text, self._utterance)
         self._blocks.append(audio.block)
         self._open_text = ""
         self._open_block += 1
         self._interim_ran = False
-        self._record_stt_audio_usage(audio)
-        self._segment_queue.put_nowait(audio)
+        self.record_audio_usage(audio)
+        self.segment_queue.put_nowait(audio)
 
     async def _push_interim(self, audio: bytes, block: int, started_from: int, first: bool):
         text = await asyncio.to_thread(
@@ -246,7 +248,7 @@ class LocalWhisperSTTService(EagerSegmentsMixin, SegmentedSTTService):
             # Whisper was taken between the check and the pass: due again at once.
             self._interim_from, self._interim_ran = started_from, not first
             return
-        if text is not None and block == self._open_block and self._user_speaking:
+        if text is not None and block == self._open_block and self.user_speaking:
             self._open_text = text
             self._open_covers = len(audio)
             await self._show_interim()
@@ -256,7 +258,7 @@ class LocalWhisperSTTService(EagerSegmentsMixin, SegmentedSTTService):
         if text and text != self._shown:
             self._shown = text
             await self.push_frame(
-                InterimTranscriptionFrame(text, self._user_id, time_now_iso8601(), Language.EN)
+                InterimTranscriptionFrame(text, self.user_id, time_now_iso8601(), Language.EN)
             )
 
     async def _cancel_interim(self) -> None:
@@ -275,7 +277,7 @@ class LocalWhisperSTTService(EagerSegmentsMixin, SegmentedSTTService):
 
     async def eager_transcript(self, audio: bytes) -> str:
         """The open block's words at a pause: the latest interim text if it heard them all."""
-        uncovered = len(self._audio_buffer) - self._open_covers
+        uncovered = len(self.audio_buffer) - self._open_covers
         if self._open_text and uncovered <= INTERIM_COVERS_SECS * 2 * self.sample_rate:
             return self._open_text
         return await asyncio.to_thread(self._models.transcribe, audio, self.sample_rate)
@@ -293,7 +295,7 @@ class LocalWhisperSTTService(EagerSegmentsMixin, SegmentedSTTService):
             block_text = await asyncio.to_thread(self._models.transcribe, audio, self.sample_rate)
             self._final_blocks.append(block_text)
             audio.block.final = block_text
-            if audio.block.utterance == self._utterance and self._user_speaking:
+            if audio.block.utterance == self._utterance and self.user_speaking:
                 await self._show_interim()
             return
         await self.start_processing_metrics()
@@ -309,7 +311,7 @@ class LocalWhisperSTTService(EagerSegmentsMixin, SegmentedSTTService):
         text = " ".join(t for t in [*self._final_blocks, text] if t)
         self._final_blocks.clear()
         if text:
-            yield TranscriptionFrame(text, self._user_id, time_now_iso8601(), Language.EN)
+            yield TranscriptionFrame(text, self.user_id, time_now_iso8601(), Language.EN)
 
 
 class LocalLlamaLLMService(LLMService):
@@ -369,10 +371,15 @@ class LocalLlamaLLMService(LLMService):
             await self.stop_processing_metrics()
             await self.push_frame(LLMFullResponseEndFrame())
 
+    @property
+    def _llm_settings(self) -> LLMSettings:
+        """pipecat's ``settings``, typed as the base class's; an LLM's are ``LLMSettings``."""
+        return cast(LLMSettings, self.settings)
+
     async def _messages(self, context: LLMContext) -> list[dict]:
         params = await self.get_llm_adapter().get_llm_invocation_params(
             context,
-            system_instruction=self._settings.system_instruction,
+            system_instruction=self._llm_settings.system_instruction,
             convert_developer_to_user=True,
         )
         messages = list(params["messages"])
@@ -407,7 +414,7 @@ class LocalLlamaLLMService(LLMService):
         usage: dict = {}
         async for token in self._stream_tokens(messages, usage):
             await self.stop_ttfb_metrics()
-            await self._push_llm_text(token)
+            await push_llm_text(self, token)
         if usage:
             await self.start_llm_usage_metrics(
                 LLMTokenUsage(
@@ -422,11 +429,11 @@ class LocalLlamaLLMService(LLMService):
         tokens: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
         stop = threading.Event()
         models = self._models
-        given_max_tokens = assert_given(self._settings.max_tokens)
+        given_max_tokens = assert_given(self._llm_settings.max_tokens)
         if given_max_tokens is None:
             raise ValueError("the local LLM needs a max_tokens setting")
         max_tokens = int(given_max_tokens)
-        temperature = float(self._settings.temperature or 0.0)
+        temperature = float(self._llm_settings.temperature or 0.0)
 
         def generate() -> None:
             count = 0
@@ -503,8 +510,8 @@ class LocalPiperTTSService(TTSService):
                 yield chunk
 
         sample_rate = self._models.piper.config.sample_rate
-        async for frame in self._stream_audio_frames_from_iterator(
-            audio(), in_sample_rate=sample_rate, context_id=context_id
+        async for frame in stream_tts_audio(
+            self, audio(), in_sample_rate=sample_rate, context_id=context_id
         ):
             await self.stop_ttfb_metrics()
             yield frame
