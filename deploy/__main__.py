@@ -6,7 +6,7 @@ On one machine (workers and HAProxy; ``--turn`` adds coturn for relayed media):
     python -m deploy --workers 2 --port 7860 --host 0.0.0.0 --turn --turn-external-ip 203.0.113.7
 
 HAProxy alone, in front of workers on other machines (each runs ``python app.py``
-with the variables the README lists); ``--print-config`` writes the configuration
+with the variables docs/deploy.md lists); ``--print-config`` writes the configuration
 for your own HAProxy instead of running one:
 
     python -m deploy balancer --port 80 --server w1=10.0.0.11:7861:7961 \\

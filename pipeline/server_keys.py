@@ -74,7 +74,7 @@ class ServerKeyLedger:
             self._accounts.popitem(last=False)
 
 
-# Every session of this process charges here (one worker; see the README on several).
+# Every session of this process charges here (one worker; docs/deploy.md on several).
 SERVER_KEYS = ServerKeyLedger()
 
 

@@ -206,7 +206,7 @@ class Prometheus(_Server):
         self.also_without_token = also_without_token
 
     def config(self) -> str:
-        """The scrape configuration (the README shows the same shape)."""
+        """The scrape configuration (docs/observability.md shows the same shape)."""
         targets = json.dumps(self.targets)
         jobs = [("voice-lab", self.token)]
         if self.also_without_token:
