@@ -1,4 +1,4 @@
-"""Telemetry settings from the environment (documented in ``.env.example`` and docs/observability.md).
+"""Telemetry settings from the environment (``.env.example``, docs/observability.md).
 
 The standard OpenTelemetry variables decide where traces go; ours decide what
 they may hold and who may read ``/metrics``. Nothing here imports OpenTelemetry.
