@@ -26,12 +26,12 @@ from fastrtc import AsyncStreamHandler, CloseStream
 from fastrtc.utils import AdditionalOutputs, current_context
 
 from pipeline import events as ev
-from pipeline.ab import UtteranceRecorder
 from pipeline.builder import build_generation
 from pipeline.compat.fastrtc import cached_resampler, drop_handler_wrappers, set_handler_loop
 from pipeline.config import SessionConfig
 from pipeline.providers.local.models import LocalModels, LocalStageUnavailable, shared_models
 from pipeline.publisher import StatePublisher
+from pipeline.same_words import UtteranceRecorder
 from pipeline.server_keys import SERVER_KEYS, ServerKeyBudget, ServerKeyLedger
 from pipeline.switcher import Generation, GenerationSwitcher
 from pipeline.telemetry import SessionTelemetry, metrics, refused
@@ -125,7 +125,7 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         self._publish_interval = publish_interval
         self.records = records if records is not None else SessionRecords()
         self.events: deque[ev.Event] = deque(maxlen=EVENT_LOG_LIMIT)
-        # The user's last turn as heard, for "Same words, other stack" (pipeline.ab).
+        # The user's last turn as heard, for "Same words, other stack" (pipeline.same_words).
         self.utterance = UtteranceRecorder()
         self.outbox = outbox = SessionOutbox()
         self.finished = asyncio.Event()
@@ -174,7 +174,7 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         return self.switcher.config
 
     @property
-    def voice(self) -> Generation | None:
+    def generation(self) -> Generation | None:
         """The pipeline generation that runs now."""
         return self.switcher.generation
 
@@ -293,7 +293,7 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
 
     async def receive(self, frame: tuple[int, np.ndarray]) -> None:
         self._heard_audio = True
-        if self.voice is None or self._closed:
+        if self.generation is None or self._closed:
             return
         self._last_audio_at = time.monotonic()
         sample_rate, samples = frame

@@ -74,7 +74,7 @@ class SessionDriver:
         self.session.report = indexed_report
         self._tasks.append(asyncio.create_task(self.session.start_up(), name="driver-startup"))
         self._tasks.append(asyncio.create_task(self._pull(), name="driver-pull"))
-        await self.wait_for(lambda: self.session.voice is not None and self._started(), 30)
+        await self.wait_for(lambda: self.session.generation is not None and self._started(), 30)
         return self
 
     @property

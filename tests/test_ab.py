@@ -20,10 +20,13 @@ import gradio as gr
 import numpy as np
 import pytest
 
-from pipeline import ab as ab_pipeline
 from pipeline import events as ev
 from pipeline import pricing
-from pipeline.ab import (
+from pipeline import same_words as ab_pipeline
+from pipeline.config import SessionConfig
+from pipeline.providers.base import ProviderKeys
+from pipeline.providers.registry import choice_for
+from pipeline.same_words import (
     MAX_UTTERANCE_BYTES,
     PREROLL_SECS,
     ABRefused,
@@ -31,15 +34,13 @@ from pipeline.ab import (
     UtteranceRecorder,
     history_before,
 )
-from pipeline.config import SessionConfig
-from pipeline.providers.base import ProviderKeys
-from pipeline.providers.registry import choice_for
 from pipeline.session import VoiceSession
 from testkit.driver import SessionDriver
 from testkit.fakes.groq import DEFAULT_TRANSCRIPT
 from testkit.speech import SAMPLE_RATE, speech_pcm
 from tests import test_providers
-from ui import ab, state
+from ui import same_words_panel as ab
+from ui import state
 from ui.settings import config_from_settings
 
 GROQ_KEY, ELEVEN_KEY = test_providers.GROQ_KEY, test_providers.ELEVEN_KEY
@@ -425,7 +426,7 @@ async def test_a_page_cannot_compare_a_call_it_does_not_own(models):
 async def test_the_other_stack_waits_for_the_live_call_to_be_between_turns():
     """Pressed while the bot still answers, the run starts once the reply is over."""
     activity = SimpleNamespace(idle=False)
-    call = SimpleNamespace(finished=asyncio.Event(), voice=SimpleNamespace(activity=activity))
+    call = SimpleNamespace(finished=asyncio.Event(), generation=SimpleNamespace(activity=activity))
     loop = asyncio.get_running_loop()
     loop.call_later(0.3, setattr, activity, "idle", True)
     started = loop.time()

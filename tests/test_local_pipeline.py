@@ -81,7 +81,7 @@ async def test_speaking_over_the_bot_stops_it_and_keeps_only_what_was_heard(mode
         # played), never the generated remainder.
         generated = "".join(e.text for e in d.events("BotToken"))
         spoken = " ".join(
-            m["content"] for m in d.session.voice.context.messages if m["role"] == "assistant"
+            m["content"] for m in d.session.generation.context.messages if m["role"] == "assistant"
         )
         assert len(spoken) < len(generated)
         assert cut.text == spoken

@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 from testkit.app import AppProcess, free_port
-from ui.relay import TurnRelay
+from ui.relay import TurnServerCredentials
 
 SERVERS = {"iceServers": [{"urls": "turn:127.0.0.1:3478", "username": "u", "credential": "c"}]}
 
@@ -36,7 +36,7 @@ class ScriptedFetch:
 
 def test_a_failing_fetch_is_retried_until_the_relay_is_there():
     fetch = ScriptedFetch(failures=3, wanted=1)
-    relay = TurnRelay(fetch, ttl=3600, retry_secs=(0.01,))
+    relay = TurnServerCredentials(fetch, ttl=3600, retry_secs=(0.01,))
     assert relay.browser_configuration() == {}
     assert "unavailable" in relay.notice()
     applied: list[dict] = []
@@ -54,7 +54,7 @@ def test_a_failing_fetch_is_retried_until_the_relay_is_there():
 
 def test_credentials_are_renewed_before_they_expire():
     fetch = ScriptedFetch(failures=0, wanted=3)
-    relay = TurnRelay(fetch, ttl=1, retry_secs=(0.01,))
+    relay = TurnServerCredentials(fetch, ttl=1, retry_secs=(0.01,))
     relay.start()
     try:
         # Renewed at 3/4 of a 1 s lifetime: three fetches well within 5 s.
@@ -64,7 +64,7 @@ def test_credentials_are_renewed_before_they_expire():
 
 
 def test_an_answer_without_ice_servers_counts_as_a_failure():
-    relay = TurnRelay(lambda ttl: {"error": "invalid token"}, retry_secs=(0.01,))
+    relay = TurnServerCredentials(lambda ttl: {"error": "invalid token"}, retry_secs=(0.01,))
     assert not relay.refresh()
     assert relay.servers is None and "iceServers" in (relay.error or "")
 

@@ -54,11 +54,11 @@ def echo(messages: list[dict]) -> str:
 
 
 def user_messages(d: SessionDriver) -> list[str]:
-    return [m["content"] for m in d.session.voice.context.messages if m["role"] == "user"]
+    return [m["content"] for m in d.session.generation.context.messages if m["role"] == "user"]
 
 
 def bot_messages(d: SessionDriver) -> list[str]:
-    return [m["content"] for m in d.session.voice.context.messages if m["role"] == "assistant"]
+    return [m["content"] for m in d.session.generation.context.messages if m["role"] == "assistant"]
 
 
 def shown_bot_text(d: SessionDriver) -> str:
@@ -281,6 +281,6 @@ async def test_a_tool_call_never_runs_speculatively(models, groq):
         calls = [e for e in d.events("ToolCallStarted") if e.name == "cancel_order"]
         assert len(calls) == 1
         assert calls[0].t >= d.events("UserStoppedSpeaking")[0].t, "the tool ran speculatively"
-        db = database_of(d.session.voice.context)
+        db = database_of(d.session.generation.context)
         done = db.execute("SELECT count(*) FROM actions WHERE order_number = '4821'")
         assert done.fetchone()[0] == 1

@@ -95,7 +95,7 @@ async def test_a_spoken_order_number_is_looked_up_and_its_status_spoken(models, 
         assert finished[0].ok and finished[0].call_id == started[0].call_id
         # The row's status, as a sentence, is what the bot said.
         row = (
-            database_of(d.session.voice.context)
+            database_of(d.session.generation.context)
             .execute("SELECT item, status FROM orders WHERE number = '1234'")
             .fetchone()
         )
@@ -173,7 +173,7 @@ async def test_a_cancellation_survives_a_barge_in_exactly_once(models, groq, mon
         assert len(cancel) == 1 and len(done) == 1 and done[0].ok
         interrupted = d.events("Interrupted")
         assert any(cancel[0].t < e.t < done[0].t for e in interrupted), "no barge-in mid-call"
-        db = database_of(d.session.voice.context)
+        db = database_of(d.session.generation.context)
         assert db.execute("SELECT status FROM orders WHERE number = '4821'").fetchone()[0] == (
             "cancelled"
         )
@@ -182,7 +182,7 @@ async def test_a_cancellation_survives_a_barge_in_exactly_once(models, groq, mon
             == 1
         )
         # The context records the cancellation, and the interruption was answered.
-        context = json.dumps(d.session.voice.context.get_messages())
+        context = json.dumps(d.session.generation.context.get_messages())
         assert "is now cancelled" in context
         asked = d.events("UserTurnText")[-1]
         assert "Tokyo" in asked.text
@@ -208,7 +208,7 @@ async def test_a_lookup_spoken_over_is_cancelled_and_the_new_question_answered(
         lookup = [e for e in d.events("ToolCallFinished") if e.name == "lookup_order"]
         assert len(lookup) == 1 and not lookup[0].ok and "spoke over" in lookup[0].result
         assert "wireless headphones" not in spoken(d)
-        context = json.dumps(d.session.voice.context.get_messages())
+        context = json.dumps(d.session.generation.context.get_messages())
         assert "wireless headphones" not in context and "CANCELLED" in context
 
 
@@ -257,8 +257,8 @@ async def test_tools_are_never_offered_to_the_local_llm(models, groq):
     """Not at the start, and not after a switch from an LLM that had them."""
     groq.transcript = Transcripts(ORDER_QUESTION)
     async with SessionDriver(session_with(models, config(llm="local"))) as d:
-        assert d.session.voice.context.tools is NOT_GIVEN
-        processors = d.session.voice.worker.pipeline.processors_with_metrics()
+        assert d.session.generation.context.tools is NOT_GIVEN
+        processors = d.session.generation.worker.pipeline.processors_with_metrics()
         llms = [p for p in processors if isinstance(p, LLMService)]
         assert llms and not any(llm.has_function(t.name) for llm in llms for t in catalog.TOOLS)
 
@@ -268,7 +268,7 @@ async def test_tools_are_never_offered_to_the_local_llm(models, groq):
         asked_groq = len(groq.requests_to("chat"))
         d.session.request_config(config(llm="local"))
         await d.play_silence_until(lambda: len(d.events("ProvidersChanged")) == 2, 10)
-        assert d.session.voice.context.tools is NOT_GIVEN
+        assert d.session.generation.context.tools is NOT_GIVEN
         await say(d, "Thank you, that is all.", timeout=45)
         assert len(d.events("ToolCallStarted")) == 1
         assert len(groq.requests_to("chat")) == asked_groq, "the local turn went to Groq"

@@ -23,7 +23,8 @@ import pytest
 
 from pipeline import events as ev
 from pipeline.weights import LocalLLM
-from ui import ab, export, render, scorecard, views
+from ui import export, render, scorecard, views
+from ui import same_words_panel as ab
 
 PAYLOADS = {
     "script": "<script>alert(1)</script>",

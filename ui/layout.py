@@ -37,8 +37,8 @@ from ui import (
     state,
     views,
 )
-from ui.ab import build_ab_panel, wire_ab_panel
-from ui.relay import TurnRelay, relay_policy, relay_source
+from ui.relay import TurnServerCredentials, relay_policy, relay_source
+from ui.same_words_panel import build_ab_panel, wire_ab_panel
 from ui.settings import build_settings_panel, config_from_settings
 from ui.webrtc_guard import WebRTCGuard, webrtc_id_of
 
@@ -50,7 +50,7 @@ EXPORT_DIR = Path(tempfile.gettempdir()) / "voice-lab-exports"
 DELETE_CACHE = (300, 900)
 
 
-def _browser_rtc(relay: TurnRelay | None):
+def _browser_rtc(relay: TurnServerCredentials | None):
     """The page's ICE configuration: none locally, the relay's credentials on a Space.
 
     A plain function, not a bound method: fastrtc calls it per page load only if
@@ -65,7 +65,7 @@ def _browser_rtc(relay: TurnRelay | None):
     return current_relay
 
 
-def _relay_notice(relay: TurnRelay | None) -> str:
+def _relay_notice(relay: TurnServerCredentials | None) -> str:
     notice = relay.notice() if relay is not None else ""
     return markup.render("relay_health.html", notice=notice) if notice else ""
 
@@ -79,7 +79,7 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
         records=records,
     )
     source = relay_source()
-    relay = TurnRelay(source, policy=relay_policy()).start() if source else None
+    relay = TurnServerCredentials(source, policy=relay_policy()).start() if source else None
     observability.install()
     # Every call's microphone audio reaches the pipeline 60 ms sooner (see its docstring).
     tighten_audio_jitter_buffer()

@@ -86,7 +86,7 @@ def _fastrtc_fetch(ttl: int) -> dict:
     return get_cloudflare_turn_credentials(ttl=ttl)
 
 
-class TurnRelay:
+class TurnServerCredentials:
     """The current TURN credentials (or why there are none), kept fresh by a daemon thread."""
 
     def __init__(
@@ -113,7 +113,7 @@ class TurnRelay:
         with self._lock:
             return self._servers
 
-    def start(self) -> TurnRelay:
+    def start(self) -> TurnServerCredentials:
         self._thread = threading.Thread(target=self._run, name="turn-relay", daemon=True)
         self._thread.start()
         return self

@@ -39,7 +39,7 @@ def _voice_lab(name: str, config: Callable, models, speculative: bool) -> Conten
         )
 
         def started() -> bool:
-            return session.voice is not None and any(
+            return session.generation is not None and any(
                 e.kind == "SessionStarted" for e in session.events
             )
 

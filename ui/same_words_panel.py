@@ -4,7 +4,7 @@ The button's handler (not the live event stream) draws ``#ab-comparison``:
 the comparison is made on request, from two states, and the live updates,
 which redraw every registered view from the live state ten times a second,
 must not overwrite it. The live turn's figures come from the session's state;
-the other stack's from its headless run (:mod:`pipeline.ab`) folded by the
+the other stack's from its headless run (:mod:`pipeline.same_words`) folded by the
 same reducer. Both are read per turn by :func:`turn_figures`.
 """
 
@@ -20,16 +20,6 @@ import gradio as gr
 from fastrtc import WebRTC
 
 from pipeline import events as ev
-from pipeline.ab import (
-    AB_TIMEOUT_SECS,
-    MAX_UTTERANCE_SECS,
-    ABRefused,
-    HeadlessResult,
-    headless_config,
-    history_before,
-    run_apart,
-    run_headless,
-)
 from pipeline.providers.base import STAGES, ProviderKeys, Stage, StageChoice
 from pipeline.providers.local.models import LocalModels, shared_models
 from pipeline.providers.registry import (
@@ -38,6 +28,16 @@ from pipeline.providers.registry import (
     keys_from_environment,
     offline_choice,
     providers_for,
+)
+from pipeline.same_words import (
+    AB_TIMEOUT_SECS,
+    MAX_UTTERANCE_SECS,
+    ABRefused,
+    HeadlessResult,
+    headless_config,
+    history_before,
+    run_apart,
+    run_headless,
 )
 from pipeline.session import VoiceSession
 from ui import cost, markup, timeline
@@ -268,7 +268,7 @@ async def between_turns(session: VoiceSession, limit: float) -> bool:
     """
     deadline = time.monotonic() + limit
     while not session.finished.is_set():
-        generation = session.voice
+        generation = session.generation
         if generation is None or generation.activity.idle:
             return True
         if time.monotonic() > deadline:
@@ -309,7 +309,7 @@ async def compare(
     try:
         if not await between_turns(session, BETWEEN_TURNS_WAIT_SECS):
             raise ABRefused("The call is still busy with a turn: try again once it is answered.")
-        generation = session.voice
+        generation = session.generation
         history = history_before(generation.context.messages, utterance.turn) if generation else []
         started = time.monotonic()
         try:
