@@ -34,13 +34,6 @@ PAUSE_SECS = 0.5
 QUESTIONS = 5  # the benchmark's first five questions
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
 async def run(speculative: bool, rounds: int, models) -> dict:
     from bench.scenarios import QUESTIONS as BENCH_QUESTIONS
     from pipeline.config import SessionConfig
@@ -92,7 +85,7 @@ async def run(speculative: bool, rounds: int, models) -> dict:
                 },
                 "voice_to_voice": {
                     "median": statistics.median(v2v) if v2v else None,
-                    "p95": percentile(v2v, 95),
+                    "p95": state.percentile(v2v, 95),
                     "n": len(v2v),
                 },
             }
