@@ -13,7 +13,6 @@ import io
 import json
 import re
 import wave
-from functools import reduce as fold
 from types import SimpleNamespace
 
 import gradio as gr
@@ -37,6 +36,7 @@ from pipeline.same_words import (
 from pipeline.session import VoiceSession
 from testkit.driver import SessionDriver
 from testkit.fakes.groq import DEFAULT_TRANSCRIPT
+from testkit.folding import folded
 from testkit.speech import SAMPLE_RATE, speech_pcm
 from tests import test_providers
 from ui import same_words_panel as ab
@@ -48,8 +48,7 @@ LOCAL = ("Local whisper-tiny.en", "Local SmolLM2-135M-Instruct", "Local piper-jo
 CLOUD = ("Groq whisper-large-v3-turbo", "Groq llama-3.1-8b-instant", "ElevenLabs eleven_flash_v2_5")
 
 
-def run(*events: ev.Event) -> state.SessionState:
-    return fold(state.reduce, events, state.initial_state())
+run = folded
 
 
 def a_turn(t0: float, heard: str, reply: str, stt: float, llm: float, tts: float, v2v: float):

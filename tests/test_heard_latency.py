@@ -12,7 +12,6 @@ import asyncio
 import json
 import re
 from functools import partial
-from functools import reduce as fold
 
 import av
 import numpy as np
@@ -28,14 +27,14 @@ from pipeline.transport import (
     microphone_resampler,
     without_lead_in,
 )
+from testkit.folding import folded
 from ui import export, heard, render, state
 from ui.views import VIEWS
 
 HEARD_INPUT = "heard-latency-input"
 
 
-def run(*events: ev.Event) -> state.SessionState:
-    return fold(state.reduce, events, state.initial_state())
+run = folded
 
 
 def turn(t0: float, v2v: float, text: str = "Hi there.") -> list[ev.Event]:
@@ -74,9 +73,9 @@ def test_a_heard_reply_is_filed_with_its_turn_beside_the_servers_v2v():
     # The page's figure usually arrives after the server's; either order works.
     after = run(*turn(0, 2.08), ev.HeardLatency(4, "reply", 2690.0))
     before = run(*turn(0, 2.08)[:5], ev.HeardLatency(3, "reply", 2690.0), *turn(0, 2.08)[5:])
-    for folded in (after, before):
-        assert folded.heard == (state.Heard(1, "reply", 2.69),)
-        assert heard.server_figure(folded, folded.heard[0]) == pytest.approx(2.08)
+    for result in (after, before):
+        assert result.heard == (state.Heard(1, "reply", 2.69),)
+        assert heard.server_figure(result, result.heard[0]) == pytest.approx(2.08)
     panel = heard.render_heard(after)
     assert "2690 ms" in panel and "V2V 2080 ms" in panel and "+610 ms" in panel
     assert "network, buffering and playback" in panel

@@ -4,11 +4,10 @@ import json
 from functools import reduce as fold
 
 from pipeline import events as ev
+from testkit.folding import folded
 from ui import charts, export, render, state
 
-
-def run(*events: ev.Event, start: state.SessionState | None = None) -> state.SessionState:
-    return fold(state.reduce, events, start or state.initial_state())
+run = folded
 
 
 BREAKDOWN = (("endpointing wait", 0.2), ("transcription", 0.35), ("LLM inference", 0.15))

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import reduce as fold
 
 import pytest
 
 from pipeline import events as ev
+from testkit.folding import folded
 from ui import render, state, timeline
 from ui.turnlog import MAX_TURN_EVENTS, TIMELINE_TURNS
 
@@ -86,7 +86,7 @@ def run(*events: ev.Event) -> state.SessionState:
         ev.SessionStarted(T0 - 1),
         ev.ProvidersChanged(T0 - 1, "Local a", "Local b", "Local c"),
     ]
-    return fold(state.reduce, [*start, *events], state.initial_state())
+    return folded(*start, *events)
 
 
 def bars(figure, lane: str) -> list[tuple[float, float, str]]:
