@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from pipecat.processors.aggregators.llm_context import LLMContext
@@ -36,6 +36,9 @@ from pipeline.providers.base import ProviderKeys, Stage, StageChoice
 from pipeline.providers.local.models import LocalModels, LocalStageUnavailable
 from pipeline.providers.registry import PROVIDERS
 from pipeline.transport import SessionOutbox
+
+if TYPE_CHECKING:
+    from pipeline.session import VoiceSession
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,9 @@ STT_TTFB_GRACE_SECS = 2.5
 # audio is accounted for as fast as it is made and the turn ends when synthesis does.
 # The first audio (what voice-to-voice measures) is never held back by pacing.
 UNPACED_LEAD_SECS = 3600.0
+# How long a run waits for the live call to be between turns, and how often it looks.
+BETWEEN_TURNS_WAIT_SECS = 30.0
+BETWEEN_TURNS_POLL_SECS = 0.05
 
 
 @dataclass(frozen=True)
@@ -406,3 +412,69 @@ async def run_apart(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
     threading.Thread(target=target, name="voice-lab-ab", daemon=True).start()
     return await done
+
+
+async def wait_between_turns(session: VoiceSession, limit: float) -> bool:
+    """Wait (at most ``limit`` seconds) until the live call is between turns; False if it never is.
+
+    The other stack starts only then, so that it does not compete for the CPU
+    and the shared local models with the live reply being synthesised (a
+    comparison is usually asked for while the bot is still answering).
+    """
+    deadline = time.monotonic() + limit
+    while not session.finished.is_set():
+        generation = session.generation
+        if generation is None or generation.activity.idle:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(BETWEEN_TURNS_POLL_SECS)
+    return False
+
+
+async def replay_last_utterance(
+    session: VoiceSession,
+    choices: dict[Stage, StageChoice],
+    keys: ProviderKeys,
+    models: LocalModels,
+    timeout: float = AB_TIMEOUT_SECS,
+) -> tuple[Utterance, HeadlessResult]:
+    """The session's last utterance through ``choices``; raises ABRefused with the reason.
+
+    Runs on the live call's event loop only to read the session; the other
+    stack runs on a thread and loop of its own. One run at a time per call;
+    the server's keys pay for it as they do for the call.
+    """
+    utterance = session.utterance.last
+    if utterance is None:
+        raise ABRefused("Say something first: there is no utterance to compare yet.")
+    if utterance.too_long:
+        raise ABRefused(
+            f"Your last utterance ran over {MAX_UTTERANCE_SECS:.0f} s: "
+            "the comparison takes shorter ones. Say something shorter and try again."
+        )
+    if session.comparing:
+        raise ABRefused("A comparison is already running for this call: wait for it to finish.")
+    config = headless_config(session.config, choices, keys)
+    if session.key_budget.spent and (stages := config.server_key_stages()):
+        raise ABRefused(
+            f"Your time on this server's keys is used up ({', '.join(s.upper() for s in stages)}):"
+            " type your own API key to compare with that provider."
+        )
+    session.comparing = True
+    try:
+        if not await wait_between_turns(session, BETWEEN_TURNS_WAIT_SECS):
+            raise ABRefused("The call is still busy with a turn: try again once it is answered.")
+        generation = session.generation
+        history = history_before(generation.context.messages, utterance.turn) if generation else []
+        started = time.monotonic()
+        try:
+            result = await run_apart(
+                lambda: run_headless(config, models, utterance, history, timeout=timeout)
+            )
+        finally:
+            if config.server_key_stages():
+                session.key_budget.charge(time.monotonic() - started)
+    finally:
+        session.comparing = False
+    return utterance, result

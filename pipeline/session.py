@@ -26,6 +26,7 @@ from fastrtc import AsyncStreamHandler, CloseStream
 from fastrtc.utils import AdditionalOutputs, current_context
 
 from pipeline import events as ev
+from pipeline import same_words
 from pipeline.builder import build_generation
 from pipeline.compat.fastrtc import cached_resampler, drop_handler_wrappers, set_handler_loop
 from pipeline.config import SessionConfig
@@ -127,6 +128,8 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
         self.events: deque[ev.Event] = deque(maxlen=EVENT_LOG_LIMIT)
         # The user's last turn as heard, for "Same words, other stack" (pipeline.same_words).
         self.utterance = UtteranceRecorder()
+        # A "same words, other stack" run is under way (one at a time per call).
+        self.comparing = False
         self.outbox = outbox = SessionOutbox()
         self.finished = asyncio.Event()
         # Weak: the outbox, the pipeline and the session's parts must not keep a closed
@@ -172,6 +175,15 @@ class VoiceSession(AsyncStreamHandler, Generic[S]):
     @property
     def config(self) -> SessionConfig:
         return self.switcher.config
+
+    async def compare_last_utterance(
+        self, choices, keys, models, timeout: float = same_words.AB_TIMEOUT_SECS
+    ) -> tuple[same_words.Utterance, same_words.HeadlessResult]:
+        """ "Same words, other stack": the user's last utterance through ``choices``.
+
+        Raises ``same_words.ABRefused`` with the reason in the visitor's words.
+        """
+        return await same_words.replay_last_utterance(self, choices, keys, models, timeout)
 
     @property
     def generation(self) -> Generation | None:

@@ -10,9 +10,6 @@ same reducer. Both are read per turn by :func:`turn_figures`.
 
 from __future__ import annotations
 
-import asyncio
-import time
-import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
@@ -31,13 +28,8 @@ from pipeline.providers.registry import (
 )
 from pipeline.same_words import (
     AB_TIMEOUT_SECS,
-    MAX_UTTERANCE_SECS,
     ABRefused,
     HeadlessResult,
-    headless_config,
-    history_before,
-    run_apart,
-    run_headless,
 )
 from pipeline.session import VoiceSession
 from ui import cost, markup, timeline
@@ -48,16 +40,10 @@ from ui.webrtc_guard import WebRTCGuard, webrtc_id_of
 
 # A/B runs at once across the server (each is a second pipeline on 2 vCPUs).
 AB_CONCURRENCY = 2
-# How long a comparison waits for the live call to be between turns, and how often it looks.
-BETWEEN_TURNS_WAIT_SECS = 30.0
-BETWEEN_TURNS_POLL_SECS = 0.05
 NONE = "—"
 # pipecat's label for the STT's part of voice-to-voice.
 TRANSCRIPTION = "transcription"
 ESTIMATED = "≈ "
-
-# Sessions with an A/B run under way: one at a time per call.
-_running: weakref.WeakSet[VoiceSession] = weakref.WeakSet()
 
 
 @dataclass(frozen=True)
@@ -258,25 +244,6 @@ class Comparison:
         )
 
 
-async def between_turns(session: VoiceSession, limit: float) -> bool:
-    """Wait (at most ``limit`` seconds) until the live call is between turns; False if it never is.
-
-    The other stack starts only then, so that it does not compete for the CPU
-    and the shared local models with the live reply being synthesised (a
-    comparison is usually asked for while the bot is still answering).
-    Polled like the switcher's own wait for the gap between turns.
-    """
-    deadline = time.monotonic() + limit
-    while not session.finished.is_set():
-        generation = session.generation
-        if generation is None or generation.activity.idle:
-            return True
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(BETWEEN_TURNS_POLL_SECS)
-    return False
-
-
 async def compare(
     session: VoiceSession,
     choices: dict[Stage, StageChoice],
@@ -289,39 +256,7 @@ async def compare(
     Runs on the live calls' event loop only to read the session; the other
     stack runs on a thread and loop of its own.
     """
-    utterance = session.utterance.last
-    if utterance is None:
-        raise ABRefused("Say something first: there is no utterance to compare yet.")
-    if utterance.too_long:
-        raise ABRefused(
-            f"Your last utterance ran over {MAX_UTTERANCE_SECS:.0f} s: "
-            "the comparison takes shorter ones. Say something shorter and try again."
-        )
-    if session in _running:
-        raise ABRefused("A comparison is already running for this call: wait for it to finish.")
-    config = headless_config(session.config, choices, keys)
-    if session.key_budget.spent and (stages := config.server_key_stages()):
-        raise ABRefused(
-            f"Your time on this server's keys is used up ({', '.join(s.upper() for s in stages)}):"
-            " type your own API key to compare with that provider."
-        )
-    _running.add(session)
-    try:
-        if not await between_turns(session, BETWEEN_TURNS_WAIT_SECS):
-            raise ABRefused("The call is still busy with a turn: try again once it is answered.")
-        generation = session.generation
-        history = history_before(generation.context.messages, utterance.turn) if generation else []
-        started = time.monotonic()
-        try:
-            result = await run_apart(
-                lambda: run_headless(config, models, utterance, history, timeout=timeout)
-            )
-        finally:
-            # The server's keys pay for the other stack as they do for the call.
-            if config.server_key_stages():
-                session.key_budget.charge(time.monotonic() - started)
-    finally:
-        _running.discard(session)
+    utterance, result = await session.compare_last_utterance(choices, keys, models, timeout)
     # Read after the run: the live turn has had the same time to finish.
     live, other = session.state, fold(result.events)
     return Comparison(
