@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 from pipecat.processors.aggregators.llm_context import LLMContext
@@ -38,7 +38,8 @@ from pipeline.providers.registry import PROVIDERS
 from pipeline.transport import SessionOutbox
 
 if TYPE_CHECKING:
-    from pipeline.session import VoiceSession
+    from pipeline.server_keys import ServerKeyBudget
+    from pipeline.switcher import Generation
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,23 @@ STT_TTFB_GRACE_SECS = 2.5
 # audio is accounted for as fast as it is made and the turn ends when synthesis does.
 # The first audio (what voice-to-voice measures) is never held back by pacing.
 UNPACED_LEAD_SECS = 3600.0
+
+
+class LiveCall(Protocol):
+    """What a run reads of the live call (a :class:`pipeline.session.VoiceSession`)."""
+
+    finished: asyncio.Event
+    utterance: UtteranceRecorder
+    comparing: bool
+    key_budget: ServerKeyBudget
+
+    @property
+    def config(self) -> SessionConfig: ...
+
+    @property
+    def generation(self) -> Generation | None: ...
+
+
 # How long a run waits for the live call to be between turns, and how often it looks.
 BETWEEN_TURNS_WAIT_SECS = 30.0
 BETWEEN_TURNS_POLL_SECS = 0.05
@@ -414,7 +432,7 @@ async def run_apart(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return await done
 
 
-async def wait_between_turns(session: VoiceSession, limit: float) -> bool:
+async def wait_between_turns(session: LiveCall, limit: float) -> bool:
     """Wait (at most ``limit`` seconds) until the live call is between turns; False if it never is.
 
     The other stack starts only then, so that it does not compete for the CPU
@@ -433,7 +451,7 @@ async def wait_between_turns(session: VoiceSession, limit: float) -> bool:
 
 
 async def replay_last_utterance(
-    session: VoiceSession,
+    session: LiveCall,
     choices: dict[Stage, StageChoice],
     keys: ProviderKeys,
     models: LocalModels,
