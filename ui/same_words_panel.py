@@ -24,7 +24,6 @@ from pipeline.providers.registry import (
     choice_for,
     keys_from_environment,
     offline_choice,
-    providers_for,
 )
 from pipeline.same_words import (
     AB_TIMEOUT_SECS,
@@ -294,20 +293,10 @@ def build_ab_panel() -> ABPanel:
             for stage in STAGES:
                 start = offline_choice(stage)
                 with gr.Column(min_width=160):
-                    provider = gr.Dropdown(
-                        [(p.label, p.id) for p in providers_for(stage)],
-                        value=start.provider,
-                        label=f"{settings_panel.STAGE_TITLES[stage]} provider",
-                        elem_id=f"ab-{stage}-provider",
+                    picker = settings_panel.build_stage_picker(
+                        stage, start.provider, start.model, id_prefix="ab-"
                     )
-                    model = gr.Dropdown(
-                        list(PROVIDERS[start.provider].catalogs[stage].models),
-                        value=start.model,
-                        label="Model",
-                        allow_custom_value=True,
-                        elem_id=f"ab-{stage}-model",
-                    )
-                pickers[stage] = (provider, model)
+                pickers[stage] = (picker.provider, picker.model)
         button = gr.Button("Same words, other stack", elem_id="ab-button", size="sm")
         result = gr.HTML("", elem_id="ab-comparison")
         with gr.Row():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import gradio as gr
 
@@ -145,46 +145,95 @@ def _tools_control(values: dict, llm_provider: str) -> dict:
     }
 
 
+@dataclass
+class StagePicker:
+    """A stage's provider and model dropdowns (and the TTS voice where asked for)."""
+
+    stage: Stage
+    provider: gr.Dropdown
+    model: gr.Dropdown
+    voice: gr.Dropdown | None = None
+
+
+def build_stage_picker(
+    stage: Stage,
+    provider_id: str,
+    model: str | None,
+    *,
+    voice: str | None = None,
+    with_voice: bool = False,
+    id_prefix: str = "",
+) -> StagePicker:
+    """One stage's dropdowns, in the current Blocks context (the settings and A/B panels)."""
+    catalog_ = PROVIDERS[provider_id].catalogs[stage]
+    provider = gr.Dropdown(
+        [(_provider_label(p, stage), p.id) for p in providers_for(stage)],
+        value=provider_id,
+        label=f"{STAGE_TITLES[stage]} provider",
+        elem_id=f"{id_prefix}{stage}-provider",
+    )
+    model_picker = gr.Dropdown(
+        list(catalog_.models),
+        value=model,
+        label="Model",
+        allow_custom_value=True,
+        elem_id=f"{id_prefix}{stage}-model",
+    )
+    voice_picker = None
+    if with_voice:
+        voice_picker = gr.Dropdown(
+            [(label, voice_id) for label, voice_id in catalog_.voices],
+            value=voice,
+            label="Voice",
+            allow_custom_value=True,
+            elem_id=f"{id_prefix}{stage}-voice",
+        )
+    return StagePicker(stage, provider, model_picker, voice_picker)
+
+
+@dataclass
+class SettingsPanel:
+    """The panel's controls; :func:`wire_settings_panel` connects them to ``settings``."""
+
+    settings: gr.State
+    pickers: dict[Stage, StagePicker]
+    key_boxes: dict[str, gr.Textbox]
+    key_status: gr.Markdown
+    vad_stop: gr.Slider
+    smart_turn: gr.Checkbox
+    speculative: gr.Checkbox
+    tools: gr.Checkbox
+    system_prompt: gr.Textbox
+
+
 def build_settings_panel() -> gr.State:
-    """Lay out the panel inside the current Blocks context; returns the settings state."""
+    """Lay out and wire the panel inside the current Blocks context; returns the settings state."""
+    panel = lay_out_settings_panel()
+    wire_settings_panel(panel)
+    return panel.settings
+
+
+def lay_out_settings_panel() -> SettingsPanel:
+    """The panel's controls, in the current Blocks context, showing the starting settings."""
     start = initial_settings()
     settings = gr.State(start)
-    cloud = [p for p in PROVIDERS.values() if p.needs_key]
-
     with gr.Accordion("Providers and settings", open=True, elem_id="settings"):
         gr.Markdown(
             "Changes apply from your next turn, without reconnecting; the conversation "
             "carries on. Each turn on the dashboard is labelled with what it ran on.",
             elem_classes=["settings-hint"],
         )
-        pickers: dict[Stage, tuple[gr.Dropdown, gr.Dropdown, gr.Dropdown | None]] = {}
+        pickers: dict[Stage, StagePicker] = {}
         for stage in STAGES:
             current = start[stage]
-            catalog_ = PROVIDERS[current["provider"]].catalogs[stage]
             with gr.Row():
-                provider = gr.Dropdown(
-                    [(_provider_label(p, stage), p.id) for p in providers_for(stage)],
-                    value=current["provider"],
-                    label=f"{STAGE_TITLES[stage]} provider",
-                    elem_id=f"{stage}-provider",
+                pickers[stage] = build_stage_picker(
+                    stage,
+                    current["provider"],
+                    current["model"],
+                    voice=current["voice"],
+                    with_voice=stage == "tts",
                 )
-                model = gr.Dropdown(
-                    list(catalog_.models),
-                    value=current["model"],
-                    label="Model",
-                    allow_custom_value=True,
-                    elem_id=f"{stage}-model",
-                )
-                voice = None
-                if stage == "tts":
-                    voice = gr.Dropdown(
-                        [(label, voice_id) for label, voice_id in catalog_.voices],
-                        value=current["voice"],
-                        label="Voice",
-                        allow_custom_value=True,
-                        elem_id="tts-voice",
-                    )
-            pickers[stage] = (provider, model, voice)
 
         with gr.Row():
             key_boxes = {
@@ -194,10 +243,11 @@ def build_settings_panel() -> gr.State:
                     placeholder=f"{p.key_env} (optional)",
                     elem_id=f"{p.id}-key",
                 )
-                for p in cloud
+                for p in _cloud_providers()
             }
         key_status = gr.Markdown(
-            " · ".join(_key_status(p.id, {}) for p in cloud), elem_classes=["settings-hint"]
+            " · ".join(_key_status(p.id, {}) for p in _cloud_providers()),
+            elem_classes=["settings-hint"],
         )
         # The knobs: one per full-width row, a short label with its explanation
         # under it (``info``), so labels read on one line at any width. A new
@@ -234,9 +284,28 @@ def build_settings_panel() -> gr.State:
             max_lines=6,
             max_length=MAX_SYSTEM_PROMPT_CHARS,
         )
+    return SettingsPanel(
+        settings,
+        pickers,
+        key_boxes,
+        key_status,
+        vad_stop,
+        smart_turn,
+        speculative,
+        tools,
+        system_prompt,
+    )
 
-    for stage, (provider, model, voice) in pickers.items():
-        _wire_stage(stage, provider, model, voice, settings)
+
+def _cloud_providers() -> list[Provider]:
+    return [p for p in PROVIDERS.values() if p.needs_key]
+
+
+def wire_settings_panel(panel: SettingsPanel) -> None:
+    """Every control feeds the visitor's settings state; key fields refresh the lists."""
+    settings, pickers = panel.settings, panel.pickers
+    for picker in pickers.values():
+        _wire_stage(picker.stage, picker.provider, picker.model, picker.voice, settings)
 
     def set_knob(name):
         def update(values: dict, value) -> dict:
@@ -244,14 +313,16 @@ def build_settings_panel() -> gr.State:
 
         return update
 
+    vad_stop, smart_turn, speculative = panel.vad_stop, panel.smart_turn, panel.speculative
+    tools, system_prompt = panel.tools, panel.system_prompt
     vad_stop.release(set_knob("vad_stop_secs"), [settings, vad_stop], settings, queue=False)
     smart_turn.change(set_knob("smart_turn"), [settings, smart_turn], settings, queue=False)
     speculative.change(set_knob("speculative"), [settings, speculative], settings, queue=False)
     # ``input``: only the visitor's clicks are a preference, not the updates below.
     tools.input(set_knob("tools"), [settings, tools], settings, queue=False)
-    pickers["llm"][0].input(
+    pickers["llm"].provider.input(
         lambda values, provider_id: gr.update(**_tools_control(values, provider_id)),
-        [settings, pickers["llm"][0]],
+        [settings, pickers["llm"].provider],
         tools,
         queue=False,
     )
@@ -260,7 +331,8 @@ def build_settings_panel() -> gr.State:
         set_knob("system_prompt"), [settings, system_prompt], settings, queue=False
     )
 
-    for provider_id, box in key_boxes.items():
+    cloud = _cloud_providers()
+    for provider_id, box in panel.key_boxes.items():
 
         async def set_key(values: dict, key: str, provider_id=provider_id):
             key = key.strip()[:MAX_KEY_CHARS] if isinstance(key, str) else ""
@@ -280,13 +352,12 @@ def build_settings_panel() -> gr.State:
             return updates
 
         # In the order ``set_key`` answers: each stage's model, then the TTS voice.
-        tts_voice = pickers["tts"][2]
+        tts_voice = pickers["tts"].voice
         assert tts_voice is not None, "the TTS row has a voice picker"
-        lists = [pickers["stt"][1], pickers["llm"][1], pickers["tts"][1], tts_voice]
-        outputs = [settings, key_status, *lists]
+        lists = [pickers["stt"].model, pickers["llm"].model, pickers["tts"].model, tts_voice]
+        outputs = [settings, panel.key_status, *lists]
         box.blur(set_key, [settings, box], outputs)
         box.submit(set_key, [settings, box], outputs)
-    return settings
 
 
 def _wire_stage(
