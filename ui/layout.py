@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -38,7 +39,7 @@ from ui import (
     views,
 )
 from ui.relay import TurnServerCredentials, relay_policy, relay_source
-from ui.same_words_panel import build_ab_panel, wire_ab_panel
+from ui.same_words_panel import ABPanel, build_ab_panel, wire_ab_panel
 from ui.settings import build_settings_panel, config_from_settings
 from ui.webrtc_guard import WebRTCGuard, webrtc_id_of
 
@@ -97,180 +98,9 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
         theme=gr.themes.Soft(),
         delete_cache=DELETE_CACHE,
     ) as demo:
-        gr.Markdown(
-            "# Voice Lab\nTalk to a real-time voice agent and watch it think: your words as you "
-            "speak, the reply as the LLM writes it, the sentence being spoken, and where every "
-            "millisecond of each turn went. Click the microphone box, press **Record**, allow "
-            "the microphone and speak; talk over the bot to interrupt it."
-        )
-        relay_health = gr.HTML(
-            _relay_notice(relay), elem_id="relay-health", visible=bool(relay and relay.notice())
-        )
-        gr.HTML(render.render_local_llm(local_llm()), elem_id="local-llm")
-        unavailable = dict(shared_models().unavailable)
-        gr.HTML(
-            render.render_local_health(unavailable),
-            elem_id="local-health",
-            visible=bool(unavailable),
-        )
-        with gr.Row():
-            with gr.Column(scale=2, min_width=320):
-                audio = WebRTC(
-                    label="Microphone and speaker",
-                    modality="audio",
-                    mode="send-receive",
-                    rtc_configuration=_browser_rtc(relay),
-                    # Locally no STUN/TURN server is contacted at all; on a Space
-                    # the relay's credentials replace this once fetched.
-                    server_rtc_configuration={"iceServers": []},
-                    elem_id="voice",
-                    button_labels={"start": "Record", "stop": "Stop"},
-                    # The default full-screen mode pins the widget over the
-                    # whole viewport, where the charts cover its Record button.
-                    full_screen=False,
-                )
-                shown = {view.name: view.component(idle) for view in views.in_column("talk")}
-                settings = build_settings_panel()
-            with gr.Column(scale=3, min_width=420):
-                shown |= {view.name: view.component(idle) for view in views.in_column("dashboard")}
-                ab_panel = build_ab_panel()
-                with gr.Row():
-                    export_button = gr.Button(
-                        "Export session (JSON)", size="sm", elem_id="export-button"
-                    )
-                    trace_button = gr.Button(
-                        "Download trace (OTLP JSON)", size="sm", elem_id="trace-button"
-                    )
-                    replay_button = gr.UploadButton(
-                        "Replay a session file", file_types=[".json"], size="sm"
-                    )
-                export_file = gr.File(label="Session file", visible=False, elem_id="export-file")
-                trace_file = gr.File(
-                    label="Trace file: open it in Jaeger (Search > Upload) or send it to "
-                    "any OTLP/HTTP receiver",
-                    visible=False,
-                    elem_id="trace-file",
-                )
-                # Where assets/heard_latency.js puts each figure the page measured:
-                # in the page (so its script can set it), never shown.
-                heard_input = gr.Textbox(
-                    elem_id="heard-latency-input", visible="hidden", show_label=False
-                )
-
-        # The views' components, in the order views.render_all/render_update return them.
-        outputs = [shown[view.name] for view in views.VIEWS]
-        status = shown["status"]
-        guard = WebRTCGuard(
-            audio,
-            per_client=max_sessions_per_client(),
-            admission_secs=admission_secs(),
-            handshake_secs=handshake_secs(),
-            offers_per_minute=offers_per_minute(),
-        )
-        # Before ``stream()``: it wires the settings to the method it finds now.
-        guard.install()
-        if relay is not None:
-            relay.listeners.append(
-                lambda servers: setattr(
-                    audio, "server_rtc_configuration", WebRTC.convert_to_aiortc_format(servers)
-                )
-            )
-            if relay.servers is not None:
-                audio.server_rtc_configuration = WebRTC.convert_to_aiortc_format(relay.servers)
-            demo.load(
-                lambda: gr.update(value=_relay_notice(relay), visible=bool(relay.notice())),
-                outputs=[relay_health],
-                queue=False,
-                show_api=False,
-            )
-        # The settings state is the stream's extra input: fastrtc hands every
-        # change of it to this visitor's session (``VoiceSession.set_args``).
-        audio.stream(
-            fn=session,
-            inputs=[audio, settings],
-            outputs=[audio],
-            concurrency_limit=max_sessions(),
-        )
-        # The session's own updates stop with the stream, so the page says
-        # itself what pressing Record and Stop did.
-        audio.start_recording(
-            lambda: render.render_status(state.SessionState(status="connecting")),
-            outputs=[status],
-            queue=False,
-        )
-        audio.stop_recording(
-            lambda: render.render_status(state.SessionState(status="ended")),
-            outputs=[status],
-            queue=False,
-        )
-        guard.on_additional_outputs(views.render_update, outputs)
-        wire_ab_panel(ab_panel, audio, settings, guard)
-
-        def export_current(connection, request: gr.Request) -> dict:
-            connection_id = webrtc_id_of(connection)
-            # Only the page that made the connection may export it.
-            if guard.owns(connection_id, request.session_hash):
-                events = records.get(connection_id)
-            else:
-                events = None
-            if not events:
-                raise gr.Error(
-                    "Nothing to export yet: press Record and talk first.", print_exception=False
-                )
-            return gr.update(value=str(export.write_export(events, EXPORT_DIR)), visible=True)
-
-        def download_trace(connection, request: gr.Request) -> dict:
-            connection_id = webrtc_id_of(connection)
-            # As the export: only the page that made the connection may read its trace.
-            session_hash = request.session_hash
-            if not guard.owns(connection_id, session_hash) or not records.get(connection_id):
-                raise gr.Error("No trace yet: press Record and talk first.", print_exception=False)
-            otlp = records.trace(connection_id)
-            if not otlp or not otlp.get("resourceSpans"):
-                raise gr.Error(
-                    "This session has no trace: tracing is off on this server "
-                    "(VOICE_LAB_TRACE_DOWNLOAD=0, or OTEL_SDK_DISABLED) "
-                    "or its sampler left it out.",
-                    print_exception=False,
-                )
-            return gr.update(value=str(export.write_trace(otlp, EXPORT_DIR)), visible=True)
-
-        def replay_file(file) -> tuple:
-            # Anyone can upload anything: load_replay bounds the work and
-            # checks every field; its message is plain text and quotes nothing.
-            path = getattr(file, "name", file)
-            try:
-                return views.render_all(export.load_replay(path))
-            except export.ReplayError as e:
-                raise gr.Error(
-                    str(e), title="Could not replay that file", print_exception=False
-                ) from None
-            finally:
-                # Read once and done with, unless an identical upload still waits.
-                if isinstance(path, str) and limits.PENDING_UPLOADS.release(path):
-                    export.discard_upload(path, Path(demo.GRADIO_CACHE))
-
-        export_button.click(export_current, inputs=[audio], outputs=[export_file])
-        trace_button.click(download_trace, inputs=[audio], outputs=[trace_file])
-        heard_intake = heard.HeardIntake()
-
-        def take_heard(raw, connection, request: gr.Request) -> None:
-            # From the visitor's browser, so hostile: only the page that owns the
-            # connection reaches its session, a few times a second at most, and
-            # only a well-formed figure in range (heard.parse_heard).
-            connection_id = webrtc_id_of(connection)
-            if not guard.owns(connection_id, request.session_hash):
-                return
-            target = audio.handlers.get(connection_id)
-            event = heard.parse_heard(raw, time.time())
-            if isinstance(target, VoiceSession) and event and heard_intake.allow(connection_id):
-                target.report_from_page(event)
-
-        heard_input.input(take_heard, inputs=[heard_input, audio], queue=False)
-        # Bounded cost per file, so no visitor's replay waits behind another's.
-        replay_button.upload(
-            replay_file, inputs=[replay_button], outputs=outputs, concurrency_limit=None
-        )
+        page = _lay_out_page(relay, idle)
+        guard = _wire_call(demo, page, session, relay)
+        _wire_files(demo, page, guard, records)
     for fn in demo.fns.values():
         # Every endpoint here serves this page only; none is a public API.
         fn.show_api = False
@@ -278,6 +108,239 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
     # api_open=False: a queued event is reached through the queue only, never by a
     # direct POST to /gradio_api/run/<name> past its concurrency limit and the queue's caps.
     return demo.queue(max_size=server.QUEUE_MAX_SIZE, default_concurrency_limit=4, api_open=False)
+
+
+@dataclass
+class Page:
+    """The page's components that events are wired to."""
+
+    relay_health: gr.HTML
+    audio: WebRTC
+    # Each view's component by name (views.VIEWS), and the panels.
+    shown: dict[str, gr.components.Component]
+    settings: gr.State
+    ab_panel: ABPanel
+    export_button: gr.Button
+    trace_button: gr.Button
+    replay_button: gr.UploadButton
+    export_file: gr.File
+    trace_file: gr.File
+    heard_input: gr.Textbox
+
+    @property
+    def outputs(self) -> list:
+        """The views' components, in the order views.render_all/render_update return them."""
+        return [self.shown[view.name] for view in views.VIEWS]
+
+
+def _lay_out_page(relay: TurnServerCredentials | None, idle: state.SessionState) -> Page:
+    """Every component, in the current Blocks context; nothing wired yet."""
+    gr.Markdown(
+        "# Voice Lab\nTalk to a real-time voice agent and watch it think: your words as you "
+        "speak, the reply as the LLM writes it, the sentence being spoken, and where every "
+        "millisecond of each turn went. Click the microphone box, press **Record**, allow "
+        "the microphone and speak; talk over the bot to interrupt it."
+    )
+    relay_health = gr.HTML(
+        _relay_notice(relay), elem_id="relay-health", visible=bool(relay and relay.notice())
+    )
+    gr.HTML(render.render_local_llm(local_llm()), elem_id="local-llm")
+    unavailable = dict(shared_models().unavailable)
+    gr.HTML(
+        render.render_local_health(unavailable),
+        elem_id="local-health",
+        visible=bool(unavailable),
+    )
+    with gr.Row():
+        with gr.Column(scale=2, min_width=320):
+            audio = WebRTC(
+                label="Microphone and speaker",
+                modality="audio",
+                mode="send-receive",
+                rtc_configuration=_browser_rtc(relay),
+                # Locally no STUN/TURN server is contacted at all; on a Space
+                # the relay's credentials replace this once fetched.
+                server_rtc_configuration={"iceServers": []},
+                elem_id="voice",
+                button_labels={"start": "Record", "stop": "Stop"},
+                # The default full-screen mode pins the widget over the
+                # whole viewport, where the charts cover its Record button.
+                full_screen=False,
+            )
+            shown = {view.name: view.component(idle) for view in views.in_column("talk")}
+            settings = build_settings_panel()
+        with gr.Column(scale=3, min_width=420):
+            shown |= {view.name: view.component(idle) for view in views.in_column("dashboard")}
+            ab_panel = build_ab_panel()
+            with gr.Row():
+                export_button = gr.Button(
+                    "Export session (JSON)", size="sm", elem_id="export-button"
+                )
+                trace_button = gr.Button(
+                    "Download trace (OTLP JSON)", size="sm", elem_id="trace-button"
+                )
+                replay_button = gr.UploadButton(
+                    "Replay a session file", file_types=[".json"], size="sm"
+                )
+            export_file = gr.File(label="Session file", visible=False, elem_id="export-file")
+            trace_file = gr.File(
+                label="Trace file: open it in Jaeger (Search > Upload) or send it to "
+                "any OTLP/HTTP receiver",
+                visible=False,
+                elem_id="trace-file",
+            )
+            # Where assets/heard_latency.js puts each figure the page measured:
+            # in the page (so its script can set it), never shown.
+            heard_input = gr.Textbox(
+                elem_id="heard-latency-input", visible="hidden", show_label=False
+            )
+
+    return Page(
+        relay_health,
+        audio,
+        shown,
+        settings,
+        ab_panel,
+        export_button,
+        trace_button,
+        replay_button,
+        export_file,
+        trace_file,
+        heard_input,
+    )
+
+
+def _wire_call(
+    demo: gr.Blocks, page: Page, session: VoiceSession, relay: TurnServerCredentials | None
+) -> WebRTCGuard:
+    """The call: the guarded stream into ``session``, its status, the relay and the A/B panel."""
+    audio, settings, relay_health = page.audio, page.settings, page.relay_health
+    outputs = page.outputs
+    status = page.shown["status"]
+    guard = WebRTCGuard(
+        audio,
+        per_client=max_sessions_per_client(),
+        admission_secs=admission_secs(),
+        handshake_secs=handshake_secs(),
+        offers_per_minute=offers_per_minute(),
+    )
+    # Before ``stream()``: it wires the settings to the method it finds now.
+    guard.install()
+    if relay is not None:
+        relay.listeners.append(
+            lambda servers: setattr(
+                audio, "server_rtc_configuration", WebRTC.convert_to_aiortc_format(servers)
+            )
+        )
+        if relay.servers is not None:
+            audio.server_rtc_configuration = WebRTC.convert_to_aiortc_format(relay.servers)
+        demo.load(
+            lambda: gr.update(value=_relay_notice(relay), visible=bool(relay.notice())),
+            outputs=[relay_health],
+            queue=False,
+            show_api=False,
+        )
+    # The settings state is the stream's extra input: fastrtc hands every
+    # change of it to this visitor's session (``VoiceSession.set_args``).
+    audio.stream(
+        fn=session,
+        inputs=[audio, settings],
+        outputs=[audio],
+        concurrency_limit=max_sessions(),
+    )
+    # The session's own updates stop with the stream, so the page says
+    # itself what pressing Record and Stop did.
+    audio.start_recording(
+        lambda: render.render_status(state.SessionState(status="connecting")),
+        outputs=[status],
+        queue=False,
+    )
+    audio.stop_recording(
+        lambda: render.render_status(state.SessionState(status="ended")),
+        outputs=[status],
+        queue=False,
+    )
+    guard.on_additional_outputs(views.render_update, outputs)
+
+    wire_ab_panel(page.ab_panel, audio, settings, guard)
+    return guard
+
+
+def _wire_files(demo: gr.Blocks, page: Page, guard: WebRTCGuard, records: SessionRecords) -> None:
+    """Export, trace download and replay, and the heard latency the page reports."""
+    audio, outputs = page.audio, page.outputs
+    export_button, trace_button, replay_button = (
+        page.export_button,
+        page.trace_button,
+        page.replay_button,
+    )
+    export_file, trace_file, heard_input = page.export_file, page.trace_file, page.heard_input
+
+    def export_current(connection, request: gr.Request) -> dict:
+        connection_id = webrtc_id_of(connection)
+        # Only the page that made the connection may export it.
+        if guard.owns(connection_id, request.session_hash):
+            events = records.get(connection_id)
+        else:
+            events = None
+        if not events:
+            raise gr.Error(
+                "Nothing to export yet: press Record and talk first.", print_exception=False
+            )
+        return gr.update(value=str(export.write_export(events, EXPORT_DIR)), visible=True)
+
+    def download_trace(connection, request: gr.Request) -> dict:
+        connection_id = webrtc_id_of(connection)
+        # As the export: only the page that made the connection may read its trace.
+        session_hash = request.session_hash
+        if not guard.owns(connection_id, session_hash) or not records.get(connection_id):
+            raise gr.Error("No trace yet: press Record and talk first.", print_exception=False)
+        otlp = records.trace(connection_id)
+        if not otlp or not otlp.get("resourceSpans"):
+            raise gr.Error(
+                "This session has no trace: tracing is off on this server "
+                "(VOICE_LAB_TRACE_DOWNLOAD=0, or OTEL_SDK_DISABLED) "
+                "or its sampler left it out.",
+                print_exception=False,
+            )
+        return gr.update(value=str(export.write_trace(otlp, EXPORT_DIR)), visible=True)
+
+    def replay_file(file) -> tuple:
+        # Anyone can upload anything: load_replay bounds the work and
+        # checks every field; its message is plain text and quotes nothing.
+        path = getattr(file, "name", file)
+        try:
+            return views.render_all(export.load_replay(path))
+        except export.ReplayError as e:
+            raise gr.Error(
+                str(e), title="Could not replay that file", print_exception=False
+            ) from None
+        finally:
+            # Read once and done with, unless an identical upload still waits.
+            if isinstance(path, str) and limits.PENDING_UPLOADS.release(path):
+                export.discard_upload(path, Path(demo.GRADIO_CACHE))
+
+    export_button.click(export_current, inputs=[audio], outputs=[export_file])
+    trace_button.click(download_trace, inputs=[audio], outputs=[trace_file])
+    heard_intake = heard.HeardIntake()
+
+    def take_heard(raw, connection, request: gr.Request) -> None:
+        # From the visitor's browser, so hostile: only the page that owns the
+        # connection reaches its session, a few times a second at most, and
+        # only a well-formed figure in range (heard.parse_heard).
+        connection_id = webrtc_id_of(connection)
+        if not guard.owns(connection_id, request.session_hash):
+            return
+        target = audio.handlers.get(connection_id)
+        event = heard.parse_heard(raw, time.time())
+        if isinstance(target, VoiceSession) and event and heard_intake.allow(connection_id):
+            target.report_from_page(event)
+
+    heard_input.input(take_heard, inputs=[heard_input, audio], queue=False)
+    # Bounded cost per file, so no visitor's replay waits behind another's.
+    replay_button.upload(
+        replay_file, inputs=[replay_button], outputs=outputs, concurrency_limit=None
+    )
 
 
 def launch(demo: gr.Blocks, **options) -> None:
