@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from pipeline.providers.base import ProviderKeys, Stage, StageChoice
@@ -24,9 +25,23 @@ def _env_float(name: str, default: float) -> float:
     return float(value) if value else default
 
 
-def _env_flag(name: str, default: bool) -> bool:
-    value = os.environ.get(name, "").strip().lower()
-    return value not in ("0", "false", "no", "off") if value else default
+TRUE = ("1", "true", "yes", "on")
+FALSE = ("0", "false", "no", "off")
+
+
+def env_flag(name: str, default: bool, environ: Mapping[str, str] = os.environ) -> bool:
+    """The one true/false rule for every setting: 1/true/yes/on, 0/false/no/off, unset: default.
+
+    Anything else is a mistake worth stopping for, not a guess.
+    """
+    value = environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in TRUE:
+        return True
+    if value in FALSE:
+        return False
+    raise ValueError(f"{name}={value!r}: expected one of {', '.join(TRUE + FALSE)}")
 
 
 def _env_int(name: str, default: int) -> int:
@@ -58,7 +73,7 @@ class SessionConfig:
     smart_turn: bool = True
     # Start the reply when the user falls silent, hold it until Smart Turn
     # confirms the turn, drop it if they go on (pipeline/speculation.py).
-    speculative: bool = field(default_factory=lambda: _env_flag("VOICE_LAB_SPECULATIVE", True))
+    speculative: bool = field(default_factory=lambda: env_flag("VOICE_LAB_SPECULATIVE", True))
     # Offer the demo tools (pipeline/tools) to an LLM that can call them;
     # VOICE_LAB_TOOLS=0 turns them off for every session.
     tools: bool = field(default_factory=lambda: tools_allowed())
@@ -180,7 +195,7 @@ def offers_per_minute() -> int:
 
 def tools_allowed() -> bool:
     """Whether this server offers tools at all (``VOICE_LAB_TOOLS=0``: never, whatever the page)."""
-    return os.environ.get("VOICE_LAB_TOOLS", "").strip().lower() not in ("0", "false", "no", "off")
+    return env_flag("VOICE_LAB_TOOLS", True)
 
 
 # -- this process as one worker of several (python -m deploy) ---------------------------------
@@ -218,4 +233,4 @@ def balancer_cookie() -> str | None:
 
 def access_log() -> bool:
     """One log line per HTTP request (method, path, status, worker): off unless asked."""
-    return _env_flag("VOICE_LAB_ACCESS_LOG", False)
+    return env_flag("VOICE_LAB_ACCESS_LOG", False)

@@ -153,3 +153,14 @@ def test_hostile_settings_are_refused_in_plain_words():
         config_from_settings({**initial_settings(), "vad_stop_secs": "soon"})
     clamped = config_from_settings({**initial_settings(), "vad_stop_secs": 999})
     assert clamped.vad_stop_secs == 1.0
+
+
+def test_every_true_false_setting_reads_by_one_rule():
+    from pipeline.config import env_flag
+
+    words = [("1", True), ("YES", True), (" on ", True), ("0", False), ("Off", False)]
+    for word, expected in words:
+        assert env_flag("VOICE_LAB_X", not expected, {"VOICE_LAB_X": word}) is expected
+    assert env_flag("VOICE_LAB_X", True, {}) is True and env_flag("VOICE_LAB_X", False, {}) is False
+    with pytest.raises(ValueError, match="VOICE_LAB_X='maybe'"):
+        env_flag("VOICE_LAB_X", True, {"VOICE_LAB_X": "maybe"})

@@ -31,6 +31,8 @@ import os
 from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 
+from pipeline.config import env_flag
+
 log = logging.getLogger(__name__)
 
 TRUSTED_PROXIES_ENV = "VOICE_LAB_TRUSTED_PROXIES"
@@ -75,9 +77,8 @@ class TrustedProxies:
         configured = environ.get(TRUSTED_PROXIES_ENV, "").strip()
         if configured:
             return cls.parse(configured)
-        alias = environ.get(TRUST_FORWARDED_FOR_ENV, "").strip().lower()
-        if alias:
-            return cls(any_peer=alias in ("1", "true", "yes", "on"))
+        if environ.get(TRUST_FORWARDED_FOR_ENV, "").strip():
+            return cls(any_peer=env_flag(TRUST_FORWARDED_FOR_ENV, False, environ))
         return cls(any_peer=bool(environ.get("SPACE_ID")))
 
     @property

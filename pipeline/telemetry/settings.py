@@ -8,12 +8,7 @@ from __future__ import annotations
 
 import os
 
-FALSE = ("0", "false", "no", "off")
-
-
-def _flag(name: str, default: bool) -> bool:
-    value = os.environ.get(name, "").strip().lower()
-    return value not in FALSE if value else default
+from pipeline.config import env_flag as _flag
 
 
 def traces_endpoint() -> str | None:
