@@ -11,11 +11,10 @@ anything in its session: Silero's recurrent state is in pipecat's
 
 - every session's Silero windows go through one thread of the process: a
   thread kept busy by all sessions is not woken for each frame as a thread
-  per session is, and with the one shared model an idle listening session
-  costs ~28 % less CPU. Silero on the event loop itself was measured too and
-  rejected: it saved no CPU over this, and moved the VAD's work onto the one
-  thread that runs every session's pipeline, which at 20 sessions then fell
-  behind (underruns, late barge-ins);
+  per session is, so an idle listening session costs less CPU. Silero on the
+  event loop itself saves no CPU over this and puts the VAD's work on the one
+  thread that runs every session's pipeline, which then falls behind under
+  many sessions (underruns, late barge-ins);
 - Smart Turn's inferences queue for a thread per core, in order, each at full
   speed, rather than on a thread per session contending for the cores;
 - Smart Turn's segment is placed by the audio itself: by samples rather than
@@ -50,7 +49,7 @@ from pipecat.metrics.metrics import MetricsData
 from pipeline.compat.pipecat import SileroVADOnModel, SmartTurnOnSession, predict_endpoint
 
 # The VAD's news of speech starting or stopping reaches Smart Turn at most this
-# late (measured: 20-100 ms at 20 sessions); anything older is other news.
+# late, even under many sessions; anything older is other news.
 NEWS_LAG_SECS = 1.0
 # Smart Turn inferences run at once, one per core (more would only share the cores).
 SMART_TURN_THREADS = min(4, os.cpu_count() or 1)
