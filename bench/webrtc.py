@@ -86,6 +86,10 @@ from testkit.webrtc_client import (
     AUDIBLE_RMS,
     CONNECT_TIMEOUT,
     PAGE_MESSAGES,
+    SAMPLE_RATE,
+    SPEAK_SLACK_SECS,
+    TURN_TIMEOUT,
+    ConnectionLost,
     OfferRefused,
     WebRTCClient,
     http_session,
@@ -134,6 +138,23 @@ def heard_figures(turn: dict) -> dict:
     }
 
 
+class SessionFailed(Exception):
+    """A visitor that could not finish: where it was and why (reported as a failed session)."""
+
+
+def session_budget(
+    questions: list[tuple[str, np.ndarray]], stagger: float, barge_in: tuple | None
+) -> float:
+    """The longest one visitor may take, every wait included: beyond it, it failed."""
+    speech = sum(len(audio) for _, audio in questions) / SAMPLE_RATE
+    turns = len(questions) + (1 if barge_in is not None else 0)
+    if barge_in is not None:
+        speech += (len(barge_in[1]) + len(barge_in[2])) / SAMPLE_RATE
+    per_turn = TURN_TIMEOUT + SPEAK_SLACK_SECS + PAUSE_BETWEEN_TURNS_SECS
+    # pick_stt, connect (HTTP + ICE), first UI update, the export, leaving: 30 s each at most.
+    return 5 * CONNECT_TIMEOUT + stagger + speech + turns * per_turn
+
+
 async def _run_client(
     client: WebRTCClient,
     questions: list[tuple[str, np.ndarray]],
@@ -141,25 +162,56 @@ async def _run_client(
     stt: str | None = None,
     barge_in: tuple[str, np.ndarray, np.ndarray] | None = None,
 ) -> dict:
+    """One visitor's session, bounded: a visitor that cannot go on raises SessionFailed saying
+    what it was doing and why (the connection lost, a wait over its bound)."""
+    step = ["starting"]
+    budget = session_budget(questions, stagger, barge_in)
+    try:
+        return await asyncio.wait_for(
+            _talk(client, questions, stagger, stt, barge_in, step), budget
+        )
+    except (TimeoutError, ConnectionLost, OfferRefused, aiohttp.ClientError) as e:
+        reason = str(e) or type(e).__name__
+        if isinstance(e, TimeoutError) and not str(e):
+            reason = f"the whole session took over {budget:.0f} s"
+        if client.lost and client.lost not in reason:
+            reason += f" ({client.lost})"
+        raise SessionFailed(f"{client.name} failed while {step[0]}: {reason}") from e
+
+
+async def _talk(
+    client: WebRTCClient,
+    questions: list[tuple[str, np.ndarray]],
+    stagger: float,
+    stt: str | None,
+    barge_in: tuple[str, np.ndarray, np.ndarray] | None,
+    step: list[str],
+) -> dict:
     result: dict[str, Any] = {"name": client.name, "webrtc_id": client.webrtc_id}
     if stt is not None:  # as a visitor picks it in the page before pressing Record
+        step[0] = "picking the speech-to-text provider"
         await client.pick_stt(stt)
     started = time.monotonic()
+    step[0] = "connecting"
     await client.connect()
     result["worker"] = client.page_worker
     result["connect_seconds"] = time.monotonic() - started
     result["offer_seconds"] = client.offer_seconds
     result["codec"] = client.codec
+    step[0] = "waiting for the session to start"
     await client.wait_until_live()
     result["live_seconds"] = time.monotonic() - started
     result["settings_sent"] = client.settings_sent.is_set()
     await client.pause(0.5 + stagger)
     turns = []
-    for text, audio in questions:
+    for number, (text, audio) in enumerate(questions, 1):
+        step[0] = f"in turn {number}"
         turns.append(heard_figures(await client.turn(text, audio)))
         await client.pause(PAUSE_BETWEEN_TURNS_SECS)
     if barge_in is not None:
+        step[0] = "in the barge-in turn"
         result["barge_in"] = await client.barge_in(*barge_in, after_secs=BARGE_IN_AFTER_SECS)
+    step[0] = "exporting the session"
     result["turns"] = await _with_server_figures(client, turns)
     result["late_mic_frames"] = client.mic.late_frames
     result["queue_messages"] = dict(client.queue_messages)
@@ -204,6 +256,36 @@ async def _scrape_metrics(http, url: str, every: float, took: list[float]) -> No
             r.raise_for_status()
         took.append(time.monotonic() - started)
         await asyncio.sleep(max(0.0, every - (time.monotonic() - started)))
+
+
+class LoopLag:
+    """How late this process's event loop runs a timer: the clients' own overload.
+
+    Every aiortc peer's RTP, SRTP, Opus encode and decode, the microphones' pacing
+    and the ICE consent answers share this loop; a timer running ``lag`` late means
+    every packet waits as long. aioice gives a consent check 0.5 s and closes the
+    connection after 6 in a row go unanswered, so sustained lag over 0.5 s kills
+    the sessions however well the server does.
+    """
+
+    def __init__(self, every: float = 0.05):
+        self.every = every
+        self.lags: list[float] = []
+        self._task = asyncio.create_task(self._measure(), name="loop-lag")
+
+    async def _measure(self) -> None:
+        while True:
+            asked = time.monotonic()
+            await asyncio.sleep(self.every)
+            self.lags.append(time.monotonic() - asked - self.every)
+
+    async def stop(self) -> dict:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        return {
+            **summarize(self.lags),
+            "over_500ms": sum(1 for lag in self.lags if lag > 0.5),
+        }
 
 
 @dataclass
@@ -379,6 +461,7 @@ async def run_webrtc_scenario(
             for i, h in enumerate(http)
         ]
         usage = ServerUsage(servers.pids)
+        loop_lag = LoopLag()
         client_cpu_before = cpu_seconds()
         talk_started = time.monotonic()
         scrapers = [
@@ -405,6 +488,7 @@ async def run_webrtc_scenario(
             cpu = {
                 "wall_seconds": time.monotonic() - talk_started,
                 "client_seconds": cpu_seconds() - client_cpu_before,
+                "client_loop_lag": await loop_lag.stop(),
                 "servers": server_use,
                 # One number for every server process (the telemetry benchmark's "app").
                 "app_seconds": _total_cpu(server_use),
@@ -422,7 +506,8 @@ async def run_webrtc_scenario(
     per_session = []
     for client, outcome in zip(clients, outcomes, strict=True):
         if isinstance(outcome, BaseException):
-            per_session.append({"name": client.name, "error": repr(outcome)})
+            error = str(outcome) if isinstance(outcome, SessionFailed) else repr(outcome)
+            per_session.append({"name": client.name, "error": error})
         else:
             per_session.append(outcome)
     all_turns = [t for s in per_session for t in s.get("turns", [])]
@@ -582,6 +667,7 @@ def format_scenario(result: dict) -> str:
     v2v = result["voice_to_voice_client"]
     under = result["underruns"]
     load = result["machine"]
+    lag = result["cpu"]["client_loop_lag"]
 
     def line(label: str, figures: dict) -> str:
         return f"{label:<28} median {ms(figures['median'])}  p95 {ms(figures['p95'])}"
@@ -613,9 +699,11 @@ def format_scenario(result: dict) -> str:
             f"{under['reply_seconds']:.1f} s of replies), arrival gaps >100 ms "
             f"{under['arrival_gaps_over_100ms']}",
             f"CPU: clients {result['cpu']['client_seconds']:.1f} s over "
-            f"{result['cpu']['wall_seconds']:.0f} s",
+            f"{result['cpu']['wall_seconds']:.0f} s; their event loop late by median "
+            f"{ms(lag['median'])}, p95 {ms(lag['p95'])}, max {ms(lag['max'])}",
             *servers,
             f"load avg before {load['loadavg_before'][0]:.2f} after {load['loadavg_after'][0]:.2f}",
+            *(f"  failed: {s['error']}" for s in result["per_session"] if "error" in s),
         ]
     )
 
