@@ -331,12 +331,20 @@ async def serving(
 
 
 class ServerUsage:
-    """CPU seconds and peak RSS of each server process (with its children) while talking."""
+    """CPU seconds and peak RSS of each server process (with its children) while talking.
+
+    Also its UDP receive backlog (Linux): the bytes waiting in its sockets at the
+    worst sample and the datagrams the kernel dropped for want of room. A server
+    whose event loop falls behind its sessions' RTP shows it here first: the media
+    (and the ICE consent answers queued behind it) arrive seconds late, then not at all.
+    """
 
     def __init__(self, pids: dict[str, int], every: float = 0.5):
         self.pids = pids
         self.every = every
         self.peak_mb: dict[str, float] = dict.fromkeys(pids, 0.0)
+        self.peak_udp_queued: dict[str, int] = dict.fromkeys(pids, 0)
+        self._udp_drops: dict[str, dict[int, int]] = {name: {} for name in pids}
         self._cpu_before = {name: _tree_cpu(pid) for name, pid in pids.items()}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, name="server-usage", daemon=True)
@@ -346,6 +354,11 @@ class ServerUsage:
         while not self._stop.is_set():
             for name, pid in self.pids.items():
                 self.peak_mb[name] = max(self.peak_mb[name], _tree_rss_mb(pid))
+                queued = 0
+                for inode, (rx_queue, drops) in _udp_sockets(pid).items():
+                    queued += rx_queue
+                    self._udp_drops[name][inode] = drops
+                self.peak_udp_queued[name] = max(self.peak_udp_queued[name], queued)
             self._stop.wait(self.every)
 
     def stop(self) -> dict[str, dict]:
@@ -357,9 +370,34 @@ class ServerUsage:
                 if (after := _tree_cpu(pid)) is None or self._cpu_before[name] is None
                 else after - self._cpu_before[name],
                 "peak_rss_mb": self.peak_mb[name],
+                "udp_peak_queued_kb": self.peak_udp_queued[name] / 1024,
+                "udp_drops": sum(self._udp_drops[name].values()),
             }
             for name, pid in self.pids.items()
         }
+
+
+def _udp_sockets(pid: int) -> dict[int, tuple[int, int]]:
+    """``{inode: (bytes queued to read, datagrams dropped)}`` of ``pid``'s UDP sockets (Linux)."""
+    try:
+        mine = {
+            int(target[8:-1])
+            for fd in os.scandir(f"/proc/{pid}/fd")
+            if (target := os.readlink(fd.path)).startswith("socket:[")
+        }
+    except OSError:
+        return {}
+    sockets = {}
+    for table in ("udp", "udp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = row.split()
+                # sl local remote st tx_queue:rx_queue tr tm->when retrnsmt uid timeout inode
+                # ref pointer drops
+                if int(fields[9]) in mine:
+                    rx_queue = int(fields[4].split(":")[1], 16)
+                    sockets[int(fields[9])] = (rx_queue, int(fields[12]))
+    return sockets
 
 
 def _total_cpu(use: dict[str, dict]) -> float | None:
@@ -679,7 +717,8 @@ def format_scenario(result: dict) -> str:
         *(line(f"  {part}", figures) for part, figures in result["heard_parts"].items()),
     ]
     servers = [
-        f"  {name}: CPU {u['cpu_seconds']:.1f} s, peak RSS {u['peak_rss_mb']:.0f} MB"
+        f"  {name}: CPU {u['cpu_seconds']:.1f} s, peak RSS {u['peak_rss_mb']:.0f} MB, "
+        f"UDP backlog peak {u['udp_peak_queued_kb']:.0f} KB, dropped {u['udp_drops']}"
         if u["cpu_seconds"] is not None
         else f"  {name}: gone before the end"
         for name, u in result["cpu"]["servers"].items()
