@@ -46,3 +46,4 @@ async def test_a_session_whose_connection_goes_mid_way_is_reported_failed_with_w
         await asyncio.wait_for(_run_client(client, [("hello?", QUESTION)] * 2), 10)
     reason = str(failure.value)
     assert "visitor failed while in turn 1" in reason and "closed" in reason, reason
+    assert failure.value.partial["turns"] == [], failure.value.partial  # none was answered

@@ -139,7 +139,15 @@ def heard_figures(turn: dict) -> dict:
 
 
 class SessionFailed(Exception):
-    """A visitor that could not finish: where it was and why (reported as a failed session)."""
+    """A visitor that could not finish: where it was and why (reported as a failed session).
+
+    ``partial``: what it measured before (the turns it was answered, without the
+    server's figures: the export needs the session).
+    """
+
+    def __init__(self, reason: str, partial: dict):
+        super().__init__(reason)
+        self.partial = partial
 
 
 def session_budget(
@@ -165,10 +173,11 @@ async def _run_client(
     """One visitor's session, bounded: a visitor that cannot go on raises SessionFailed saying
     what it was doing and why (the connection lost, a wait over its bound)."""
     step = ["starting"]
+    result: dict[str, Any] = {"name": client.name, "webrtc_id": client.webrtc_id}
     budget = session_budget(questions, stagger, barge_in)
     try:
         return await asyncio.wait_for(
-            _talk(client, questions, stagger, stt, barge_in, step), budget
+            _talk(client, questions, stagger, stt, barge_in, step, result), budget
         )
     except (TimeoutError, ConnectionLost, OfferRefused, aiohttp.ClientError) as e:
         reason = str(e) or type(e).__name__
@@ -176,7 +185,8 @@ async def _run_client(
             reason = f"the whole session took over {budget:.0f} s"
         if client.lost and client.lost not in reason:
             reason += f" ({client.lost})"
-        raise SessionFailed(f"{client.name} failed while {step[0]}: {reason}") from e
+        result["late_mic_frames"] = client.mic.late_frames
+        raise SessionFailed(f"{client.name} failed while {step[0]}: {reason}", result) from e
 
 
 async def _talk(
@@ -186,8 +196,8 @@ async def _talk(
     stt: str | None,
     barge_in: tuple[str, np.ndarray, np.ndarray] | None,
     step: list[str],
+    result: dict[str, Any],
 ) -> dict:
-    result: dict[str, Any] = {"name": client.name, "webrtc_id": client.webrtc_id}
     if stt is not None:  # as a visitor picks it in the page before pressing Record
         step[0] = "picking the speech-to-text provider"
         await client.pick_stt(stt)
@@ -203,7 +213,8 @@ async def _talk(
     result["live_seconds"] = time.monotonic() - started
     result["settings_sent"] = client.settings_sent.is_set()
     await client.pause(0.5 + stagger)
-    turns = []
+    turns: list[dict] = []
+    result["turns"] = turns  # so far, should the session fail
     for number, (text, audio) in enumerate(questions, 1):
         step[0] = f"in turn {number}"
         turns.append(heard_figures(await client.turn(text, audio)))
@@ -544,8 +555,9 @@ async def run_webrtc_scenario(
     per_session = []
     for client, outcome in zip(clients, outcomes, strict=True):
         if isinstance(outcome, BaseException):
+            partial = outcome.partial if isinstance(outcome, SessionFailed) else {}
             error = str(outcome) if isinstance(outcome, SessionFailed) else repr(outcome)
-            per_session.append({"name": client.name, "error": error})
+            per_session.append({"name": client.name, **partial, "error": error})
         else:
             per_session.append(outcome)
     all_turns = [t for s in per_session for t in s.get("turns", [])]
