@@ -86,6 +86,10 @@ from testkit.webrtc_client import (
     AUDIBLE_RMS,
     CONNECT_TIMEOUT,
     PAGE_MESSAGES,
+    SAMPLE_RATE,
+    SPEAK_SLACK_SECS,
+    TURN_TIMEOUT,
+    ConnectionLost,
     OfferRefused,
     WebRTCClient,
     http_session,
@@ -134,6 +138,31 @@ def heard_figures(turn: dict) -> dict:
     }
 
 
+class SessionFailed(Exception):
+    """A visitor that could not finish: where it was and why (reported as a failed session).
+
+    ``partial``: what it measured before (the turns it was answered, without the
+    server's figures: the export needs the session).
+    """
+
+    def __init__(self, reason: str, partial: dict):
+        super().__init__(reason)
+        self.partial = partial
+
+
+def session_budget(
+    questions: list[tuple[str, np.ndarray]], stagger: float, barge_in: tuple | None
+) -> float:
+    """The longest one visitor may take, every wait included: beyond it, it failed."""
+    speech = sum(len(audio) for _, audio in questions) / SAMPLE_RATE
+    turns = len(questions) + (1 if barge_in is not None else 0)
+    if barge_in is not None:
+        speech += (len(barge_in[1]) + len(barge_in[2])) / SAMPLE_RATE
+    per_turn = TURN_TIMEOUT + SPEAK_SLACK_SECS + PAUSE_BETWEEN_TURNS_SECS
+    # pick_stt, connect (HTTP + ICE), first UI update, the export, leaving: 30 s each at most.
+    return 5 * CONNECT_TIMEOUT + stagger + speech + turns * per_turn
+
+
 async def _run_client(
     client: WebRTCClient,
     questions: list[tuple[str, np.ndarray]],
@@ -141,25 +170,59 @@ async def _run_client(
     stt: str | None = None,
     barge_in: tuple[str, np.ndarray, np.ndarray] | None = None,
 ) -> dict:
+    """One visitor's session, bounded: a visitor that cannot go on raises SessionFailed saying
+    what it was doing and why (the connection lost, a wait over its bound)."""
+    step = ["starting"]
     result: dict[str, Any] = {"name": client.name, "webrtc_id": client.webrtc_id}
+    budget = session_budget(questions, stagger, barge_in)
+    try:
+        return await asyncio.wait_for(
+            _talk(client, questions, stagger, stt, barge_in, step, result), budget
+        )
+    except (TimeoutError, ConnectionLost, OfferRefused, aiohttp.ClientError) as e:
+        reason = str(e) or type(e).__name__
+        if isinstance(e, TimeoutError) and not str(e):
+            reason = f"the whole session took over {budget:.0f} s"
+        if client.lost and client.lost not in reason:
+            reason += f" ({client.lost})"
+        result["late_mic_frames"] = client.mic.late_frames
+        raise SessionFailed(f"{client.name} failed while {step[0]}: {reason}", result) from e
+
+
+async def _talk(
+    client: WebRTCClient,
+    questions: list[tuple[str, np.ndarray]],
+    stagger: float,
+    stt: str | None,
+    barge_in: tuple[str, np.ndarray, np.ndarray] | None,
+    step: list[str],
+    result: dict[str, Any],
+) -> dict:
     if stt is not None:  # as a visitor picks it in the page before pressing Record
+        step[0] = "picking the speech-to-text provider"
         await client.pick_stt(stt)
     started = time.monotonic()
+    step[0] = "connecting"
     await client.connect()
     result["worker"] = client.page_worker
     result["connect_seconds"] = time.monotonic() - started
     result["offer_seconds"] = client.offer_seconds
     result["codec"] = client.codec
+    step[0] = "waiting for the session to start"
     await client.wait_until_live()
     result["live_seconds"] = time.monotonic() - started
     result["settings_sent"] = client.settings_sent.is_set()
     await client.pause(0.5 + stagger)
-    turns = []
-    for text, audio in questions:
+    turns: list[dict] = []
+    result["turns"] = turns  # so far, should the session fail
+    for number, (text, audio) in enumerate(questions, 1):
+        step[0] = f"in turn {number}"
         turns.append(heard_figures(await client.turn(text, audio)))
         await client.pause(PAUSE_BETWEEN_TURNS_SECS)
     if barge_in is not None:
+        step[0] = "in the barge-in turn"
         result["barge_in"] = await client.barge_in(*barge_in, after_secs=BARGE_IN_AFTER_SECS)
+    step[0] = "exporting the session"
     result["turns"] = await _with_server_figures(client, turns)
     result["late_mic_frames"] = client.mic.late_frames
     result["queue_messages"] = dict(client.queue_messages)
@@ -206,6 +269,36 @@ async def _scrape_metrics(http, url: str, every: float, took: list[float]) -> No
         await asyncio.sleep(max(0.0, every - (time.monotonic() - started)))
 
 
+class LoopLag:
+    """How late this process's event loop runs a timer: the clients' own overload.
+
+    Every aiortc peer's RTP, SRTP, Opus encode and decode, the microphones' pacing
+    and the ICE consent answers share this loop; a timer running ``lag`` late means
+    every packet waits as long. aioice gives a consent check 0.5 s and closes the
+    connection after 6 in a row go unanswered, so sustained lag over 0.5 s kills
+    the sessions however well the server does.
+    """
+
+    def __init__(self, every: float = 0.05):
+        self.every = every
+        self.lags: list[float] = []
+        self._task = asyncio.create_task(self._measure(), name="loop-lag")
+
+    async def _measure(self) -> None:
+        while True:
+            asked = time.monotonic()
+            await asyncio.sleep(self.every)
+            self.lags.append(time.monotonic() - asked - self.every)
+
+    async def stop(self) -> dict:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        return {
+            **summarize(self.lags),
+            "over_500ms": sum(1 for lag in self.lags if lag > 0.5),
+        }
+
+
 @dataclass
 class Servers:
     """What the clients talk to: its URL, and its processes by name (none known for a URL)."""
@@ -249,12 +342,20 @@ async def serving(
 
 
 class ServerUsage:
-    """CPU seconds and peak RSS of each server process (with its children) while talking."""
+    """CPU seconds and peak RSS of each server process (with its children) while talking.
+
+    Also its UDP receive backlog (Linux): the bytes waiting in its sockets at the
+    worst sample and the datagrams the kernel dropped for want of room. A server
+    whose event loop falls behind its sessions' RTP shows it here first: the media
+    (and the ICE consent answers queued behind it) arrive seconds late, then not at all.
+    """
 
     def __init__(self, pids: dict[str, int], every: float = 0.5):
         self.pids = pids
         self.every = every
         self.peak_mb: dict[str, float] = dict.fromkeys(pids, 0.0)
+        self.peak_udp_queued: dict[str, int] = dict.fromkeys(pids, 0)
+        self._udp_drops: dict[str, dict[int, int]] = {name: {} for name in pids}
         self._cpu_before = {name: _tree_cpu(pid) for name, pid in pids.items()}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, name="server-usage", daemon=True)
@@ -264,6 +365,11 @@ class ServerUsage:
         while not self._stop.is_set():
             for name, pid in self.pids.items():
                 self.peak_mb[name] = max(self.peak_mb[name], _tree_rss_mb(pid))
+                queued = 0
+                for inode, (rx_queue, drops) in _udp_sockets(pid).items():
+                    queued += rx_queue
+                    self._udp_drops[name][inode] = drops
+                self.peak_udp_queued[name] = max(self.peak_udp_queued[name], queued)
             self._stop.wait(self.every)
 
     def stop(self) -> dict[str, dict]:
@@ -275,9 +381,34 @@ class ServerUsage:
                 if (after := _tree_cpu(pid)) is None or self._cpu_before[name] is None
                 else after - self._cpu_before[name],
                 "peak_rss_mb": self.peak_mb[name],
+                "udp_peak_queued_kb": self.peak_udp_queued[name] / 1024,
+                "udp_drops": sum(self._udp_drops[name].values()),
             }
             for name, pid in self.pids.items()
         }
+
+
+def _udp_sockets(pid: int) -> dict[int, tuple[int, int]]:
+    """``{inode: (bytes queued to read, datagrams dropped)}`` of ``pid``'s UDP sockets (Linux)."""
+    try:
+        mine = {
+            int(target[8:-1])
+            for fd in os.scandir(f"/proc/{pid}/fd")
+            if (target := os.readlink(fd.path)).startswith("socket:[")
+        }
+    except OSError:
+        return {}
+    sockets = {}
+    for table in ("udp", "udp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = row.split()
+                # sl local remote st tx_queue:rx_queue tr tm->when retrnsmt uid timeout inode
+                # ref pointer drops
+                if int(fields[9]) in mine:
+                    rx_queue = int(fields[4].split(":")[1], 16)
+                    sockets[int(fields[9])] = (rx_queue, int(fields[12]))
+    return sockets
 
 
 def _total_cpu(use: dict[str, dict]) -> float | None:
@@ -379,6 +510,7 @@ async def run_webrtc_scenario(
             for i, h in enumerate(http)
         ]
         usage = ServerUsage(servers.pids)
+        loop_lag = LoopLag()
         client_cpu_before = cpu_seconds()
         talk_started = time.monotonic()
         scrapers = [
@@ -405,6 +537,7 @@ async def run_webrtc_scenario(
             cpu = {
                 "wall_seconds": time.monotonic() - talk_started,
                 "client_seconds": cpu_seconds() - client_cpu_before,
+                "client_loop_lag": await loop_lag.stop(),
                 "servers": server_use,
                 # One number for every server process (the telemetry benchmark's "app").
                 "app_seconds": _total_cpu(server_use),
@@ -422,7 +555,9 @@ async def run_webrtc_scenario(
     per_session = []
     for client, outcome in zip(clients, outcomes, strict=True):
         if isinstance(outcome, BaseException):
-            per_session.append({"name": client.name, "error": repr(outcome)})
+            partial = outcome.partial if isinstance(outcome, SessionFailed) else {}
+            error = str(outcome) if isinstance(outcome, SessionFailed) else repr(outcome)
+            per_session.append({"name": client.name, **partial, "error": error})
         else:
             per_session.append(outcome)
     all_turns = [t for s in per_session for t in s.get("turns", [])]
@@ -582,6 +717,7 @@ def format_scenario(result: dict) -> str:
     v2v = result["voice_to_voice_client"]
     under = result["underruns"]
     load = result["machine"]
+    lag = result["cpu"]["client_loop_lag"]
 
     def line(label: str, figures: dict) -> str:
         return f"{label:<28} median {ms(figures['median'])}  p95 {ms(figures['p95'])}"
@@ -593,7 +729,8 @@ def format_scenario(result: dict) -> str:
         *(line(f"  {part}", figures) for part, figures in result["heard_parts"].items()),
     ]
     servers = [
-        f"  {name}: CPU {u['cpu_seconds']:.1f} s, peak RSS {u['peak_rss_mb']:.0f} MB"
+        f"  {name}: CPU {u['cpu_seconds']:.1f} s, peak RSS {u['peak_rss_mb']:.0f} MB, "
+        f"UDP backlog peak {u['udp_peak_queued_kb']:.0f} KB, dropped {u['udp_drops']}"
         if u["cpu_seconds"] is not None
         else f"  {name}: gone before the end"
         for name, u in result["cpu"]["servers"].items()
@@ -613,9 +750,11 @@ def format_scenario(result: dict) -> str:
             f"{under['reply_seconds']:.1f} s of replies), arrival gaps >100 ms "
             f"{under['arrival_gaps_over_100ms']}",
             f"CPU: clients {result['cpu']['client_seconds']:.1f} s over "
-            f"{result['cpu']['wall_seconds']:.0f} s",
+            f"{result['cpu']['wall_seconds']:.0f} s; their event loop late by median "
+            f"{ms(lag['median'])}, p95 {ms(lag['p95'])}, max {ms(lag['max'])}",
             *servers,
             f"load avg before {load['loadavg_before'][0]:.2f} after {load['loadavg_after'][0]:.2f}",
+            *(f"  failed: {s['error']}" for s in result["per_session"] if "error" in s),
         ]
     )
 

@@ -40,6 +40,7 @@ from testkit.env import fake_provider_env
 from testkit.fakes.groq import FakeGroq
 from testkit.loop import serving_in_thread
 from testkit.webrtc_client import (
+    ConnectionLost,
     OfferRefused,
     PageApi,
     WebRTCClient,
@@ -189,7 +190,7 @@ async def visitor(
             outcome["answered"] = outcome["voice_to_voice"] is not None
             if events:
                 outcome["events"] = await client.export_events()
-        except (TimeoutError, aiohttp.ClientError) as e:
+        except (TimeoutError, ConnectionLost, aiohttp.ClientError) as e:
             outcome["error"] = repr(e)
         finally:
             await client.close()

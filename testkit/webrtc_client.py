@@ -64,6 +64,11 @@ AUDIBLE_RMS = 100.0
 REPLY_QUIET_SECS = 1.5
 TURN_TIMEOUT = 40.0
 CONNECT_TIMEOUT = 30.0
+# Beyond its own length, how long speech may take to leave the microphone: a
+# microphone whose frames stop being pulled (the connection went) never finishes.
+SPEAK_SLACK_SECS = 10.0
+# How long leaving may take (the server's quit answer; the peer connection's close).
+CLOSE_TIMEOUT = 5.0
 EXPORT_BUTTON = "export-button"
 TRACE_BUTTON = "trace-button"
 # A microphone sample above this (int16) is voice: the end of a question is its last one.
@@ -235,6 +240,10 @@ class Heard:
 # --------------------------------------------------------------------------- one client
 
 
+class ConnectionLost(Exception):
+    """The peer connection failed or closed under a client that was still talking."""
+
+
 class OfferRefused(Exception):
     def __init__(self, answer: dict, seconds: float):
         super().__init__(f"offer refused: {answer}")
@@ -289,10 +298,14 @@ class WebRTCClient:
         self.session_hash = "".join(random.choices(alphabet, k=11))
         self.webrtc_id = "".join(random.choices(alphabet, k=11))
         self.mic = _microphone_track_class()()
+        self._created = time.monotonic()
         self._new_peer_connection(RTCConfiguration(iceServers=[]))
         self.heard = Heard()
         self.messages: list[dict] = []
         self.connected = asyncio.Event()
+        # Set once the peer connection fails or closes; ``lost`` says how and when.
+        self.gone = asyncio.Event()
+        self.lost: str | None = None
         self.settings_sent = asyncio.Event()
         self.outputs_seen = asyncio.Event()
         self.ended: str | None = None
@@ -333,10 +346,20 @@ class WebRTCClient:
             if track.kind == "audio":
                 self._spawn(self._listen(track), "listen")
 
-        @self.pc.on("connectionstatechange")
+        pc = self.pc
+
+        @pc.on("connectionstatechange")
         def _on_state():
-            if self.pc.connectionState == "connected":
+            if pc is not self.pc:  # the unused first connection (a TURN config replaced it)
+                return
+            if pc.connectionState == "connected":
                 self.connected.set()
+            elif pc.connectionState in ("failed", "closed") and not self.gone.is_set():
+                self.lost = (
+                    f"peer connection {pc.connectionState} (ICE {pc.iceConnectionState})"
+                    f" after {time.monotonic() - self._created:.1f} s"
+                )
+                self.gone.set()
 
     def _spawn(self, coro, label: str) -> None:
         self._tasks.append(asyncio.create_task(coro, name=f"{self.name}-{label}"))
@@ -459,7 +482,29 @@ class WebRTCClient:
         for transceiver in self.pc.getTransceivers():
             if transceiver.kind == "audio":
                 self._time_packets(transceiver.receiver)
-        await asyncio.wait_for(self.connected.wait(), CONNECT_TIMEOUT)
+        await self._until(self.connected, CONNECT_TIMEOUT, "connecting")
+
+    async def _until(self, event: asyncio.Event, timeout: float, doing: str) -> None:
+        """Wait for ``event``; TimeoutError after ``timeout``, ConnectionLost if the peer goes."""
+        waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self.gone.wait())]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if event.is_set():
+            return
+        if self.gone.is_set():
+            raise ConnectionLost(f"{self.name}: {self.lost} while {doing}")
+        raise TimeoutError(f"{self.name}: no {doing} within {timeout:.0f} s")
+
+    async def _say(self, audio: np.ndarray) -> float:
+        """Speak ``audio``; when its last frame left the microphone (bounded: SPEAK_SLACK_SECS)."""
+        spoken = self.mic.say(audio)
+        done = asyncio.Event()
+        spoken.add_done_callback(lambda _: done.set())
+        await self._until(done, len(audio) / SAMPLE_RATE + SPEAK_SLACK_SECS, "speaking")
+        return spoken.result()
 
     def _time_packets(self, receiver) -> None:
         """Note when each RTP packet of the reply arrives, before aiortc's jitter buffer."""
@@ -504,7 +549,7 @@ class WebRTCClient:
     async def wait_until_live(self, timeout: float = CONNECT_TIMEOUT) -> float:
         """Until the session's pipeline runs (its first UI update); returns seconds waited."""
         started = time.monotonic()
-        await asyncio.wait_for(self.outputs_seen.wait(), timeout)
+        await self._until(self.outputs_seen, timeout, "session start (first UI update)")
         return time.monotonic() - started
 
     # -- audio ---------------------------------------------------------------
@@ -538,7 +583,7 @@ class WebRTCClient:
         frame decoded and its first audible frame decoded.
         """
         start_index = len(self.heard.frames)
-        spoken_until = await self.mic.say(audio)
+        spoken_until = await self._say(audio)
         speech_end = spoken_until - _trailing_silence_secs(audio)
         deadline = spoken_until + timeout
         first_index = await self._first_audible_reply(spoken_until, start_index, deadline)
@@ -588,7 +633,7 @@ class WebRTCClient:
         or ended before the interruption.
         """
         start_index = len(self.heard.frames)
-        spoken_until = await self.mic.say(audio)
+        spoken_until = await self._say(audio)
         deadline = spoken_until + timeout
         first_index = await self._first_audible_reply(spoken_until, start_index, deadline)
         if first_index is None:
@@ -599,7 +644,7 @@ class WebRTCClient:
             return {"question": question, "barge_in_stop": None, "error": "the reply had ended"}
         said_at = time.monotonic()
         onset = said_at + _voice_onset_secs(interruption)
-        spoken = self.mic.say(interruption)
+        spoken = asyncio.ensure_future(self._say(interruption))
         stopped = None
         while time.monotonic() < deadline:
             stopped = self._reply_stop(onset - BARGE_IN_QUIET_SECS)
@@ -621,6 +666,8 @@ class WebRTCClient:
             found = self.heard.first_audible_sent_after(spoken_until, start_index)
             if found is not None:
                 return found
+            if self.gone.is_set():
+                raise ConnectionLost(f"{self.name}: {self.lost} while waiting for a reply")
             if time.monotonic() > deadline or self.ended is not None:
                 return None
             await self._wait_frames(0.1)
@@ -696,9 +743,9 @@ class WebRTCClient:
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._server_fn("quit_output_stream", self.value), 5)
+            await asyncio.wait_for(self._server_fn("quit_output_stream", self.value), CLOSE_TIMEOUT)
         with contextlib.suppress(Exception):
-            await self.pc.close()
+            await asyncio.wait_for(self.pc.close(), CLOSE_TIMEOUT)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
