@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -250,6 +251,26 @@ class AppProcess(Program):
         if self._own_upload_dir:
             shutil.rmtree(self.upload_dir, ignore_errors=True)
         self._stopped()
+
+    # -- how full it is ---------------------------------------------------------------
+
+    def health(self) -> dict:
+        """The app's ``/health``: its worker, open sessions, capacity and whether it accepts."""
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with direct.open(self.url + "/health", timeout=5) as response:
+            return json.load(response)
+
+    def wait_until_idle(self, timeout: float) -> float:
+        """Waits until the app holds no connection; returns the seconds waited.
+
+        Raises ``TimeoutError`` (with the app's state) if one is still open at ``timeout``.
+        """
+        started = time.monotonic()
+        while (sessions := self.health()["sessions"]) and time.monotonic() - started < timeout:
+            time.sleep(0.05)  # polling another process: there is no event to await
+        if sessions:
+            raise TimeoutError(f"{sessions} connection(s) still open after {timeout:.0f}s")
+        return time.monotonic() - started
 
     # -- what it printed ----------------------------------------------------------------
 

@@ -44,6 +44,11 @@ frontend by the module that defines its class) to fix, in our code:
   stalls every session's audio. The server freezes what it allocated at
   start-up (``gc.freeze()`` in ``ui.layout.launch``), which makes a collection
   cost ~1-2 ms, and collects shortly after each connection closes.
+- **A finished session kept its slot until ICE consent expired.** When a
+  session ends (its tab closed, so its audio stopped), fastrtc asks the page to
+  hang up; a closed tab cannot, and aiortc only noticed ~30 s later. A visitor
+  who reloaded twice was refused for half a minute. The connection of a
+  finished session is closed ``HANGUP_GRACE_SECS`` after the session ends.
 """
 
 from __future__ import annotations
@@ -85,6 +90,8 @@ OWNERS_KEPT = 1024
 COLLECT_AFTER_CLOSE_SECS: float | None = 2.0
 # How often a new connection's progress (handshake, first audio) is looked at.
 ADMISSION_POLL_SECS = 0.25
+# A live page hangs up itself when told its session ended; this long after, the server does.
+HANGUP_GRACE_SECS = 1.0
 # aiortc verifies DTLS fingerprints with these digests (rtcdtlstransport), each this many bytes.
 FINGERPRINT_BYTES = {"sha-256": 32, "sha-384": 48, "sha-512": 64}
 FINGERPRINT = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2})*$")
@@ -344,6 +351,7 @@ class WebRTCGuard:
             pc = component.pcs.get(webrtc_id)
             connected = pc is not None and pc.connectionState == "connected"
             if connected and getattr(component.handlers.get(webrtc_id), "heard_audio", False):
+                await self._hang_up_when_finished(webrtc_id)
                 return
             if not connected and waited >= self.handshake_secs:
                 log.info(
@@ -362,6 +370,19 @@ class WebRTCGuard:
                 await self._drop(webrtc_id)
                 return
             await asyncio.sleep(ADMISSION_POLL_SECS)
+
+    async def _hang_up_when_finished(self, webrtc_id: str) -> None:
+        """Close the connection once its session has ended, if the page has not hung up."""
+        finished = getattr(self.component.handlers.get(webrtc_id), "finished", None)
+        if not isinstance(finished, asyncio.Event):
+            return
+        await finished.wait()
+        deadline = time.monotonic() + HANGUP_GRACE_SECS
+        while webrtc_id in self.component.pcs and time.monotonic() < deadline:
+            await asyncio.sleep(ADMISSION_POLL_SECS)
+        if webrtc_id in self.component.pcs:
+            log.info("closing the connection of a session that ended (its page did not hang up)")
+            await self._drop(webrtc_id)
 
     async def _drop(self, webrtc_id: str) -> None:
         component = self.component
