@@ -14,6 +14,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "0" if hub_wanted() else "1")
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 if __name__ == "__main__":
+    import sys
+
+    from pipeline.server_settings import ServerSettings, SettingsError
+
+    # Read once, here: a wrong VOICE_LAB_* value stops the start, named, before
+    # a minute goes on loading models.
+    try:
+        settings = ServerSettings.from_environ()
+    except SettingsError as e:
+        sys.exit(f"Voice Lab cannot start: {e}")
+
     from pipeline.providers.local import select_llm
 
     # The LLM's GGUF first (a download, on a Space), then the probe, so that it
@@ -28,4 +39,4 @@ if __name__ == "__main__":
     from ui.layout import build_ui, launch
 
     prepare_runtime(probe)
-    launch(build_ui())
+    launch(build_ui(server_settings=settings), settings)

@@ -203,7 +203,7 @@ def answer(messages: list[dict]) -> str:
 
 def system_prompt_for(session: int) -> str:
     """The default prompt naming the session: how a chat request is traced to its session."""
-    from pipeline.config import DEFAULT_SYSTEM_PROMPT
+    from pipeline.server_settings import DEFAULT_SYSTEM_PROMPT
 
     return f"{DEFAULT_SYSTEM_PROMPT} (Benchmark session {session}.)"
 

@@ -23,9 +23,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from pipeline import events as ev
-from pipeline.config import SessionConfig, server_key_budget_secs, server_key_window_secs
+from pipeline.config import SessionConfig
 from pipeline.providers.base import Stage
 from pipeline.providers.registry import PROVIDERS
+from pipeline.server_settings import ServerSettings
 
 # How often the time on the server's keys is counted and shown.
 SERVER_KEY_TICK_SECS = 1.0
@@ -48,7 +49,9 @@ class ServerKeyLedger:
         clock: Callable[[], float] = time.monotonic,
         max_accounts: int = MAX_ACCOUNTS,
     ):
-        self.window = server_key_window_secs() if window_secs is None else window_secs
+        if window_secs is None:
+            window_secs = ServerSettings.from_environ().server_key_window_secs
+        self.window = window_secs
         self._now = clock
         self._max = max_accounts
         # account -> (when its window started, seconds used in it)
@@ -98,7 +101,9 @@ class ServerKeyBudget:
         # metrics), with or without a budget.
         self._on_spent = on_spent
         # Seconds a visitor may spend on the server's own API keys (0: unlimited).
-        self.budget = server_key_budget_secs() if budget_secs is None else budget_secs
+        if budget_secs is None:
+            budget_secs = ServerSettings.from_environ().server_key_secs
+        self.budget = budget_secs
         self._tick = tick_secs
         self._now = clock
         self._ledger = ledger if ledger is not None else ServerKeyLedger()

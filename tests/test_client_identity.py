@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from pipeline import config
+from pipeline import server_settings
 from testkit.attacks import (
     HOSTILE_CANDIDATES,
     aiortc_offer,
@@ -120,7 +120,7 @@ def test_uvicorn_is_told_to_trust_no_forwarded_header():
 def test_one_client_never_holds_every_slot(monkeypatch, total, per_client, expected):
     monkeypatch.setenv("VOICE_LAB_MAX_SESSIONS", total)
     monkeypatch.setenv("VOICE_LAB_MAX_SESSIONS_PER_CLIENT", per_client)
-    assert config.max_sessions_per_client() == expected
+    assert server_settings.ServerSettings.from_environ().per_client == expected
 
 
 def test_a_window_lets_through_its_limit_then_says_when_to_come_back():

@@ -156,7 +156,7 @@ def test_hostile_settings_are_refused_in_plain_words():
 
 
 def test_every_true_false_setting_reads_by_one_rule():
-    from pipeline.config import env_flag
+    from pipeline.server_settings import env_flag
 
     words = [("1", True), ("YES", True), (" on ", True), ("0", False), ("Off", False)]
     for word, expected in words:
@@ -164,3 +164,48 @@ def test_every_true_false_setting_reads_by_one_rule():
     assert env_flag("VOICE_LAB_X", True, {}) is True and env_flag("VOICE_LAB_X", False, {}) is False
     with pytest.raises(ValueError, match="VOICE_LAB_X='maybe'"):
         env_flag("VOICE_LAB_X", True, {"VOICE_LAB_X": "maybe"})
+
+
+def test_server_settings_are_typed_and_a_wrong_one_is_named():
+    from pipeline.server_settings import ServerSettings, SettingsError
+
+    settings = ServerSettings.from_environ(
+        {"VOICE_LAB_MAX_SESSIONS": "10", "VOICE_LAB_ACCESS_LOG": "yes", "SPACE_ID": "me/lab"}
+    )
+    assert (settings.sessions, settings.per_client, settings.access_log) == (10, 2, True)
+    assert settings.server_key_secs == 90.0, "a Space limits its owner's keys by default"
+    assert ServerSettings.from_environ({}).server_key_secs == 0.0
+    with pytest.raises(SettingsError) as refused:
+        ServerSettings.from_environ(
+            {
+                "VOICE_LAB_MAX_SESSIONS": "many",
+                "VOICE_LAB_SPECULATIVE": "maybe",
+                "VOICE_LAB_VAD_STOP_SECS": "nan",
+                "VOICE_LAB_AGENT_PORT": "70000",
+            }
+        )
+    for name in ("MAX_SESSIONS", "SPECULATIVE", "VAD_STOP_SECS", "AGENT_PORT"):
+        assert f"VOICE_LAB_{name}:" in str(refused.value)
+
+
+def test_a_session_takes_its_defaults_from_the_servers_settings(monkeypatch):
+    monkeypatch.setenv("VOICE_LAB_VAD_STOP_SECS", "0.3")
+    monkeypatch.setenv("VOICE_LAB_SPECULATIVE", "off")
+    config = SessionConfig()
+    assert (config.vad_stop_secs, config.speculative) == (0.3, False)
+
+
+@pytest.mark.slow
+def test_the_app_refuses_to_start_on_a_wrong_setting_and_says_which():
+    import subprocess
+    import sys
+
+    from testkit.app import ROOT, app_environment, free_port
+
+    env = app_environment(free_port(), extra={"VOICE_LAB_MAX_SESSIONS": "lots"})
+    started = subprocess.run(
+        [sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert started.returncode != 0
+    assert "Voice Lab cannot start: VOICE_LAB_MAX_SESSIONS:" in started.stderr
+    assert "Traceback" not in started.stderr

@@ -31,7 +31,7 @@ import os
 from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 
-from pipeline.config import env_flag
+from pipeline.server_settings import env_flag
 
 log = logging.getLogger(__name__)
 

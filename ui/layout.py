@@ -14,15 +14,8 @@ from fastrtc import WebRTC
 from pipeline.compat.aiortc import tighten_audio_jitter_buffer
 from pipeline.compat.fastrtc import end_streams_quietly
 from pipeline.compat.gradio import hide_tracebacks
-from pipeline.config import (
-    admission_secs,
-    handshake_secs,
-    max_sessions,
-    max_sessions_per_client,
-    offers_per_minute,
-    worker_id,
-)
 from pipeline.providers.local.models import shared_models
+from pipeline.server_settings import ServerSettings
 from pipeline.session import SessionRecords, VoiceSession
 from pipeline.weights import local_llm
 from ui import (
@@ -71,7 +64,11 @@ def _relay_notice(relay: TurnServerCredentials | None) -> str:
     return markup.render("relay_health.html", notice=notice) if notice else ""
 
 
-def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
+def build_ui(
+    session: VoiceSession | None = None, server_settings: ServerSettings | None = None
+) -> gr.Blocks:
+    """The page and its wiring; ``server_settings`` default to what the environment sets."""
+    server_settings = server_settings or ServerSettings.from_environ()
     records = session.records if session is not None else SessionRecords()
     session = session or VoiceSession(
         reduce=state.reduce,
@@ -99,7 +96,7 @@ def build_ui(session: VoiceSession | None = None) -> gr.Blocks:
         delete_cache=DELETE_CACHE,
     ) as demo:
         page = _lay_out_page(relay, idle)
-        guard = _wire_call(demo, page, session, relay)
+        guard = _wire_call(demo, page, session, relay, server_settings)
         _wire_files(demo, page, guard, records)
     for fn in demo.fns.values():
         # Every endpoint here serves this page only; none is a public API.
@@ -211,7 +208,11 @@ def _lay_out_page(relay: TurnServerCredentials | None, idle: state.SessionState)
 
 
 def _wire_call(
-    demo: gr.Blocks, page: Page, session: VoiceSession, relay: TurnServerCredentials | None
+    demo: gr.Blocks,
+    page: Page,
+    session: VoiceSession,
+    relay: TurnServerCredentials | None,
+    server_settings: ServerSettings,
 ) -> WebRTCGuard:
     """The call: the guarded stream into ``session``, its status, the relay and the A/B panel."""
     audio, settings, relay_health = page.audio, page.settings, page.relay_health
@@ -219,10 +220,11 @@ def _wire_call(
     status = page.shown["status"]
     guard = WebRTCGuard(
         audio,
-        per_client=max_sessions_per_client(),
-        admission_secs=admission_secs(),
-        handshake_secs=handshake_secs(),
-        offers_per_minute=offers_per_minute(),
+        per_client=server_settings.per_client,
+        admission_secs=server_settings.admission_secs,
+        handshake_secs=server_settings.handshake_secs,
+        offers_per_minute=server_settings.offers_per_minute,
+        balancer_cookie=server_settings.balancer_cookie,
     )
     # Before ``stream()``: it wires the settings to the method it finds now.
     guard.install()
@@ -246,7 +248,7 @@ def _wire_call(
         fn=session,
         inputs=[audio, settings],
         outputs=[audio],
-        concurrency_limit=max_sessions(),
+        concurrency_limit=server_settings.sessions,
     )
     # The session's own updates stop with the stream, so the page says
     # itself what pressing Record and Stop did.
@@ -343,7 +345,7 @@ def _wire_files(demo: gr.Blocks, page: Page, guard: WebRTCGuard, records: Sessio
     )
 
 
-def launch(demo: gr.Blocks, **options) -> None:
+def launch(demo: gr.Blocks, server_settings: ServerSettings | None = None, **options) -> None:
     """Serve the page as a public Space should: bounded uploads, no API page, no tracebacks.
 
     Who a client is is decided by ``ui.clients`` alone (uvicorn's own reading of
@@ -359,7 +361,8 @@ def launch(demo: gr.Blocks, **options) -> None:
     page's WebRTC component.
     """
     voice = next(block for block in demo.blocks.values() if isinstance(block, WebRTC))
-    status = server.WorkerStatus(voice, worker_id())
+    server_settings = server_settings or ServerSettings.from_environ()
+    status = server.WorkerStatus(voice, server_settings.worker)
     # Everything allocated so far lives as long as the process: out of the cyclic
     # GC's way, a collection then costs ~1-2 ms instead of ~300 ms (see webrtc_guard).
     gc.collect()
@@ -369,9 +372,9 @@ def launch(demo: gr.Blocks, **options) -> None:
         show_api=False,
         max_file_size=server.MAX_UPLOAD_BYTES,
         prevent_thread_lock=True,
-        app_kwargs=server.app_kwargs(status),
+        app_kwargs=server.app_kwargs(server_settings, status),
         **options,
     )
     hide_tracebacks(demo.server_app)
-    server.serve_worker(status)
+    server.serve_worker(status, server_settings)
     demo.block_thread()

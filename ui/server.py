@@ -44,7 +44,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from pipeline.config import access_log, agent_port, worker_id
+from pipeline.server_settings import ServerSettings
 from ui import clients, hostile, limits
 
 log = logging.getLogger("voice_lab.server")
@@ -186,12 +186,12 @@ def health_route(status: WorkerStatus) -> Route:
     return Route("/health", health, methods=["GET", "HEAD"])
 
 
-def app_kwargs(status: WorkerStatus | None = None) -> dict[str, Any]:
+def app_kwargs(settings: ServerSettings, status: WorkerStatus | None = None) -> dict[str, Any]:
     """What ``demo.launch(app_kwargs=...)`` gets: fresh lists, so a second launch starts clean."""
     routes = [*hostile.ROUTES, *ROUTES, *([health_route(status)] if status else [])]
     middleware = [
         # Outermost: even a refusal below names the worker that made it.
-        Middleware(WorkerHeader, worker=worker_id(), log_requests=access_log()),
+        Middleware(WorkerHeader, worker=settings.worker, log_requests=settings.access_log),
         *public_page_middleware(),
         *MIDDLEWARE,
     ]
@@ -204,9 +204,9 @@ def app_kwargs(status: WorkerStatus | None = None) -> dict[str, Any]:
     }
 
 
-def serve_worker(status: WorkerStatus) -> None:
+def serve_worker(status: WorkerStatus, settings: ServerSettings) -> None:
     """The balancer's side of this process: the agent-check port and the drain signal."""
-    port = agent_port()
+    port = settings.agent_port
     if port is not None:
         host = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
         CapacityAgent(host, port, status).start()

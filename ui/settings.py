@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 import gradio as gr
 
-from pipeline.config import SessionConfig, tools_allowed
+from pipeline.config import SessionConfig
 from pipeline.providers.base import STAGES, Catalog, Provider, Stage
 from pipeline.providers.registry import (
     PROVIDERS,
@@ -25,6 +25,7 @@ from pipeline.providers.registry import (
     keys_from_environment,
     providers_for,
 )
+from pipeline.server_settings import tools_allowed
 from pipeline.tools.catalog import schemas as tool_schemas
 
 log = logging.getLogger(__name__)

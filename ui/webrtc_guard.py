@@ -24,7 +24,7 @@ frontend by the module that defines its class) to fix, in our code:
 - **One client could take every slot, as fast as it liked.** Each client
   (:mod:`ui.clients`: its address, or what a trusted proxy says; IPv6 per /64)
   may hold at most ``per_client`` connections at once (always fewer than the
-  slots, ``pipeline.config.max_sessions_per_client``) and make at most
+  slots, ``pipeline.config.ServerSettings.per_client``) and make at most
   ``offers_per_minute`` offers.
 - **Actions were authorised by a ``webrtc_id`` the caller supplies** (made with
   ``Math.random()`` in the page). Each connection is bound to the Gradio
@@ -72,7 +72,6 @@ from fastrtc.utils import AdditionalOutputs, WebRTCData
 
 from pipeline.compat.fastrtc import replace_component_methods
 from pipeline.compat.gradio import mark_server_fn
-from pipeline.config import balancer_cookie
 from pipeline.telemetry import refused as count_refusal
 from ui.clients import client_of
 from ui.limits import RateWindow
@@ -133,8 +132,10 @@ class WebRTCGuard:
         admission_secs: float,
         handshake_secs: float,
         offers_per_minute: int,
+        balancer_cookie: str | None = None,
     ):
         self.component = component
+        self.balancer_cookie = balancer_cookie
         self.per_client = per_client
         self.admission_secs = admission_secs
         self.handshake_secs = handshake_secs
@@ -314,7 +315,9 @@ class WebRTCGuard:
         limit = component.concurrency_limit
         if limit is not None and len(component.pcs) >= limit:
             count_refusal("capacity")
-            return _expire_balancer_cookie(refused("concurrency_limit_reached", limit=limit))
+            return _expire_cookie(
+                refused("concurrency_limit_reached", limit=limit), self.balancer_cookie
+            )
         if self._held_by(client) >= self.per_client:
             log.info("refused an offer: its client already holds %d connections", self.per_client)
             count_refusal("per_client")
@@ -394,14 +397,13 @@ class WebRTCGuard:
             await pc.close()
 
 
-def _expire_balancer_cookie(response: JSONResponse) -> JSONResponse:
+def _expire_cookie(response: JSONResponse, cookie: str | None) -> JSONResponse:
     """Behind ``python -m deploy``: a visitor this full worker turned away is placed afresh.
 
     HAProxy pins a visitor to a worker by its cookie, and keeps sending a pinned
     visitor to a full (drained) worker; without the cookie their next page load
     goes to a worker with room, if there is one.
     """
-    cookie = balancer_cookie()
     if cookie:
         response.delete_cookie(cookie, path="/")
     return response

@@ -24,9 +24,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from pipeline import events as ev
 from pipeline import pricing
-from pipeline.config import worker_id
 from pipeline.providers.base import STAGES
 from pipeline.providers.registry import PROVIDERS
+from pipeline.server_settings import worker_id
 from pipeline.telemetry.view import DashboardView, Stack
 from pipeline.tools.catalog import TOOLS
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from pipeline.config import env_flag as _flag
+from pipeline.server_settings import env_flag as _flag
 
 
 def traces_endpoint() -> str | None:

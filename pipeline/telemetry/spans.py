@@ -33,7 +33,7 @@ from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.utils.tracing.tracing_context import TracingContext
 
 from pipeline import events as ev
-from pipeline.config import worker_id
+from pipeline.server_settings import worker_id
 from pipeline.telemetry.tracing import Tracing, otlp_json, scrubbed
 from pipeline.telemetry.view import DashboardView
 

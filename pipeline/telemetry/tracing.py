@@ -43,8 +43,8 @@ from opentelemetry.trace import Status
 from pipecat.utils.tracing.tracing_context import TracingContext
 
 from pipeline.compat.pipecat import set_worker_tracing_context
-from pipeline.config import worker_id
 from pipeline.redaction import redact
+from pipeline.server_settings import worker_id
 from pipeline.telemetry import settings
 
 log = logging.getLogger(__name__)
