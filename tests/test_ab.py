@@ -41,7 +41,7 @@ from testkit.speech import SAMPLE_RATE, speech_pcm
 from tests import test_providers
 from ui import same_words_panel as ab
 from ui import state
-from ui.settings import config_from_settings
+from ui.settings import config_from_settings, initial_settings
 
 GROQ_KEY, ELEVEN_KEY = test_providers.GROQ_KEY, test_providers.ELEVEN_KEY
 LOCAL = ("Local whisper-tiny.en", "Local SmolLM2-135M-Instruct", "Local piper-joe-medium")
@@ -412,7 +412,10 @@ async def test_a_page_cannot_compare_a_call_it_does_not_own(models):
     try:
         local = ["local", None] * 3
         intruder = gr.Request(session_hash="another-visitor")
-        answers = [a async for a in click.fn("victim-call-id", {}, *local, request=intruder)]
+        answers = [
+            a
+            async for a in click.fn("victim-call-id", initial_settings(), *local, request=intruder)
+        ]
     finally:
         del audio.handlers["victim-call-id"]
     assert len(answers) == 1 and "no call to compare" in answers[0][0]

@@ -36,7 +36,7 @@ from testkit.loop import serving_in_thread
 from testkit.speech import speech_pcm
 from testkit.webrtc_client import WebRTCClient, page_api, question_audio
 from tests.test_providers import session_with
-from ui.settings import catalog, config_from_settings, initial_settings
+from ui.settings import PageSettings, StagePick, catalog, config_from_settings, initial_settings
 
 QUESTION = "What is the weather like in Paris today?"
 # Loggers that print HTTP headers or websocket frames at DEBUG.
@@ -118,15 +118,17 @@ def debug_log(monkeypatch):
 # --------------------------------------------------------------------------- in this process
 
 
-def session_for(models, settings: dict) -> VoiceSession:
+def session_for(models, settings: PageSettings) -> VoiceSession:
     return session_with(models, config_from_settings(settings))
 
 
-def settings_with(stt: str, llm: str, tts: str, typed: dict[str, str]) -> dict:
+def settings_with(stt: str, llm: str, tts: str, typed: dict[str, str]) -> PageSettings:
     """The page's settings: these providers, these typed keys (as the key fields store them)."""
-    settings = {**initial_settings(), "keys": dict(typed)}
+    settings = initial_settings()
+    for provider_id, key in typed.items():
+        settings = settings.with_key(provider_id, key)
     for stage, provider in (("stt", stt), ("llm", llm), ("tts", tts)):
-        settings[stage] = {"provider": provider, "model": None, "voice": None}
+        settings = settings.with_pick(stage, StagePick(provider))
     return settings
 
 

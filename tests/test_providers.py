@@ -26,7 +26,7 @@ from testkit.fakes.elevenlabs import FakeElevenLabs
 from testkit.fakes.groq import DEFAULT_TRANSCRIPT, FakeGroq
 from testkit.speech import silence, speech_pcm
 from ui import export, state
-from ui.settings import config_from_settings, initial_settings
+from ui.settings import StagePick, config_from_settings, initial_settings
 
 pytestmark = pytest.mark.slow
 
@@ -185,9 +185,11 @@ async def test_a_switch_applies_at_the_next_turn_without_reconnecting(models, gr
         assert not groq.requests
 
         # As the page does it: Gradio's worker thread hands over the settings.
-        settings = initial_settings()
-        settings["llm"] = {"provider": "groq", "model": "llama-3.3-70b-versatile", "voice": None}
-        settings["keys"] = {"groq": GROQ_KEY}
+        settings = (
+            initial_settings()
+            .with_pick("llm", StagePick("groq", "llama-3.3-70b-versatile"))
+            .with_key("groq", GROQ_KEY)
+        )
         await asyncio.to_thread(d.session.set_args, ["webrtc-id", settings])
         await d.play_silence_until(lambda: len(d.events("ProvidersChanged")) == 2, 10)
         await ask(d, "What is my name?")
@@ -399,8 +401,9 @@ async def test_keys_stay_in_their_own_session_and_out_of_logs_and_exports(
         alice = session_with(models, config(llm=("groq",), keys={"groq": visitor_key}))
         bob = session_with(models, config(llm=("groq",), keys={"groq": other_key}))
         async with SessionDriver(alice) as a, SessionDriver(bob) as b:
-            settings = {**initial_settings(), "keys": {"groq": visitor_key}}
-            settings["llm"] = {"provider": "groq", "model": None, "voice": None}
+            settings = (
+                initial_settings().with_key("groq", visitor_key).with_pick("llm", StagePick("groq"))
+            )
             await asyncio.to_thread(a.session.set_args, ["alice-connection", settings])
             await asyncio.gather(ask(a), ask_expecting_error(b))
             assert a.events("BotTurnText")[-1].text
@@ -446,7 +449,7 @@ async def test_the_servers_keys_run_out_after_the_budget_and_the_session_goes_lo
         assert len(groq.requests_to("chat")) == asked_groq, "still on the server's key"
         assert d.events("BotTurnText")[-1].text
         # Picking Groq again without a key of one's own stays local, and says why.
-        settings = {**initial_settings(), "llm": {"provider": "groq", "model": None, "voice": None}}
+        settings = initial_settings().with_pick("llm", StagePick("groq"))
         errors = len(d.events("ErrorReported"))
         await asyncio.to_thread(d.session.set_args, ["connection", settings])
         await d.play_silence_until(lambda: len(d.events("ErrorReported")) > errors, 5)

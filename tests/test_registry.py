@@ -24,7 +24,13 @@ from pipeline.providers.registry import (
     offline_provider,
 )
 from testkit.env import provider_variables
-from ui.settings import build_settings_panel, catalog, config_from_settings, initial_settings
+from ui.settings import (
+    StagePick,
+    build_settings_panel,
+    catalog,
+    config_from_settings,
+    initial_settings,
+)
 
 # What each provider's service for each stage can do. A provider or stage added to the
 # registry fails here until its capabilities are written down, checked against its service.
@@ -126,8 +132,7 @@ def test_a_registered_provider_becomes_the_default_with_its_key(acme, monkeypatc
 
 def test_the_settings_panel_offers_a_registered_provider(acme):
     assert {"ACME_API_KEY", "ACME_BASE_URL"} <= set(provider_variables())
-    values = {**initial_settings(), "keys": {"acme": "acme_typed"}}
-    values["tts"] = {"provider": "acme", "model": None, "voice": None}
+    values = initial_settings().with_key("acme", "acme_typed").with_pick("tts", StagePick("acme"))
     config = config_from_settings(values)
     assert (config.tts.provider, config.tts.voice, config.keys.get("acme")) == (
         "acme",
@@ -135,7 +140,7 @@ def test_the_settings_panel_offers_a_registered_provider(acme):
         "acme_typed",
     )
     with pytest.raises(ValueError, match="Speech-to-text provider"):
-        config_from_settings({**values, "stt": {"provider": "acme", "model": "acme-fast"}})
+        config_from_settings(values.with_pick("stt", StagePick("acme", "acme-fast")))
 
     with gr.Blocks() as page:
         build_settings_panel()

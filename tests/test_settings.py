@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import time
 
 import pytest
+from gradio.utils import deep_hash
 
 from pipeline import events as ev
 from pipeline.config import SessionConfig
@@ -15,7 +18,7 @@ from pipeline.providers.registry import PROVIDERS
 from testkit.fakes.elevenlabs import FakeElevenLabs
 from testkit.fakes.groq import FakeGroq
 from ui import render, state
-from ui.settings import catalog, config_from_settings, initial_settings
+from ui.settings import StagePick, catalog, config_from_settings, initial_settings
 
 
 def test_every_stage_is_local_without_keys():
@@ -34,19 +37,22 @@ def test_a_server_key_makes_its_provider_the_default(monkeypatch):
 
 def test_a_typed_key_overrides_the_servers_for_that_session_only(monkeypatch):
     monkeypatch.setenv("GROQ_API_KEY", "gsk_server")
-    mine = config_from_settings({**initial_settings(), "keys": {"groq": " gsk_mine "}})
+    mine = config_from_settings(initial_settings().with_key("groq", " gsk_mine "))
     theirs = config_from_settings(initial_settings())
     assert mine.keys.get("groq") == "gsk_mine"
     assert theirs.keys.get("groq") == "gsk_server"
 
 
 def test_knobs_and_models_come_from_the_page():
-    values = initial_settings()
-    assert initial_settings()["speculative"] is True  # on by default
-    values.update(
-        vad_stop_secs=0.35, smart_turn=False, speculative=False, system_prompt="Be a pirate."
+    assert initial_settings().speculative is True  # on by default
+    values = dataclasses.replace(
+        initial_settings(),
+        vad_stop_secs=0.35,
+        smart_turn=False,
+        speculative=False,
+        system_prompt="Be a pirate.",
+        llm=StagePick("groq", "openai/gpt-oss-20b"),
     )
-    values["llm"] = {"provider": "groq", "model": "openai/gpt-oss-20b", "voice": None}
     config = config_from_settings(values)
     assert (config.vad_stop_secs, config.smart_turn, config.speculative) == (0.35, False, False)
     assert config.system_prompt == "Be a pirate."
@@ -54,7 +60,7 @@ def test_knobs_and_models_come_from_the_page():
 
 
 def test_an_unknown_provider_is_refused_in_words():
-    values = {**initial_settings(), "tts": {"provider": "acme", "model": "x"}}
+    values = initial_settings().with_pick("tts", StagePick("acme", "x"))
     with pytest.raises(ValueError, match="Text-to-speech provider"):
         config_from_settings(values)
 
@@ -62,9 +68,39 @@ def test_an_unknown_provider_is_refused_in_words():
 def test_keys_never_print():
     keys = ProviderKeys({"groq": "gsk_secret_value"})
     config = SessionConfig(keys=keys)
-    for text in (repr(keys), str(keys), repr(config)):
+    settings = initial_settings().with_key("groq", "gsk_secret_value")
+    for text in (repr(keys), str(keys), repr(config), repr(settings), str(settings)):
         assert "gsk_secret_value" not in text
+    assert "PageSettings(stt=StagePick(" in repr(settings)
     assert keys.redact("bad key gsk_secret_value") == "bad key ***"
+
+
+def test_the_page_settings_are_values_that_gradio_can_keep_per_visitor():
+    """Frozen, deep-copied per session (gr.State), and told apart by content as the dict was."""
+    start = initial_settings()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        start.smart_turn = False
+    assert copy.deepcopy(start) == start and copy.deepcopy(start) is not start
+    keyed = start.with_key("groq", "gsk_one")
+    assert start.typed_keys() == {} and keyed.typed_keys() == {"groq": "gsk_one"}
+    assert keyed.with_key("groq", "").typed_keys() == {"groq": ""}
+    # Gradio's State reports a change (and so the stream hears of it) only if this differs.
+    assert deep_hash(start) == deep_hash(initial_settings())
+    assert deep_hash(start.with_knob("smart_turn", start.smart_turn)) == deep_hash(start)
+    for changed in (
+        keyed,
+        keyed.with_key("groq", "gsk_two"),
+        start.with_knob("vad_stop_secs", 0.5),
+        start.with_pick("llm", StagePick("groq")),
+    ):
+        assert deep_hash(changed) != deep_hash(start)
+    # A checkbox passes on any JSON a page sends: hashed all the same, read as before.
+    odd = start.with_knob("smart_turn", ["x"])
+    assert deep_hash(odd) != deep_hash(start)
+    assert deep_hash(odd.with_key("groq", "a")) != deep_hash(odd.with_key("groq", "b"))
+    assert config_from_settings(odd).smart_turn is True
+    with pytest.raises(ValueError, match="not a knob"):
+        start.with_knob("keys", ())
 
 
 async def test_model_lists_come_from_the_provider_with_a_key(monkeypatch):
@@ -144,14 +180,15 @@ def test_the_status_line_names_the_providers_in_use():
 
 def test_hostile_settings_are_refused_in_plain_words():
     """The system prompt is evaluated under a lock every local session shares: bounded."""
-    long_prompt = {**initial_settings(), "system_prompt": "Be brief. " * 200}
+    start = initial_settings()
+    long_prompt = start.with_knob("system_prompt", "Be brief. " * 200)
     with pytest.raises(ValueError, match="at most 1,000"):
         config_from_settings(long_prompt)
     with pytest.raises(ValueError, match="must be text"):
-        config_from_settings({**initial_settings(), "system_prompt": ["not", "text"]})
+        config_from_settings(start.with_knob("system_prompt", ["not", "text"]))
     with pytest.raises(ValueError, match="number of seconds"):
-        config_from_settings({**initial_settings(), "vad_stop_secs": "soon"})
-    clamped = config_from_settings({**initial_settings(), "vad_stop_secs": 999})
+        config_from_settings(start.with_knob("vad_stop_secs", "soon"))
+    clamped = config_from_settings(start.with_knob("vad_stop_secs", 999))
     assert clamped.vad_stop_secs == 1.0
 
 

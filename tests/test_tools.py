@@ -281,11 +281,11 @@ def test_the_registry_decides_who_gets_tools_and_the_server_can_turn_them_off(mo
     values = initial_settings()
     assert _tools_control(values, "local")["interactive"] is False
     assert "cannot call tools" in _tools_control(values, "local")["info"]
-    assert _tools_control({**values, "tools": True}, "groq")["interactive"] is True
+    assert _tools_control(values.with_knob("tools", True), "groq")["interactive"] is True
     monkeypatch.setenv("VOICE_LAB_TOOLS", "0")
     assert not offered(config())
-    assert config_from_settings({**initial_settings(), "tools": True}).tools is False
-    assert _tools_control({**values, "tools": True}, "groq")["interactive"] is False
+    assert config_from_settings(initial_settings().with_knob("tools", True)).tools is False
+    assert _tools_control(values.with_knob("tools", True), "groq")["interactive"] is False
 
 
 # --------------------------------------------------------------------------- without speech
@@ -409,7 +409,7 @@ def test_the_panel_disables_the_tools_toggle_for_an_llm_that_cannot_call_them():
     local = on_pick.fn(initial_settings(), "local")
     assert local["interactive"] is False and local["value"] is False
     assert "SmolLM2" in local["info"] and "cannot call tools" in local["info"]
-    groq_ = on_pick.fn({**initial_settings(), "tools": True}, "groq")
+    groq_ = on_pick.fn(initial_settings().with_knob("tools", True), "groq")
     assert groq_["interactive"] is True and groq_["value"] is True
     schemas = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "tool-schemas")
     assert {s["function"]["name"] for s in schemas.value} == {t.name for t in catalog.TOOLS}

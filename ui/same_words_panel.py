@@ -323,10 +323,10 @@ def wire_ab_panel(panel: ABPanel, audio: WebRTC, settings: gr.State, guard: WebR
     """The model lists follow the provider; the button compares this visitor's own call only."""
     for stage, (provider, model) in panel.pickers.items():
 
-        async def on_provider(values: dict, provider_id: str, stage=stage):
+        async def on_provider(current: settings_panel.PageSettings, provider_id: str, stage=stage):
             if provider_id not in PROVIDERS or stage not in PROVIDERS[provider_id].stages:
                 return gr.update()
-            found = await settings_panel.catalog(provider_id, stage, values.get("keys", {}))
+            found = await settings_panel.catalog(provider_id, stage, current.typed_keys())
             return gr.update(choices=list(found.models), value=found.default_model)
 
         provider.input(on_provider, [settings, provider], model, show_api=False)
@@ -338,7 +338,7 @@ def wire_ab_panel(panel: ABPanel, audio: WebRTC, settings: gr.State, guard: WebR
 
     async def on_click(
         connection,
-        values: dict,
+        current: settings_panel.PageSettings | None,
         stt_provider: str,
         stt_model: str,
         llm_provider: str,
@@ -358,7 +358,8 @@ def wire_ab_panel(panel: ABPanel, audio: WebRTC, settings: gr.State, guard: WebR
         if session.finished.is_set():
             yield message("The call has ended: press Record, say something, then compare.")
             return
-        keys = keys_from_environment().with_overrides((values or {}).get("keys", {}))
+        typed = current.typed_keys() if current is not None else {}
+        keys = keys_from_environment().with_overrides(typed)
         try:
             choices = _choices(picked)
             utterance = session.utterance.last

@@ -1,18 +1,20 @@
 """The settings panel: a provider and model (and voice) per stage, API keys, latency knobs.
 
-Every control feeds one per-visitor ``gr.State`` holding a plain dict; that
-state is the stream's only extra input, so the session receives one coherent
-settings change per edit (and a key only once it has been typed out: key
-fields report on blur or Enter, not per keystroke). The dict lives on the
-server, in this visitor's Gradio session only: a typed key is never sent to
-another visitor, rendered back to the page, logged or exported.
+Every control feeds one per-visitor ``gr.State`` holding a :class:`PageSettings`
+(each edit makes a new one); that state is the stream's only extra input, so
+the session receives one coherent settings change per edit (and a key only
+once it has been typed out: key fields report on blur or Enter, not per
+keystroke). The settings live on the server, in this visitor's Gradio session
+only: a typed key is never sent to another visitor, rendered back to the page,
+logged or exported (nor shown by the settings' ``repr``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import gradio as gr
 
@@ -39,34 +41,100 @@ MAX_KEY_CHARS = 256
 STAGE_TITLES = {"stt": "Speech-to-text", "llm": "LLM", "tts": "Text-to-speech"}
 
 
-def initial_settings() -> dict:
+@dataclass(frozen=True)
+class StagePick:
+    """One stage as the page picked it: a provider id, its model and (TTS) voice (None: default)."""
+
+    provider: str
+    model: str | None = None
+    voice: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PageSettings:
+    """What the settings panel holds for one visitor; each edit makes a new one.
+
+    Stored as the page sent them and checked only by :func:`config_from_settings`
+    (which refuses or clamps what it must). ``keys`` are the ones the visitor
+    typed, as (provider id, key) pairs: never shown by ``repr``.
+    """
+
+    keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    stt: StagePick
+    llm: StagePick
+    tts: StagePick
+    vad_stop_secs: float
+    smart_turn: bool
+    speculative: bool
+    system_prompt: str
+    tools: bool
+
+    def pick(self, stage: Stage) -> StagePick:
+        return {"stt": self.stt, "llm": self.llm, "tts": self.tts}[stage]
+
+    def typed_keys(self) -> dict[str, str]:
+        """The keys the visitor typed, by provider id ("" where they cleared one)."""
+        return dict(self.keys)
+
+    def with_pick(self, stage: Stage, pick: StagePick) -> PageSettings:
+        picks = {"stt": self.stt, "llm": self.llm, "tts": self.tts, stage: pick}
+        return replace(self, stt=picks["stt"], llm=picks["llm"], tts=picks["tts"])
+
+    def with_knob(self, name: str, value: Any) -> PageSettings:
+        """These settings with one knob (VAD stop, a toggle, the prompt) as the page sent it."""
+        if name not in KNOBS:
+            raise ValueError(f"not a knob: {name}")
+        return replace(self, **{name: value})
+
+    def with_key(self, provider_id: str, key: str) -> PageSettings:
+        keys = {**self.typed_keys(), provider_id: key}
+        return replace(self, keys=tuple(keys.items()))
+
+    def __hash__(self) -> int:
+        # Gradio's State tells an edit by this hash (``gradio.utils.deep_hash``): the
+        # stream hears of a change only when it differs, so it is by content. A
+        # checkbox or a free-text dropdown passes on whatever JSON a page sends (a
+        # list, say), kept as it was sent: hashed then by its ``repr`` and the keys.
+        try:
+            return hash(tuple(getattr(self, f.name) for f in fields(self)))
+        except TypeError:
+            return hash((self.keys, repr(self)))
+
+
+KNOBS = ("vad_stop_secs", "smart_turn", "speculative", "system_prompt", "tools")
+
+
+def initial_settings() -> PageSettings:
     """What a new visitor starts with: the defaults of :class:`SessionConfig`."""
     config = SessionConfig()
-    values: dict = {"keys": {}}
-    for stage, choice in config.choices().items():
-        values[stage] = {"provider": choice.provider, "model": choice.model, "voice": choice.voice}
-    values.update(
+    picks = {
+        stage: StagePick(choice.provider, choice.model, choice.voice)
+        for stage, choice in config.choices().items()
+    }
+    return PageSettings(
+        stt=picks["stt"],
+        llm=picks["llm"],
+        tts=picks["tts"],
         vad_stop_secs=config.vad_stop_secs,
         smart_turn=config.smart_turn,
         speculative=config.speculative,
         system_prompt=config.system_prompt,
         tools=config.tools,
     )
-    return values
 
 
-def config_from_settings(values: dict) -> SessionConfig:
+def config_from_settings(settings: PageSettings) -> SessionConfig:
     """The page's settings as a session config; raises ValueError with a readable reason."""
-    keys = keys_from_environment().with_overrides(values.get("keys", {}))
+    keys = keys_from_environment().with_overrides(settings.typed_keys())
     choices = {}
     for stage in STAGES:
-        picked = values.get(stage) or {}
-        provider = picked.get("provider")
+        picked = settings.pick(stage)
+        provider = picked.provider
         if provider not in PROVIDERS or stage not in PROVIDERS[provider].stages:
             raise ValueError(f"Unknown {STAGE_TITLES[stage]} provider: {provider!r}")
-        choices[stage] = choice_for(provider, stage, picked.get("model"), picked.get("voice"))
+        choices[stage] = choice_for(provider, stage, picked.model, picked.voice)
     config = SessionConfig(keys=keys, stt=choices["stt"], llm=choices["llm"], tts=choices["tts"])
-    prompt = values.get("system_prompt") or ""
+    prompt = settings.system_prompt or ""
     if not isinstance(prompt, str):
         raise ValueError("The system prompt must be text.")
     if len(prompt) > MAX_SYSTEM_PROMPT_CHARS:
@@ -75,17 +143,17 @@ def config_from_settings(values: dict) -> SessionConfig:
             f"at most {MAX_SYSTEM_PROMPT_CHARS:,} are allowed. Your previous prompt stays."
         )
     try:
-        vad_stop = float(values.get("vad_stop_secs", config.vad_stop_secs))
+        vad_stop = float(settings.vad_stop_secs)
     except (TypeError, ValueError):
         raise ValueError("VAD stop must be a number of seconds.") from None
     low, high = VAD_STOP_RANGE
     return replace(
         config,
         vad_stop_secs=min(max(vad_stop, low), high) if vad_stop == vad_stop else low,
-        smart_turn=bool(values.get("smart_turn", config.smart_turn)),
-        speculative=bool(values.get("speculative", config.speculative)),
+        smart_turn=bool(settings.smart_turn),
+        speculative=bool(settings.speculative),
         system_prompt=prompt.strip() or config.system_prompt,
-        tools=tools_allowed() and bool(values.get("tools", config.tools)),
+        tools=tools_allowed() and bool(settings.tools),
     )
 
 
@@ -123,10 +191,10 @@ def _key_status(provider_id: str, typed: dict) -> str:
     return f"{provider.label}: no key"
 
 
-def _tools_control(values: dict, llm_provider: str) -> dict:
+def _tools_control(settings: PageSettings, llm_provider: str) -> dict:
     """The tools toggle for this LLM: usable only if it calls tools (the registry says)."""
     if llm_provider not in PROVIDERS or "llm" not in PROVIDERS[llm_provider].stages:
-        llm_provider = values["llm"]["provider"]
+        llm_provider = settings.llm.provider
     choice = choice_for(llm_provider, "llm")
     can_call = capabilities("llm", choice).tools
     if not tools_allowed():
@@ -138,7 +206,7 @@ def _tools_control(values: dict, llm_provider: str) -> dict:
     else:
         info = "Look up an order (try 1234 or 4821), cancel one not shipped, or ask a city's time."
     return {
-        "value": bool(values.get("tools")) and can_call and tools_allowed(),
+        "value": bool(settings.tools) and can_call and tools_allowed(),
         "interactive": can_call and tools_allowed(),
         "label": "Tools",
         "info": info,
@@ -226,13 +294,13 @@ def lay_out_settings_panel() -> SettingsPanel:
         )
         pickers: dict[Stage, StagePicker] = {}
         for stage in STAGES:
-            current = start[stage]
+            current = start.pick(stage)
             with gr.Row():
                 pickers[stage] = build_stage_picker(
                     stage,
-                    current["provider"],
-                    current["model"],
-                    voice=current["voice"],
+                    current.provider,
+                    current.model,
+                    voice=current.voice,
                     with_voice=stage == "tts",
                 )
 
@@ -257,29 +325,29 @@ def lay_out_settings_panel() -> SettingsPanel:
             vad_stop = gr.Slider(
                 0.1,
                 1.0,
-                value=start["vad_stop_secs"],
+                value=start.vad_stop_secs,
                 step=0.05,
                 label="VAD stop (s)",
                 info="Silence before the turn is judged",
                 elem_id="vad-stop",
             )
             smart_turn = gr.Checkbox(
-                value=start["smart_turn"],
+                value=start.smart_turn,
                 label="Smart Turn",
                 info="Judge whether you finished; off: end on silence alone",
                 elem_id="smart-turn",
             )
             speculative = gr.Checkbox(
-                value=start["speculative"],
+                value=start.speculative,
                 label="Speculative turns",
                 info="Answer while Smart Turn decides; dropped if you go on",
                 elem_id="speculative",
             )
-            tools = gr.Checkbox(**_tools_control(start, start["llm"]["provider"]))
+            tools = gr.Checkbox(**_tools_control(start, start.llm.provider))
             with gr.Accordion("Tool schemas: what the LLM is told", open=False):
                 gr.JSON(tool_schemas(), show_label=False, elem_id="tool-schemas")
         system_prompt = gr.Textbox(
-            value=start["system_prompt"],
+            value=start.system_prompt,
             label="System prompt",
             lines=2,
             max_lines=6,
@@ -309,8 +377,8 @@ def wire_settings_panel(panel: SettingsPanel) -> None:
         _wire_stage(picker.stage, picker.provider, picker.model, picker.voice, settings)
 
     def set_knob(name):
-        def update(values: dict, value) -> dict:
-            return {**values, name: value}
+        def update(settings: PageSettings, value) -> PageSettings:
+            return settings.with_knob(name, value)
 
         return update
 
@@ -322,7 +390,7 @@ def wire_settings_panel(panel: SettingsPanel) -> None:
     # ``input``: only the visitor's clicks are a preference, not the updates below.
     tools.input(set_knob("tools"), [settings, tools], settings, queue=False)
     pickers["llm"].provider.input(
-        lambda values, provider_id: gr.update(**_tools_control(values, provider_id)),
+        lambda current, provider_id: gr.update(**_tools_control(current, provider_id)),
         [settings, pickers["llm"].provider],
         tools,
         queue=False,
@@ -335,16 +403,16 @@ def wire_settings_panel(panel: SettingsPanel) -> None:
     cloud = _cloud_providers()
     for provider_id, box in panel.key_boxes.items():
 
-        async def set_key(values: dict, key: str, provider_id=provider_id):
+        async def set_key(current: PageSettings, key: str, provider_id=provider_id):
             key = key.strip()[:MAX_KEY_CHARS] if isinstance(key, str) else ""
-            keys = {**values.get("keys", {}), provider_id: key}
-            values = {**values, "keys": keys}
-            updates = [values, " · ".join(_key_status(p.id, keys) for p in cloud)]
+            current = current.with_key(provider_id, key)
+            keys = current.typed_keys()
+            updates = [current, " · ".join(_key_status(p.id, keys) for p in cloud)]
             # A new key may unlock the provider's own model and voice lists
             # (an ElevenLabs account has voices of its own).
             for stage in STAGES:
                 found = None
-                if values[stage]["provider"] == provider_id:
+                if current.pick(stage).provider == provider_id:
                     found = await catalog(provider_id, stage, keys)
                 updates.append(gr.update(choices=list(found.models)) if found else gr.update())
                 if stage == "tts":
@@ -368,24 +436,22 @@ def _wire_stage(
     voice: gr.Dropdown | None,
     settings: gr.State,
 ) -> None:
-    async def on_provider(values: dict, provider_id: str):
+    async def on_provider(settings: PageSettings, provider_id: str):
         if provider_id not in PROVIDERS or stage not in PROVIDERS[provider_id].stages:
-            return [values, gr.update(), *([gr.update()] if voice is not None else [])]
-        found = await catalog(provider_id, stage, values.get("keys", {}))
-        picked = {"provider": provider_id, "model": found.default_model, "voice": None}
+            return [settings, gr.update(), *([gr.update()] if voice is not None else [])]
+        found = await catalog(provider_id, stage, settings.typed_keys())
+        picked = StagePick(provider_id, found.default_model)
         updates = [gr.update(choices=list(found.models), value=found.default_model)]
         if voice is not None:
-            picked["voice"] = found.default_voice
-            updates.append(
-                gr.update(choices=[tuple(v) for v in found.voices], value=picked["voice"])
-            )
-        return [{**values, stage: picked}, *updates]
+            picked = replace(picked, voice=found.default_voice)
+            updates.append(gr.update(choices=[tuple(v) for v in found.voices], value=picked.voice))
+        return [settings.with_pick(stage, picked), *updates]
 
     def on_pick(field: str):
-        def update(values: dict, value: str) -> dict:
+        def update(settings: PageSettings, value: str) -> PageSettings:
             if not value:
-                return values
-            return {**values, stage: {**values[stage], field: value}}
+                return settings
+            return settings.with_pick(stage, replace(settings.pick(stage), **{field: value}))
 
         return update
 

@@ -11,7 +11,7 @@ Keys never live in module state: they travel inside a session's
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -39,7 +39,7 @@ class ProviderKeys:
     def get(self, provider: str) -> str | None:
         return self._keys.get(provider)
 
-    def with_overrides(self, typed: dict[str, str | None]) -> ProviderKeys:
+    def with_overrides(self, typed: Mapping[str, str | None]) -> ProviderKeys:
         """These keys, with the ones a visitor typed in taking precedence."""
         merged = dict(self._keys)
         merged.update({k: v.strip() for k, v in typed.items() if v and v.strip()})
