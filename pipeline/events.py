@@ -7,12 +7,14 @@ line up with pipecat's own metric timestamps) and a ``kind`` for JSON export.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from functools import cache, partial
-from types import UnionType
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from functools import cache
+from types import GenericAlias, UnionType
+from typing import Annotated, Any, NotRequired, Union, get_args, get_origin, get_type_hints
+
+from annotated_types import Interval, MaxLen
+from pydantic import ConfigDict, FailFast, Strict, TypeAdapter, ValidationError, with_config
+from typing_extensions import TypedDict  # pydantic's choice before Python 3.12
 
 
 @dataclass(frozen=True)
@@ -313,134 +315,104 @@ def _kind(name: str) -> type[Event] | None:
     return _kinds.get(name)
 
 
-class _Mismatch(Exception):
-    """A value that does not fit its type hint; ``path`` says where inside the field."""
-
-    def __init__(self, problem: str) -> None:
-        super().__init__(problem)
-        self.problem = problem
-        self.path = ""
-
-
-Converter = Callable[[object], object]
+# The rules for every field. Strict: true is not 1, "1" is not a number and 1.5
+# is not a count (a whole number does fill a float field, as a float). Text of
+# a bounded length (pydantic also refuses a lone surrogate, which JSON allows
+# but UTF-8 cannot encode), finite numbers, and no field the event does not define.
+_CONFIG = ConfigDict(
+    strict=True, extra="forbid", str_max_length=MAX_TEXT_CHARS, allow_inf_nan=False
+)
 
 
-@cache
-def _schema(cls: type[Event]) -> tuple[dict[str, Converter], frozenset[str]]:
-    """A converter per field (from its type hint), and the fields without a default."""
-    hints = get_type_hints(cls)
-    init = [f for f in fields(cls) if f.init]
-    converters = {f.name: _converter(hints[f.name]) for f in init}
-    required = frozenset(
-        f.name for f in init if f.default is MISSING and f.default_factory is MISSING
-    )
-    return converters, required
+def _checked(hint: Any) -> Any:
+    """``hint`` with the rules a config cannot say, on the types inside it.
 
-
-@cache
-def _converter(hint: object) -> Converter:
-    """A function that checks a JSON-decoded value against ``hint`` and converts it to it.
-
-    Built once per type hint, so checking an event costs a few calls per field.
+    Numbers are bounded. Tuples are lax, so that a JSON list becomes one
+    (strict, only a tuple would do), and one of any length holds MAX_ITEMS at
+    most. FailFast: pydantic stops at a list's first bad item, where it would
+    otherwise check (and report) every one before its length, however many.
     """
     origin, args = get_origin(hint), get_args(hint)
     if origin in (Union, UnionType):
-        return _union(type(None) in args, [_converter(a) for a in args if a is not type(None)])
-    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-        return _variadic_tuple(_converter(args[0]))
+        return Union[tuple(_checked(arg) for arg in args)]  # noqa: UP007 (no X | Y to write)
+    # tuple[...] of types known at run time: GenericAlias, since mypy wants types written there.
+    if origin is tuple and args[1:] == (Ellipsis,):
+        items = GenericAlias(tuple, (_checked(args[0]), ...))
+        return Annotated[items, Strict(False), FailFast(), MaxLen(MAX_ITEMS)]
     if origin is tuple:
-        return _fixed_tuple([_converter(arg) for arg in args])
-    if hint is str:
-        return _text
-    if hint is bool:
-        return _flag
+        return Annotated[GenericAlias(tuple, tuple(map(_checked, args))), Strict(False)]
     if hint in (int, float):
-        return partial(_number, hint)
+        return Annotated[hint, Interval(ge=-MAX_NUMBER, le=MAX_NUMBER)]
+    if hint in (str, bool, type(None)):
+        return hint
     raise TypeError(f"events.from_dict cannot check a field of type {hint!r}")
 
 
-def _union(nullable: bool, options: list[Converter]) -> Converter:
-    def convert(value: object) -> object:
-        if value is None and nullable:
-            return None
-        for option in options[:-1]:
-            with suppress(_Mismatch):
-                return option(value)
-        return options[-1](value)
+@cache
+def _validator(cls: type[Event]) -> TypeAdapter[dict[str, Any]]:
+    """Checks the fields of a ``cls`` event as a dict: its own type hints, with the rules on.
 
-    return convert
-
-
-def _items(converters: list[Converter], values: list | tuple) -> tuple:
-    converted = []
-    for index, (convert, value) in enumerate(zip(converters, values, strict=True)):
-        try:
-            converted.append(convert(value))
-        except _Mismatch as e:
-            e.path = f"[{index}]{e.path}"
-            raise
-    return tuple(converted)
+    Built the first time a kind is replayed, so a new event class needs nothing here.
+    """
+    hints = get_type_hints(cls)
+    shape = {
+        f.name: _checked(hints[f.name])
+        if f.default is MISSING and f.default_factory is MISSING
+        else NotRequired[_checked(hints[f.name])]  # the dataclass fills in its default
+        for f in fields(cls)
+        if f.init
+    }
+    # mypy reads TypedDict() as a declaration, with literal arguments; this one is built.
+    typed_dict = TypedDict(cls.__name__, shape)  # type: ignore[misc]
+    return TypeAdapter(with_config(_CONFIG)(typed_dict))
 
 
-def _variadic_tuple(convert: Converter) -> Converter:
-    def convert_all(value: object) -> tuple:
-        if not isinstance(value, list | tuple):
-            raise _Mismatch("must be a list")
-        if len(value) > MAX_ITEMS:
-            raise _Mismatch(f"holds more than {MAX_ITEMS} items")
-        return _items([convert] * len(value), value)
-
-    return convert_all
-
-
-def _fixed_tuple(converters: list[Converter]) -> Converter:
-    def convert_all(value: object) -> tuple:
-        if not isinstance(value, list | tuple):
-            raise _Mismatch("must be a list")
-        if len(value) != len(converters):
-            raise _Mismatch(f"must hold {len(converters)} items")
-        return _items(converters, value)
-
-    return convert_all
+# Each problem in our own words: pydantic's messages quote the input, which is
+# the file's text. ``{...}`` are limits from the error's context (ours too).
+_OUT_OF_RANGE = f"must be a finite number within ±{MAX_NUMBER:g}"
+_PROBLEMS = {
+    "string_type": "must be a string",
+    "string_too_long": "is longer than {max_length:,} characters",
+    "string_unicode": "is not valid Unicode text",
+    "bool_type": "must be true or false",
+    "int_type": "must be a whole number",
+    "float_type": "must be a number",
+    "finite_number": _OUT_OF_RANGE,
+    "greater_than_equal": _OUT_OF_RANGE,
+    "less_than_equal": _OUT_OF_RANGE,
+    "tuple_type": "must be a list",
+    "missing": "is missing",  # an item of a fixed-length tuple (a missing field: see below)
+    "too_long": "holds more than {max_length} items",
+    "too_long_fixed": "must hold {max_length} items",
+}
 
 
-def _text(value: object) -> str:
-    if not isinstance(value, str):
-        raise _Mismatch("must be a string")
-    if len(value) > MAX_TEXT_CHARS:
-        raise _Mismatch(f"is longer than {MAX_TEXT_CHARS:,} characters")
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate, which JSON allows
-            raise _Mismatch("is not valid Unicode text") from None
-    return value
-
-
-def _flag(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise _Mismatch("must be true or false")
-    return value
-
-
-def _number(kind: type, value: object) -> int | float:
-    # bool is an int to Python, but true is not a number of seconds.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _Mismatch("must be a number")
-    if kind is int and not isinstance(value, int):
-        raise _Mismatch("must be a whole number")
-    if not abs(value) <= MAX_NUMBER:  # also NaN
-        raise _Mismatch(f"must be a finite number within ±{MAX_NUMBER:g}")
-    return kind(value)
+def _message(kind: str, error: ValidationError) -> str:
+    # Of several errors: a field the event does not define, then a missing one, then the first.
+    first = min(
+        error.errors(include_url=False, include_input=False),
+        key=lambda e: {"extra_forbidden": 0, "missing": 1}.get(e["type"], 2),
+    )
+    problem, limits = first["type"], first.get("ctx", {})
+    name, *inside = first["loc"]
+    if problem == "extra_forbidden":  # ``name`` is the file's text here: not shown
+        return f"{kind} has a field it does not define"
+    if problem == "missing" and not inside:
+        return f"{kind} lacks its {name!r} field"
+    if problem == "too_long" and limits["max_length"] != MAX_ITEMS:
+        problem = "too_long_fixed"  # a tuple of fixed length, not a list of up to MAX_ITEMS
+    # The ints are tuple indexes; any str inside is pydantic's name for a member of a union.
+    path = "".join(f"[{index}]" for index in inside if isinstance(index, int))
+    return f"{kind}.{name}{path} {_PROBLEMS.get(problem, 'is not valid').format(**limits)}"
 
 
 def from_dict(data: object) -> Event:
     """Rebuild an event from :meth:`Event.to_dict` output (session replay), checking every field.
 
-    Each field is checked against its type hint and converted (JSON lists to
-    tuples, whole numbers to floats), so whatever a file holds, the reducer and
-    the renderers only ever see values of the types they were written for.
-    Raises :class:`EventFormatError` for anything else.
+    pydantic checks each field against its type hint and converts it (JSON
+    lists to tuples, whole numbers to floats), so whatever a file holds, the
+    reducer and the renderers only ever see values of the types they were
+    written for. Raises :class:`EventFormatError` for anything else.
     """
     if not isinstance(data, dict):
         raise EventFormatError("an event must be a JSON object")
@@ -448,17 +420,13 @@ def from_dict(data: object) -> Event:
     cls = _kind(kind) if isinstance(kind, str) else None
     if cls is None:
         raise EventFormatError("unknown event kind")
-    # A class object is hashable; mypy checks it against the instances' __hash__ instead.
-    converters, required = _schema(cls)  # type: ignore[arg-type]
-    given = data.keys() - {"kind"}
-    if given - converters.keys():
-        raise EventFormatError(f"{kind} has a field it does not define")
-    if required - given:
-        raise EventFormatError(f"{kind} lacks its {sorted(required - given)[0]!r} field")
-    values: dict[str, Any] = {}
-    for name in given:
-        try:
-            values[name] = converters[name](data[name])
-        except _Mismatch as e:
-            raise EventFormatError(f"{kind}.{name}{e.path} {e.problem}") from None
+    given = {name: value for name, value in data.items() if name != "kind"}
+    if len(given) > len(cls.__dataclass_fields__):
+        # Refused at once: pydantic would report each extra key, and a file may hold thousands.
+        raise EventFormatError(f"{cls.__name__} has a field it does not define")
+    try:
+        # A class object is hashable; mypy checks it against the instances' __hash__ instead.
+        values = _validator(cls).validate_python(given)  # type: ignore[arg-type]
+    except ValidationError as e:
+        raise EventFormatError(_message(cls.__name__, e)) from None
     return cls(**values)

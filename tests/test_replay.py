@@ -16,6 +16,7 @@ from functools import reduce as fold
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from pipeline import events as ev
 from tests.test_state import one_turn
@@ -252,6 +253,105 @@ def test_a_malformed_event_is_refused_with_a_plain_message(tmp_path, name):
     )
     assert message.startswith("Event 2 of that file is not valid: ") and expected in message
     _assert_safe(message)
+
+
+# The file's own text (and a number of its own), placed where each kind of mismatch
+# occurs: the refusal names our kind, field and limit, and quotes none of it.
+MARK, BIG = "file-text-7b1e", 12_345_678_901_234_567
+PAIRS = {"kind": "LatencyMeasured", "t": 1, "seconds": 1}
+QUOTING = {
+    "a list as text": (
+        {"kind": "BotToken", "t": 1, "text": [MARK]},
+        "BotToken.text must be a string",
+    ),
+    "too long a text": (
+        {"kind": "BotToken", "t": 1, "text": MARK * 1000},
+        "BotToken.text is longer than 10,000 characters",
+    ),
+    "a lone surrogate": (
+        {"kind": "BotToken", "t": 1, "text": MARK + "\ud800"},
+        "BotToken.text is not valid Unicode text",
+    ),
+    "text as a time": ({"kind": "BotThinking", "t": MARK}, "BotThinking.t must be a number"),
+    "text as a count": (
+        {"kind": "UsageReported", "t": 1, "stage": "llm", "amount": MARK},
+        "UsageReported.amount must be a whole number",
+    ),
+    "too large a count": (
+        {"kind": "UsageReported", "t": 1, "stage": "llm", "amount": BIG},
+        "UsageReported.amount must be a finite number within ±1e+12",
+    ),
+    "too large a time": (
+        {"kind": "BotThinking", "t": -float(BIG)},
+        "BotThinking.t must be a finite number within ±1e+12",
+    ),
+    "text as a flag": (
+        {"kind": "BotTurnText", "t": 1, "text": "", "interrupted": MARK},
+        "BotTurnText.interrupted must be true or false",
+    ),
+    "text as pairs": (
+        {**PAIRS, "contributions": MARK},
+        "LatencyMeasured.contributions must be a list",
+    ),
+    "too many pairs": (
+        {**PAIRS, "contributions": [[MARK, 1]] * 17},
+        "LatencyMeasured.contributions holds more than 16 items",
+    ),
+    "a pair too long": (
+        {**PAIRS, "contributions": [[MARK, BIG, MARK]]},
+        "LatencyMeasured.contributions[0] must hold 2 items",
+    ),
+    "a pair too short": (
+        {**PAIRS, "contributions": [[MARK]]},
+        "LatencyMeasured.contributions[0][1] is missing",
+    ),
+    "a number as a label": (
+        {**PAIRS, "contributions": [["a", 1], [BIG, MARK]]},
+        "LatencyMeasured.contributions[1][0] must be a string",
+    ),
+    "a field named by the file": (
+        {"kind": "BotToken", "t": 1, "text": MARK, MARK: MARK},
+        "BotToken has a field it does not define",
+    ),
+    "that field before a missing one": (
+        {"kind": "BotToken", "t": MARK, MARK: 1},
+        "BotToken has a field it does not define",
+    ),
+    "a missing field before a wrong one": (
+        {"kind": "ServiceTTFB", "t": MARK, "stage": "llm", "service": "s", "seconds": 1},
+        "ServiceTTFB lacks its 'model' field",
+    ),
+    "the file's text as the kind": ({"kind": MARK, "t": 1}, "unknown event kind"),
+    "a list as the event": ([MARK, BIG], "an event must be a JSON object"),
+}
+
+
+@pytest.mark.parametrize("name", QUOTING)
+def test_a_refusal_names_the_place_and_never_quotes_the_file(name):
+    item, expected = QUOTING[name]
+    with pytest.raises(ev.EventFormatError) as caught:
+        ev.from_dict(item)
+    assert str(caught.value) == expected
+    assert MARK not in str(caught.value) and str(BIG) not in str(caught.value)
+
+
+def test_a_huge_list_or_many_fields_cost_one_error_not_one_each(monkeypatch):
+    """pydantic reports every error it finds: a 2 MB file would make it list a million.
+
+    (Before FailFast, a list of a million bad items took 3 s and 1 GB to refuse.)
+    """
+    validator = ev._validator(ev.LatencyMeasured)
+    with pytest.raises(ValidationError) as caught:
+        validator.validate_python({"t": 1, "seconds": 1, "contributions": [1] * 100_000})
+    assert caught.value.error_count() == 1
+
+    def never(cls):
+        raise AssertionError("the extra keys went to pydantic")
+
+    monkeypatch.setattr(ev, "_validator", never)
+    many = {"kind": "BotToken", "t": 1, "text": "", **{f"k{i}": 0 for i in range(100_000)}}
+    with pytest.raises(ev.EventFormatError, match="BotToken has a field it does not define"):
+        ev.from_dict(many)
 
 
 def _assert_safe(message: str) -> None:
