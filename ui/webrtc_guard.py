@@ -87,6 +87,10 @@ OWNERS_KEPT = 1024
 # (its session's shutdown and the peer connection's close finish meanwhile);
 # None leaves them to Python's own schedule.
 COLLECT_AFTER_CLOSE_SECS: float | None = 2.0
+# And once more this long after, for what outlived the first collection: a
+# pipeline still winding down on a loaded CPU, or a cancelled timer of the
+# connection (aioice's consent check) whose context holds it until its time.
+COLLECT_AGAIN_AFTER_SECS = 10.0
 # How often a new connection's progress (handshake, first audio) is looked at.
 ADMISSION_POLL_SECS = 0.25
 # A live page hangs up itself when told its session ended; this long after, the server does.
@@ -142,7 +146,7 @@ class WebRTCGuard:
         self.offers = RateWindow(offers_per_minute, 60.0)
         self._owners: OrderedDict[str, Owner] = OrderedDict()
         self._watchers: set[asyncio.Task] = set()
-        self._collection: asyncio.TimerHandle | None = None
+        self._collections: list[asyncio.TimerHandle] = []
 
     # -- ownership -----------------------------------------------------------
 
@@ -247,21 +251,23 @@ class WebRTCGuard:
         )
 
     def _collect_soon(self) -> None:
-        """One collection shortly after the latest close (several closes share one)."""
+        """Collections shortly after the latest close, and later (several closes share them)."""
         if COLLECT_AFTER_CLOSE_SECS is None:
             return
-        if self._collection is not None:
-            self._collection.cancel()
+        for collection in self._collections:
+            collection.cancel()
         loop = asyncio.get_running_loop()
         # In a context of its own: the closing connection's context holds
         # fastrtc's current data channel, and through it the peer connection
         # that the collection is meant to free.
-        self._collection = loop.call_later(
-            COLLECT_AFTER_CLOSE_SECS, self._collect, context=contextvars.Context()
-        )
+        context = contextvars.Context()
+        first = COLLECT_AFTER_CLOSE_SECS
+        self._collections = [
+            loop.call_later(delay, self._collect, context=context)
+            for delay in (first, first + COLLECT_AGAIN_AFTER_SECS)
+        ]
 
     def _collect(self) -> None:
-        self._collection = None
         started = time.perf_counter()
         freed = gc.collect()
         log.debug("collected %d objects in %.1f ms", freed, (time.perf_counter() - started) * 1000)
@@ -386,6 +392,9 @@ class WebRTCGuard:
         if webrtc_id in self.component.pcs:
             log.info("closing the connection of a session that ended (its page did not hang up)")
             await self._drop(webrtc_id)
+        # A pipeline can take longer to wind down than the collection after the
+        # connection's clean-up waits (on a loaded CPU): collect after it too.
+        self._collect_soon()
 
     async def _drop(self, webrtc_id: str) -> None:
         component = self.component
