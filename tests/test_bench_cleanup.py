@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import psutil
 import pytest
@@ -57,6 +58,15 @@ def _app_serving(bench: psutil.Process) -> tuple[psutil.Process, int] | None:
     return None
 
 
+def _stacks(pid: int) -> str:
+    """Every thread's Python stack in process ``pid`` (py-spy, from the dev requirements)."""
+    py_spy = Path(sys.executable).with_name("py-spy")
+    dumped = subprocess.run(
+        [str(py_spy), "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30
+    )
+    return dumped.stdout + dumped.stderr
+
+
 def _accepts_connections(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1)
@@ -87,7 +97,13 @@ def test_a_signalled_benchmark_stops_its_app_and_frees_its_ports(signum, tmp_pat
         started = psutil.Process(bench.pid).children(recursive=True)
 
         os.kill(bench.pid, signum)
-        exit_status = bench.wait(STOP_TIMEOUT)
+        try:
+            exit_status = bench.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(
+                f"the benchmark still ran {STOP_TIMEOUT:.0f} s after the signal; where it was:\n"
+                f"{_stacks(bench.pid)}\n{(tmp_path / 'bench.log').read_text()[-3000:]}"
+            )
 
         _, alive = psutil.wait_procs(started, timeout=15)
         assert not alive, f"left running: {[(p.pid, p.cmdline()) for p in alive]}"
