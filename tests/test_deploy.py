@@ -85,7 +85,8 @@ def test_a_worker_that_fails_to_start_stops_everything(tmp_path: Path):
     with pytest.raises(RuntimeError, match="exited with 1") as failure:
         deploy.start()
     message = str(failure.value)
-    assert "failed to start" in message and "invalid literal for int()" in message, message
+    assert "failed to start" in message, message
+    assert "Voice Lab cannot start: VOICE_LAB_MAX_SESSIONS:" in message, message
     assert any(line.startswith("[deploy] starting w") for line in deploy.lines), deploy.tail()
     assert not deploy.leftovers(), f"still running: {deploy.leftovers()}"
     assert not bound_ports([deploy.port]), "the balancer's port is still bound"
