@@ -70,6 +70,7 @@ from fastapi.responses import JSONResponse
 from fastrtc import WebRTC
 from fastrtc.utils import AdditionalOutputs, WebRTCData
 
+from pipeline.compat.asyncio_loop import drop_cancelled_timers
 from pipeline.compat.fastrtc import replace_component_methods
 from pipeline.compat.gradio import mark_server_fn
 from pipeline.telemetry import refused as count_refusal
@@ -269,6 +270,9 @@ class WebRTCGuard:
 
     def _collect(self) -> None:
         started = time.perf_counter()
+        # A cancelled timer made in a closed connection's context would keep
+        # that context, and through it the connection, until its due time.
+        drop_cancelled_timers(asyncio.get_running_loop())
         freed = gc.collect()
         log.debug("collected %d objects in %.1f ms", freed, (time.perf_counter() - started) * 1000)
 

@@ -38,6 +38,12 @@ class Reliance:
 
 def contract() -> list[Reliance]:
     """Every module's ``CONTRACT``, in one list (library order)."""
-    from pipeline.compat import aiortc, fastrtc, gradio, pipecat
+    from pipeline.compat import aiortc, asyncio_loop, fastrtc, gradio, pipecat
 
-    return [*pipecat.CONTRACT, *fastrtc.CONTRACT, *aiortc.CONTRACT, *gradio.CONTRACT]
+    return [
+        *pipecat.CONTRACT,
+        *fastrtc.CONTRACT,
+        *aiortc.CONTRACT,
+        *gradio.CONTRACT,
+        *asyncio_loop.CONTRACT,
+    ]
