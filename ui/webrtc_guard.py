@@ -24,7 +24,7 @@ frontend by the module that defines its class) to fix, in our code:
 - **One client could take every slot, as fast as it liked.** Each client
   (:mod:`ui.clients`: its address, or what a trusted proxy says; IPv6 per /64)
   may hold at most ``per_client`` connections at once (always fewer than the
-  slots, ``pipeline.config.ServerSettings.per_client``) and make at most
+  slots, ``pipeline.server_settings.ServerSettings.per_client``) and make at most
   ``offers_per_minute`` offers.
 - **Actions were authorised by a ``webrtc_id`` the caller supplies** (made with
   ``Math.random()`` in the page). Each connection is bound to the Gradio
