@@ -1,4 +1,4 @@
-"""A closed connection is freed at once: its session, turn analyzers, threads and outputs.
+"""A closed connection leaves nothing behind: its session, turn analyzers, threads and outputs.
 
 The Silero and Smart Turn models are the process's (one ONNX session each,
 pipeline.turn_models): a connection adds none, and its analyzers (its own
@@ -139,12 +139,13 @@ async def test_closed_connections_leave_nothing_behind(served, monkeypatch):
                 # timer of its own (aiortc's, pipecat's) that asyncio keeps in
                 # its heap until the timer's time: its context holds fastrtc's
                 # data channel. Seven connections leaking would be seven.
-                spare = {"server_peer_connections": 1}
-                return all(now[k] <= baseline[k] + spare.get(k, 0) for k in keys) and (
-                    now["threads"] <= baseline["threads"] + 2
-                )
+                spare = {"server_peer_connections": 1, "threads": 2}
+                return all(now[k] <= baseline[k] + spare.get(k, 0) for k in keys)
 
-            # A connection's threads may take a few seconds to wind down on a loaded CPU.
+            # A connection's own objects may take a few seconds to go on a loaded CPU.
+            # Not its native threads: PyAV's audio resamplers (aiortc's codecs',
+            # fastrtc's track's) each run a libavfilter graph with a thread per CPU
+            # until they are freed, and they go with the peer connection, below.
             assert await eventually(lambda: at_baseline(freed_at_once), 30), (
                 f"after {CYCLES} connections: {census(component)}; before: {baseline};"
                 f" threads now: {thread_names()}; before: {threads_before}"
@@ -156,7 +157,7 @@ async def test_closed_connections_leave_nothing_behind(served, monkeypatch):
             # close can take longer than a fraction of a second.
             monkeypatch.setattr(webrtc_guard, "COLLECT_AFTER_CLOSE_SECS", served_delay)
             await connect_talk_leave(http, url, api, component)
-            everything = (*freed_at_once, "server_peer_connections", "turn_analyzers")
+            everything = (*freed_at_once, "server_peer_connections", "turn_analyzers", "threads")
             # By the second collection at the latest (the first, 2 s after the
             # close, frees all of it on a quiet machine).
             late = served_delay + webrtc_guard.COLLECT_AGAIN_AFTER_SECS + 5
