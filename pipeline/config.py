@@ -1,4 +1,9 @@
-"""Session settings, with defaults from the environment (documented in ``.env.example``)."""
+"""Session settings: the server's defaults (:class:`ServerSettings`), then the page's choices.
+
+The app makes every config with :meth:`SessionConfig.from_server`, from the
+settings it read once at start; a config made without them (a benchmark, a
+script) reads the environment for its defaults.
+"""
 
 from __future__ import annotations
 
@@ -62,6 +67,11 @@ class SessionConfig:
     audio_gone_secs: float = field(default_factory=lambda: _defaults().audio_gone_secs)
     # A session with no user speech and no bot speech for this long is closed.
     idle_timeout_secs: float = field(default_factory=lambda: _defaults().idle_timeout_secs)
+
+    @classmethod
+    def from_server(cls, server: ServerSettings, **values) -> SessionConfig:
+        """A config with the server's session defaults; ``values`` set the rest."""
+        return cls(**{**server.session_defaults(), **values})
 
     def __post_init__(self):
         self.stt = self.stt or default_choice("stt", self.keys)

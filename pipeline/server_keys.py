@@ -39,8 +39,10 @@ _connections = itertools.count(1)
 class ServerKeyLedger:
     """Seconds on the server's keys per account, each counted for a window from its first charge.
 
-    Shared by every session of the process (:data:`SERVER_KEYS`); the web layer
-    decides what an account is.
+    Shared by every session of the process (the app makes one from its settings,
+    :meth:`from_settings`; else :data:`SERVER_KEYS`); the web layer decides what
+    an account is. ``budget_secs``: what each account may use per window (0:
+    unlimited; None: each session reads ``VOICE_LAB_SERVER_KEY_SECS``).
     """
 
     def __init__(
@@ -48,14 +50,20 @@ class ServerKeyLedger:
         window_secs: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_accounts: int = MAX_ACCOUNTS,
+        budget_secs: float | None = None,
     ):
         if window_secs is None:
             window_secs = ServerSettings.from_environ().server_key_window_secs
         self.window = window_secs
+        self.budget_secs = budget_secs
         self._now = clock
         self._max = max_accounts
         # account -> (when its window started, seconds used in it)
         self._accounts: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    @classmethod
+    def from_settings(cls, settings: ServerSettings) -> ServerKeyLedger:
+        return cls(settings.server_key_window_secs, budget_secs=settings.server_key_secs)
 
     def _current(self, account: str) -> tuple[float, float] | None:
         entry = self._accounts.get(account)
@@ -100,13 +108,15 @@ class ServerKeyBudget:
         # Told every tick which providers' server keys ran and for how long (the
         # metrics), with or without a budget.
         self._on_spent = on_spent
+        self._ledger = ledger if ledger is not None else ServerKeyLedger()
         # Seconds a visitor may spend on the server's own API keys (0: unlimited).
+        if budget_secs is None:
+            budget_secs = self._ledger.budget_secs
         if budget_secs is None:
             budget_secs = ServerSettings.from_environ().server_key_secs
         self.budget = budget_secs
         self._tick = tick_secs
         self._now = clock
-        self._ledger = ledger if ledger is not None else ServerKeyLedger()
         self._accounts: tuple[str, ...] = (f"connection:{next(_connections)}",)
 
     def bill_to(self, accounts: Iterable[str]) -> None:

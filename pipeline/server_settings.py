@@ -52,6 +52,18 @@ Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 ENV_PREFIX = "VOICE_LAB_"
 
 
+# The fields that are every session's defaults (SessionConfig has the same names).
+SESSION_DEFAULTS = (
+    "system_prompt",
+    "vad_stop_secs",
+    "speculative",
+    "tools",
+    "llm_max_tokens",
+    "audio_gone_secs",
+    "idle_timeout_secs",
+)
+
+
 class SettingsError(ValueError):
     """A ``VOICE_LAB_*`` variable that does not hold what it must: each problem, named."""
 
@@ -128,6 +140,10 @@ class ServerSettings(BaseModel):
                 )
             ) from None
 
+    def session_defaults(self) -> dict[str, object]:
+        """What every :class:`pipeline.config.SessionConfig` starts from, by field name."""
+        return {name: getattr(self, name) for name in SESSION_DEFAULTS}
+
     @property
     def sessions(self) -> int:
         """Connections accepted at once (at least one)."""
@@ -157,8 +173,3 @@ def _default_worker_id(environ: Mapping[str, str]) -> str:
 def worker_id() -> str:
     """This process's name (``VOICE_LAB_WORKER_ID``, else host:port), for telemetry labels."""
     return ServerSettings.from_environ().worker
-
-
-def tools_allowed() -> bool:
-    """Whether this server offers tools at all (``VOICE_LAB_TOOLS=0``: never, whatever the page)."""
-    return ServerSettings.from_environ().tools

@@ -23,6 +23,7 @@ from pipeline.providers.registry import (
     keys_from_environment,
     offline_provider,
 )
+from pipeline.server_settings import ServerSettings
 from testkit.env import provider_variables
 from ui.settings import (
     StagePick,
@@ -143,7 +144,7 @@ def test_the_settings_panel_offers_a_registered_provider(acme):
         config_from_settings(values.with_pick("stt", StagePick("acme", "acme-fast")))
 
     with gr.Blocks() as page:
-        build_settings_panel()
+        build_settings_panel(ServerSettings())
     by_id = {b.elem_id: b for b in page.blocks.values() if getattr(b, "elem_id", None)}
     assert ("Acme", "acme") in by_id["tts-provider"].choices
     assert all(value != "acme" for _, value in by_id["stt-provider"].choices)
@@ -157,7 +158,7 @@ async def test_a_registered_provider_lists_its_built_in_catalog(acme):
 def test_a_stage_the_offline_provider_cannot_run_here_is_marked(monkeypatch):
     monkeypatch.setitem(shared_models().unavailable, "llm", "no AVX2")
     with gr.Blocks() as page:
-        build_settings_panel()
+        build_settings_panel(ServerSettings())
     by_id = {b.elem_id: b for b in page.blocks.values() if getattr(b, "elem_id", None)}
     local = offline_provider()
     assert (f"{local.label} (unavailable here)", local.id) in by_id["llm-provider"].choices

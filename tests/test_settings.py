@@ -232,6 +232,38 @@ def test_a_session_takes_its_defaults_from_the_servers_settings(monkeypatch):
     assert (config.vad_stop_secs, config.speculative) == (0.3, False)
 
 
+def test_the_page_shows_and_sessions_use_the_settings_the_app_read_at_start(monkeypatch):
+    """Read once and handed down: the environment changing later changes nothing."""
+    import gradio as gr
+
+    from pipeline.server_keys import ServerKeyBudget, ServerKeyLedger
+    from pipeline.server_settings import ServerSettings
+    from ui.settings import build_settings_panel
+
+    read = ServerSettings(system_prompt="Answer like a pirate.", vad_stop_secs=0.45, tools=False)
+    read = read.model_copy(
+        update={"llm_max_tokens": 33, "idle_timeout_secs": 120.0, "server_key_secs": 42.0}
+    )
+    monkeypatch.setenv("VOICE_LAB_SERVER_KEY_SECS", "7")
+    monkeypatch.setenv("VOICE_LAB_SYSTEM_PROMPT", "Not this one.")
+    monkeypatch.setenv("VOICE_LAB_LLM_MAX_TOKENS", "5")
+    monkeypatch.setenv("VOICE_LAB_TOOLS", "1")
+
+    with gr.Blocks() as page:
+        build_settings_panel(read)
+    shown = {b.elem_id: b for b in page.blocks.values() if getattr(b, "elem_id", None)}
+    prompts = [b for b in page.blocks.values() if getattr(b, "label", None) == "System prompt"]
+    assert [b.value for b in prompts] == ["Answer like a pirate."]
+    assert shown["vad-stop"].value == 0.45
+    assert shown["tools-toggle"].interactive is False
+
+    config = config_from_settings(initial_settings(read).with_knob("tools", True), read)
+    assert (config.system_prompt, config.vad_stop_secs) == ("Answer like a pirate.", 0.45)
+    assert (config.llm_max_tokens, config.idle_timeout_secs, config.tools) == (33, 120.0, False)
+    budget = ServerKeyBudget(lambda _event: None, ledger=ServerKeyLedger.from_settings(read))
+    assert budget.budget == 42.0
+
+
 @pytest.mark.slow
 def test_the_app_refuses_to_start_on_a_wrong_setting_and_says_which():
     import subprocess

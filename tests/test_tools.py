@@ -24,6 +24,7 @@ from pipeline import events as ev
 from pipeline.config import SessionConfig
 from pipeline.providers.base import ProviderKeys
 from pipeline.providers.registry import choice_for
+from pipeline.server_settings import ServerSettings
 from pipeline.tools import catalog
 from pipeline.tools.db import session_database
 from pipeline.tools.installer import ToolRunner, database_of, offered
@@ -279,13 +280,16 @@ def test_the_registry_decides_who_gets_tools_and_the_server_can_turn_them_off(mo
     assert offered(config()) and not offered(config(llm="local"))
     assert not offered(dataclasses.replace(config(), tools=False))
     values = initial_settings()
-    assert _tools_control(values, "local")["interactive"] is False
-    assert "cannot call tools" in _tools_control(values, "local")["info"]
-    assert _tools_control(values.with_knob("tools", True), "groq")["interactive"] is True
-    monkeypatch.setenv("VOICE_LAB_TOOLS", "0")
+    assert _tools_control(values, "local", True)["interactive"] is False
+    assert "cannot call tools" in _tools_control(values, "local", True)["info"]
+    assert _tools_control(values.with_knob("tools", True), "groq", True)["interactive"] is True
+    off = ServerSettings(tools=False)
+    assert config_from_settings(values.with_knob("tools", True), off).tools is False
+    toggle = _tools_control(values.with_knob("tools", True), "groq", off.tools)
+    assert toggle["interactive"] is False and "VOICE_LAB_TOOLS=0" in toggle["info"]
+    monkeypatch.setenv("VOICE_LAB_TOOLS", "0")  # what a config made without the app's reads
     assert not offered(config())
     assert config_from_settings(initial_settings().with_knob("tools", True)).tools is False
-    assert _tools_control(values.with_knob("tools", True), "groq")["interactive"] is False
 
 
 # --------------------------------------------------------------------------- without speech

@@ -6,6 +6,7 @@ import gc
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import gradio as gr
@@ -14,7 +15,9 @@ from fastrtc import WebRTC
 from pipeline.compat.aiortc import tighten_audio_jitter_buffer
 from pipeline.compat.fastrtc import end_streams_quietly
 from pipeline.compat.gradio import hide_tracebacks
+from pipeline.config import SessionConfig
 from pipeline.providers.local.models import shared_models
+from pipeline.server_keys import ServerKeyLedger
 from pipeline.server_settings import ServerSettings
 from pipeline.session import SessionRecords, VoiceSession
 from pipeline.weights import local_llm
@@ -73,8 +76,10 @@ def build_ui(
     session = session or VoiceSession(
         reduce=state.reduce,
         initial_state=state.initial_state,
-        settings_from_inputs=config_from_settings,
+        config_factory=partial(SessionConfig.from_server, server_settings),
+        settings_from_inputs=partial(config_from_settings, server=server_settings),
         records=records,
+        server_keys=ServerKeyLedger.from_settings(server_settings),
     )
     source = relay_source()
     relay = TurnServerCredentials(source, policy=relay_policy()).start() if source else None
@@ -95,7 +100,7 @@ def build_ui(
         theme=gr.themes.Soft(),
         delete_cache=DELETE_CACHE,
     ) as demo:
-        page = _lay_out_page(relay, idle)
+        page = _lay_out_page(relay, idle, server_settings)
         guard = _wire_call(demo, page, session, relay, server_settings)
         _wire_files(demo, page, guard, records)
     for fn in demo.fns.values():
@@ -130,7 +135,9 @@ class Page:
         return [self.shown[view.name] for view in views.VIEWS]
 
 
-def _lay_out_page(relay: TurnServerCredentials | None, idle: state.SessionState) -> Page:
+def _lay_out_page(
+    relay: TurnServerCredentials | None, idle: state.SessionState, server_settings: ServerSettings
+) -> Page:
     """Every component, in the current Blocks context; nothing wired yet."""
     gr.Markdown(
         "# Voice Lab\nTalk to a real-time voice agent and watch it think: your words as you "
@@ -165,7 +172,7 @@ def _lay_out_page(relay: TurnServerCredentials | None, idle: state.SessionState)
                 full_screen=False,
             )
             shown = {view.name: view.component(idle) for view in views.in_column("talk")}
-            settings = build_settings_panel()
+            settings = build_settings_panel(server_settings)
         with gr.Column(scale=3, min_width=420):
             shown |= {view.name: view.component(idle) for view in views.in_column("dashboard")}
             ab_panel = build_ab_panel()

@@ -27,7 +27,7 @@ from pipeline.providers.registry import (
     keys_from_environment,
     providers_for,
 )
-from pipeline.server_settings import tools_allowed
+from pipeline.server_settings import ServerSettings
 from pipeline.tools.catalog import schemas as tool_schemas
 
 log = logging.getLogger(__name__)
@@ -104,9 +104,12 @@ class PageSettings:
 KNOBS = ("vad_stop_secs", "smart_turn", "speculative", "system_prompt", "tools")
 
 
-def initial_settings() -> PageSettings:
-    """What a new visitor starts with: the defaults of :class:`SessionConfig`."""
-    config = SessionConfig()
+def initial_settings(server: ServerSettings | None = None) -> PageSettings:
+    """What a new visitor starts with: the server's session defaults.
+
+    ``server``: the settings the app read at start (None: what the environment sets).
+    """
+    config = SessionConfig.from_server(server or ServerSettings.from_environ())
     picks = {
         stage: StagePick(choice.provider, choice.model, choice.voice)
         for stage, choice in config.choices().items()
@@ -123,8 +126,14 @@ def initial_settings() -> PageSettings:
     )
 
 
-def config_from_settings(settings: PageSettings) -> SessionConfig:
-    """The page's settings as a session config; raises ValueError with a readable reason."""
+def config_from_settings(
+    settings: PageSettings, server: ServerSettings | None = None
+) -> SessionConfig:
+    """The page's settings as a session config; raises ValueError with a readable reason.
+
+    ``server``: the settings the app read at start (None: what the environment sets).
+    """
+    server = server or ServerSettings.from_environ()
     keys = keys_from_environment().with_overrides(settings.typed_keys())
     choices = {}
     for stage in STAGES:
@@ -133,7 +142,9 @@ def config_from_settings(settings: PageSettings) -> SessionConfig:
         if provider not in PROVIDERS or stage not in PROVIDERS[provider].stages:
             raise ValueError(f"Unknown {STAGE_TITLES[stage]} provider: {provider!r}")
         choices[stage] = choice_for(provider, stage, picked.model, picked.voice)
-    config = SessionConfig(keys=keys, stt=choices["stt"], llm=choices["llm"], tts=choices["tts"])
+    config = SessionConfig.from_server(
+        server, keys=keys, stt=choices["stt"], llm=choices["llm"], tts=choices["tts"]
+    )
     prompt = settings.system_prompt or ""
     if not isinstance(prompt, str):
         raise ValueError("The system prompt must be text.")
@@ -153,7 +164,7 @@ def config_from_settings(settings: PageSettings) -> SessionConfig:
         smart_turn=bool(settings.smart_turn),
         speculative=bool(settings.speculative),
         system_prompt=prompt.strip() or config.system_prompt,
-        tools=tools_allowed() and bool(settings.tools),
+        tools=server.tools and bool(settings.tools),
     )
 
 
@@ -191,13 +202,16 @@ def _key_status(provider_id: str, typed: dict) -> str:
     return f"{provider.label}: no key"
 
 
-def _tools_control(settings: PageSettings, llm_provider: str) -> dict:
-    """The tools toggle for this LLM: usable only if it calls tools (the registry says)."""
+def _tools_control(settings: PageSettings, llm_provider: str, allowed: bool) -> dict:
+    """The tools toggle for this LLM: usable only if it calls tools (the registry says).
+
+    ``allowed``: whether this server offers tools at all (``VOICE_LAB_TOOLS``).
+    """
     if llm_provider not in PROVIDERS or "llm" not in PROVIDERS[llm_provider].stages:
         llm_provider = settings.llm.provider
     choice = choice_for(llm_provider, "llm")
     can_call = capabilities("llm", choice).tools
-    if not tools_allowed():
+    if not allowed:
         info = "Turned off on this server (VOICE_LAB_TOOLS=0)."
     elif not can_call:
         info = (
@@ -206,8 +220,8 @@ def _tools_control(settings: PageSettings, llm_provider: str) -> dict:
     else:
         info = "Look up an order (try 1234 or 4821), cancel one not shipped, or ask a city's time."
     return {
-        "value": bool(settings.tools) and can_call and tools_allowed(),
-        "interactive": can_call and tools_allowed(),
+        "value": bool(settings.tools) and can_call and allowed,
+        "interactive": can_call and allowed,
         "label": "Tools",
         "info": info,
         "elem_id": "tools-toggle",
@@ -273,18 +287,20 @@ class SettingsPanel:
     speculative: gr.Checkbox
     tools: gr.Checkbox
     system_prompt: gr.Textbox
+    # Whether this server offers tools at all: the toggle is usable only then.
+    tools_allowed: bool
 
 
-def build_settings_panel() -> gr.State:
+def build_settings_panel(server: ServerSettings) -> gr.State:
     """Lay out and wire the panel inside the current Blocks context; returns the settings state."""
-    panel = lay_out_settings_panel()
+    panel = lay_out_settings_panel(server)
     wire_settings_panel(panel)
     return panel.settings
 
 
-def lay_out_settings_panel() -> SettingsPanel:
-    """The panel's controls, in the current Blocks context, showing the starting settings."""
-    start = initial_settings()
+def lay_out_settings_panel(server: ServerSettings) -> SettingsPanel:
+    """The panel's controls, in the current Blocks context, showing the server's defaults."""
+    start = initial_settings(server)
     settings = gr.State(start)
     with gr.Accordion("Providers and settings", open=True, elem_id="settings"):
         gr.Markdown(
@@ -343,7 +359,7 @@ def lay_out_settings_panel() -> SettingsPanel:
                 info="Answer while Smart Turn decides; dropped if you go on",
                 elem_id="speculative",
             )
-            tools = gr.Checkbox(**_tools_control(start, start.llm.provider))
+            tools = gr.Checkbox(**_tools_control(start, start.llm.provider, server.tools))
             with gr.Accordion("Tool schemas: what the LLM is told", open=False):
                 gr.JSON(tool_schemas(), show_label=False, elem_id="tool-schemas")
         system_prompt = gr.Textbox(
@@ -363,6 +379,7 @@ def lay_out_settings_panel() -> SettingsPanel:
         speculative,
         tools,
         system_prompt,
+        server.tools,
     )
 
 
@@ -390,7 +407,9 @@ def wire_settings_panel(panel: SettingsPanel) -> None:
     # ``input``: only the visitor's clicks are a preference, not the updates below.
     tools.input(set_knob("tools"), [settings, tools], settings, queue=False)
     pickers["llm"].provider.input(
-        lambda current, provider_id: gr.update(**_tools_control(current, provider_id)),
+        lambda current, provider_id: gr.update(
+            **_tools_control(current, provider_id, panel.tools_allowed)
+        ),
         [settings, pickers["llm"].provider],
         tools,
         queue=False,
