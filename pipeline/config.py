@@ -19,9 +19,9 @@ from pipeline.providers.registry import (
 from pipeline.server_settings import ServerSettings
 
 
-def _defaults() -> ServerSettings:
-    """What a :class:`SessionConfig` made without a value takes: the environment's settings."""
-    return ServerSettings.from_environ()
+def _from_environment(name: str):
+    """A field whose value, when a config is made without one, is the environment's setting."""
+    return field(default_factory=lambda: getattr(ServerSettings.from_environ(), name))
 
 
 @dataclass
@@ -41,17 +41,17 @@ class SessionConfig:
     llm: StageChoice | None = None
     tts: StageChoice | None = None
 
-    system_prompt: str = field(default_factory=lambda: _defaults().system_prompt)
-    vad_stop_secs: float = field(default_factory=lambda: _defaults().vad_stop_secs)
+    system_prompt: str = _from_environment("system_prompt")
+    vad_stop_secs: float = _from_environment("vad_stop_secs")
     smart_turn: bool = True
     # Start the reply when the user falls silent, hold it until Smart Turn
     # confirms the turn, drop it if they go on (pipeline/speculation.py).
-    speculative: bool = field(default_factory=lambda: _defaults().speculative)
+    speculative: bool = _from_environment("speculative")
     # Offer the demo tools (pipeline/tools) to an LLM that can call them;
     # VOICE_LAB_TOOLS=0 turns them off for every session.
-    tools: bool = field(default_factory=lambda: _defaults().tools)
+    tools: bool = _from_environment("tools")
     turn_fallback_secs: float = 2.0
-    llm_max_tokens: int = field(default_factory=lambda: _defaults().llm_max_tokens)
+    llm_max_tokens: int = _from_environment("llm_max_tokens")
     input_sample_rate: int = 16000
     output_sample_rate: int = 24000
     # Audio handed to fastrtc ahead of playback: a cushion against event-loop
@@ -64,9 +64,13 @@ class SessionConfig:
     dashboard: bool = True
     # A browser that stops sending audio this long has gone (tab closed, network
     # lost): WebRTC itself would only notice after ~30 s of ICE consent checks.
-    audio_gone_secs: float = field(default_factory=lambda: _defaults().audio_gone_secs)
+    audio_gone_secs: float = _from_environment("audio_gone_secs")
     # A session with no user speech and no bot speech for this long is closed.
-    idle_timeout_secs: float = field(default_factory=lambda: _defaults().idle_timeout_secs)
+    idle_timeout_secs: float = _from_environment("idle_timeout_secs")
+    # Tool calls: the waiting phrase, the give-up time, a simulated back-end delay.
+    tool_wait_phrase_secs: float = _from_environment("tool_wait_phrase_secs")
+    tool_timeout_secs: float = _from_environment("tool_timeout_secs")
+    tool_latency_secs: float = _from_environment("tool_latency_secs")
 
     @classmethod
     def from_server(cls, server: ServerSettings, **values) -> SessionConfig:

@@ -1,17 +1,19 @@
-"""The server's settings, typed and checked: admission, its name as a worker, sessions' defaults.
+"""The server's settings, typed and checked: admission, its name as a worker, sessions' defaults,
+uploads and exports, the TURN relay.
 
 ``app.py`` reads them once, before anything heavy is imported (this module
-needs pydantic only), and hands them down. The telemetry, relay, upload and
-export knobs are read by their own modules (docs/configuration.md lists all).
+needs pydantic only), and hands them down. OpenTelemetry's own ``OTEL_*``
+variables, the providers' keys and the trusted proxies are read where they are
+used (docs/configuration.md lists every variable).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are Voice Lab, a friendly voice assistant. Your words are spoken aloud, "
@@ -46,9 +48,20 @@ def _flag(value: object, name: str | None = None) -> bool:
     raise ValueError(f"{given}: expected one of {', '.join(TRUE + FALSE)}")
 
 
+def _lower(value: object) -> object:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _comma_list(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
 # A true/false setting, read by the one rule above (pydantic's own accepts more words).
 Flag = Annotated[bool, BeforeValidator(_flag)]
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Megabytes = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 ENV_PREFIX = "VOICE_LAB_"
 
 
@@ -61,6 +74,9 @@ SESSION_DEFAULTS = (
     "llm_max_tokens",
     "audio_gone_secs",
     "idle_timeout_secs",
+    "tool_wait_phrase_secs",
+    "tool_timeout_secs",
+    "tool_latency_secs",
 )
 
 
@@ -117,6 +133,33 @@ class ServerSettings(BaseModel):
     llm_max_tokens: Annotated[int, Field(ge=1)] = 80
     audio_gone_secs: Seconds = 1.5
     idle_timeout_secs: Seconds = 600.0
+    # A tool call not answered after this long gets its waiting phrase ...
+    tool_wait_phrase_secs: Seconds = 0.8
+    # ... and after this long is abandoned with an apology.
+    tool_timeout_secs: Seconds = 5.0
+    # Simulated back-end time added to every tool call (to hear the waiting phrase).
+    tool_latency_secs: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+
+    # -- uploads and exports (ui.limits, ui.export) --
+    # Megabytes one client may upload per 10 minutes (each upload counts as at least 1 MB).
+    upload_mb_per_client: Megabytes = 32.0
+    # The most Gradio's upload cache may hold; beyond it uploads wait for its sweep.
+    upload_cache_mb: Megabytes = 512.0
+    # Exported files are deleted past this age or count.
+    export_max_age_secs: Seconds = 3600.0
+    export_max_files: Annotated[int, Field(ge=1)] = 200
+
+    # -- the TURN relay (ui.relay, docs/deploy.md) --
+    # "cloudflare": fastrtc's Cloudflare credentials (the default on a Space with HF_TOKEN).
+    turn: Annotated[Literal["cloudflare"] | None, BeforeValidator(_lower)] = None
+    # Your own TURN server's turn: URLs (comma-separated in the variable) ...
+    turn_urls: Annotated[tuple[str, ...], BeforeValidator(_comma_list)] = ()
+    # ... and its shared secret (coturn use-auth-secret), or fixed credentials.
+    turn_secret: SecretStr | None = None
+    turn_username: str | None = None
+    turn_credential: SecretStr | None = None
+    # "relay": browsers send media through the relay only; "all" (the default): any path.
+    turn_policy: Annotated[Literal["relay", "all"], BeforeValidator(_lower)] = "all"
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> ServerSettings:
@@ -128,6 +171,8 @@ class ServerSettings(BaseModel):
         }
         if environ.get("SPACE_ID"):
             given.setdefault("server_key_secs", 90.0)
+            if environ.get("HF_TOKEN"):
+                given.setdefault("turn", "cloudflare")
         given.setdefault("worker_id", _default_worker_id(environ))
         try:
             return cls.model_validate(given)

@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 from testkit.app import AppProcess, free_port
-from ui.relay import TurnServerCredentials
+from ui.relay import TurnServerCredentials, relay_policy, relay_source
 
 SERVERS = {"iceServers": [{"urls": "turn:127.0.0.1:3478", "username": "u", "credential": "c"}]}
 
@@ -70,6 +70,38 @@ def test_an_answer_without_ice_servers_counts_as_a_failure():
 
 
 @pytest.mark.slow
+def test_the_relay_is_chosen_by_the_servers_settings_your_own_server_first():
+    import base64
+    import hashlib
+    import hmac
+
+    from pipeline.server_settings import ServerSettings, SettingsError
+
+    space = {"SPACE_ID": "voice-lab/test", "HF_TOKEN": "hf_token_for_tests"}
+    assert relay_source(ServerSettings.from_environ({})) is None
+    assert relay_source(ServerSettings.from_environ(space)) is not None, "Cloudflare's on a Space"
+    urls = "turn:127.0.0.1:3478?transport=udp, turn:127.0.0.1:3478?transport=tcp"
+    secret = "shared-secret-for-tests"
+    own = ServerSettings.from_environ(
+        {
+            **space,
+            "VOICE_LAB_TURN_URLS": urls,
+            "VOICE_LAB_TURN_SECRET": secret,
+            "VOICE_LAB_TURN_POLICY": "Relay",
+        }
+    )
+    fetch = relay_source(own)
+    assert fetch is not None
+    (server,) = fetch(600)["iceServers"]
+    assert server["urls"] == [u.strip() for u in urls.split(",")]
+    signed = hmac.new(secret.encode(), server["username"].encode(), hashlib.sha1).digest()
+    assert server["credential"] == base64.b64encode(signed).decode(), "coturn's use-auth-secret"
+    assert relay_policy(own) == "relay" and relay_policy(ServerSettings()) is None
+    assert secret not in repr(own) and secret not in str(own.model_dump())
+    with pytest.raises(SettingsError, match="VOICE_LAB_TURN_POLICY"):
+        ServerSettings.from_environ({"VOICE_LAB_TURN_POLICY": "relays"})
+
+
 def test_the_app_starts_on_a_space_whose_turn_fetch_fails(tmp_path):
     """``SPACE_ID`` and a bogus ``HF_TOKEN``: the fetch fails, yet the page is served and says so.
 

@@ -512,35 +512,37 @@ def test_chart_text_is_what_plotly_shows_as_the_original():
 # --------------------------------------------------------------------------- export retention
 
 
-def test_exports_older_than_the_age_limit_or_beyond_the_count_are_deleted(tmp_path, monkeypatch):
-    monkeypatch.setenv("VOICE_LAB_EXPORT_MAX_FILES", "3")
-    monkeypatch.setenv("VOICE_LAB_EXPORT_MAX_AGE_SECS", "600")
+def test_exports_older_than_the_age_limit_or_beyond_the_count_are_deleted(tmp_path):
+    kept = export.Retention(max_files=3, max_age_secs=600)
     events = [ev.SessionStarted(0), *one_turn()]
     now = time.time()
-    old = export.write_export(events, tmp_path)
+    old = export.write_export(events, tmp_path, kept)
     os.utime(old, (now - 601, now - 601))
     recent = []
     assert old.exists()
     for age in (300, 200, 100):
-        path = export.write_export(events, tmp_path)
+        path = export.write_export(events, tmp_path, kept)
         os.utime(path, (now - age, now - age))
         recent.append(path)
         assert not old.exists(), "older than 10 minutes"
     unrelated = tmp_path / "notes.txt"
     unrelated.write_text("not an export")
-    newest = export.write_export(events, tmp_path)
-    kept = set(tmp_path.glob(export.EXPORT_GLOB))
-    assert kept == {recent[1], recent[2], newest}, "only the newest 3"
+    newest = export.write_export(events, tmp_path, kept)
+    assert set(tmp_path.glob(export.EXPORT_GLOB)) == {recent[1], recent[2], newest}, "newest 3"
     assert unrelated.exists()
 
 
-def test_export_retention_defaults_and_overrides(monkeypatch):
-    monkeypatch.delenv("VOICE_LAB_EXPORT_MAX_FILES", raising=False)
-    monkeypatch.delenv("VOICE_LAB_EXPORT_MAX_AGE_SECS", raising=False)
-    assert export.export_retention() == (200, 3600.0)
-    monkeypatch.setenv("VOICE_LAB_EXPORT_MAX_FILES", "0")
-    monkeypatch.setenv("VOICE_LAB_EXPORT_MAX_AGE_SECS", "90")
-    assert export.export_retention() == (1, 90.0)
+def test_export_retention_defaults_and_overrides():
+    from pipeline.server_settings import ServerSettings, SettingsError
+
+    default = ServerSettings.from_environ({})
+    assert (default.export_max_files, default.export_max_age_secs) == (200, 3600.0)
+    assert export.Retention() == export.Retention(200, 3600.0)
+    given = {"VOICE_LAB_EXPORT_MAX_FILES": "5", "VOICE_LAB_EXPORT_MAX_AGE_SECS": "90"}
+    settings = ServerSettings.from_environ(given)
+    assert (settings.export_max_files, settings.export_max_age_secs) == (5, 90.0)
+    with pytest.raises(SettingsError, match="VOICE_LAB_EXPORT_MAX_FILES"):
+        ServerSettings.from_environ({"VOICE_LAB_EXPORT_MAX_FILES": "0"})
 
 
 def test_the_retention_settings_are_documented():

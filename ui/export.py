@@ -18,7 +18,7 @@ import math
 import os
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from html import escape
 from pathlib import Path
 
@@ -36,8 +36,17 @@ MAX_REPLAY_EVENTS = 5000
 MAX_REPLAY_BYTES = 2_000_000
 EXPORT_GLOB = "voice-lab-session-*.json"
 TRACE_GLOB = "voice-lab-trace-*.json"
-DEFAULT_EXPORT_MAX_FILES = 200
-DEFAULT_EXPORT_MAX_AGE_SECS = 3600.0
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How many exports (of a kind) the folder keeps, and for how long at most.
+
+    The server's ``export_max_files`` and ``export_max_age_secs`` settings.
+    """
+
+    max_files: int = 200
+    max_age_secs: float = 3600.0
 
 
 class ReplayError(ValueError):
@@ -100,16 +109,6 @@ def health_summary(final: SessionState) -> dict:
     }
 
 
-def export_retention() -> tuple[int, float]:
-    """(most exports kept, oldest age in seconds), from the environment (``.env.example``)."""
-    max_files = os.environ.get("VOICE_LAB_EXPORT_MAX_FILES", "").strip()
-    max_age = os.environ.get("VOICE_LAB_EXPORT_MAX_AGE_SECS", "").strip()
-    return (
-        max(1, int(max_files)) if max_files else DEFAULT_EXPORT_MAX_FILES,
-        float(max_age) if max_age else DEFAULT_EXPORT_MAX_AGE_SECS,
-    )
-
-
 def prune_exports(directory: Path, keep: int, max_age: float, pattern: str = EXPORT_GLOB) -> None:
     """Delete exports older than ``max_age`` seconds, then all but the ``keep`` newest."""
     now = time.time()
@@ -125,23 +124,25 @@ def prune_exports(directory: Path, keep: int, max_age: float, pattern: str = EXP
             path.unlink(missing_ok=True)
 
 
-def write_export(events: list[ev.Event], directory: Path) -> Path:
-    return _write(directory, "voice-lab-session", EXPORT_GLOB, export_session(events))
+def write_export(
+    events: list[ev.Event], directory: Path, retention: Retention = Retention()
+) -> Path:
+    data = export_session(events)
+    return _write(directory, "voice-lab-session", EXPORT_GLOB, data, retention)
 
 
-def write_trace(otlp: dict, directory: Path) -> Path:
+def write_trace(otlp: dict, directory: Path, retention: Retention = Retention()) -> Path:
     """The session's spans (OTLP/JSON, as ``pipeline.telemetry.tracing.otlp_json`` made them).
 
     Jaeger's UI opens such a file (Search > Upload), and any OTLP/HTTP receiver
     that takes JSON accepts it as the body of ``POST /v1/traces``.
     """
-    return _write(directory, "voice-lab-trace", TRACE_GLOB, otlp)
+    return _write(directory, "voice-lab-trace", TRACE_GLOB, otlp, retention)
 
 
-def _write(directory: Path, prefix: str, pattern: str, data: dict) -> Path:
+def _write(directory: Path, prefix: str, pattern: str, data: dict, retention: Retention) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    max_files, max_age = export_retention()
-    prune_exports(directory, max_files - 1, max_age, pattern)
+    prune_exports(directory, retention.max_files - 1, retention.max_age_secs, pattern)
     # Unique per export: two visitors exporting in the same second must not share a file.
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = directory / f"{prefix}-{stamp}-{uuid.uuid4().hex[:8]}.json"

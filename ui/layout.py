@@ -81,8 +81,12 @@ def build_ui(
         records=records,
         server_keys=ServerKeyLedger.from_settings(server_settings),
     )
-    source = relay_source()
-    relay = TurnServerCredentials(source, policy=relay_policy()).start() if source else None
+    source = relay_source(server_settings)
+    relay = (
+        TurnServerCredentials(source, policy=relay_policy(server_settings)).start()
+        if source
+        else None
+    )
     observability.install()
     # Every call's microphone audio reaches the pipeline 60 ms sooner (see its docstring).
     tighten_audio_jitter_buffer()
@@ -102,7 +106,7 @@ def build_ui(
     ) as demo:
         page = _lay_out_page(relay, idle, server_settings)
         guard = _wire_call(demo, page, session, relay, server_settings)
-        _wire_files(demo, page, guard, records)
+        _wire_files(demo, page, guard, records, server_settings)
     for fn in demo.fns.values():
         # Every endpoint here serves this page only; none is a public API.
         fn.show_api = False
@@ -275,8 +279,15 @@ def _wire_call(
     return guard
 
 
-def _wire_files(demo: gr.Blocks, page: Page, guard: WebRTCGuard, records: SessionRecords) -> None:
+def _wire_files(
+    demo: gr.Blocks,
+    page: Page,
+    guard: WebRTCGuard,
+    records: SessionRecords,
+    server_settings: ServerSettings,
+) -> None:
     """Export, trace download and replay, and the heard latency the page reports."""
+    kept = export.Retention(server_settings.export_max_files, server_settings.export_max_age_secs)
     audio, outputs = page.audio, page.outputs
     export_button, trace_button, replay_button = (
         page.export_button,
@@ -296,7 +307,7 @@ def _wire_files(demo: gr.Blocks, page: Page, guard: WebRTCGuard, records: Sessio
             raise gr.Error(
                 "Nothing to export yet: press Record and talk first.", print_exception=False
             )
-        return gr.update(value=str(export.write_export(events, EXPORT_DIR)), visible=True)
+        return gr.update(value=str(export.write_export(events, EXPORT_DIR, kept)), visible=True)
 
     def download_trace(connection, request: gr.Request) -> dict:
         connection_id = webrtc_id_of(connection)
@@ -312,7 +323,7 @@ def _wire_files(demo: gr.Blocks, page: Page, guard: WebRTCGuard, records: Sessio
                 "or its sampler left it out.",
                 print_exception=False,
             )
-        return gr.update(value=str(export.write_trace(otlp, EXPORT_DIR)), visible=True)
+        return gr.update(value=str(export.write_trace(otlp, EXPORT_DIR, kept)), visible=True)
 
     def replay_file(file) -> tuple:
         # Anyone can upload anything: load_replay bounds the work and

@@ -4,10 +4,10 @@ Both are ASGI middleware around Gradio's own routes (``ui.server``), counting
 by :func:`ui.clients.client_of_scope`:
 
 - :class:`UploadGate`, on ``/gradio_api/upload``: one client may upload
-  ``VOICE_LAB_UPLOAD_MB_PER_CLIENT`` megabytes per 10 minutes (each upload
-  counts as at least 1 MB, so a flood of tiny files is bounded too), and the
-  upload cache (what Gradio keeps until its sweep) holds at most
-  ``VOICE_LAB_UPLOAD_CACHE_MB`` with the uploads under way. Gradio itself only
+  ``upload_mb_per_client`` megabytes per 10 minutes (each upload counts as at
+  least 1 MB, so a flood of tiny files is bounded too), and the upload cache
+  (what Gradio keeps until its sweep) holds at most ``upload_cache_mb`` with
+  the uploads under way (the server's settings). Gradio itself only
   bounds each file's size. :data:`PENDING_UPLOADS` tells a replay when no
   other upload waits for the file it read, so it can delete it.
 - :class:`QueueGate`, on ``/gradio_api/queue/join`` and ``/gradio_api/call/``:
@@ -47,11 +47,6 @@ MIN_UPLOAD_CHARGE = MB
 MULTIPART_OVERHEAD = 64 * 1024
 # The largest queue/join body read to find its session (the page's are a few kB).
 MAX_JOIN_BODY = 1 * MB
-
-
-def _env_float(name: str, default: float) -> float:
-    value = os.environ.get(name, "").strip()
-    return float(value) if value else default
 
 
 class RateWindow:
@@ -141,10 +136,11 @@ class UploadLimits:
     max_request_bytes: int
 
     @classmethod
-    def from_env(cls, max_upload_bytes: int) -> UploadLimits:
+    def of(cls, per_client_mb: float, cache_mb: float, max_upload_bytes: int) -> UploadLimits:
+        """The server's ``upload_mb_per_client`` and ``upload_cache_mb``; Gradio's file limit."""
         return cls(
-            per_client_bytes=_env_float("VOICE_LAB_UPLOAD_MB_PER_CLIENT", 32) * MB,
-            cache_bytes=_env_float("VOICE_LAB_UPLOAD_CACHE_MB", 512) * MB,
+            per_client_bytes=per_client_mb * MB,
+            cache_bytes=cache_mb * MB,
             max_request_bytes=max_upload_bytes + MULTIPART_OVERHEAD,
         )
 

@@ -26,12 +26,12 @@ import base64
 import hashlib
 import hmac
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 
 from pipeline import redaction
+from pipeline.server_settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +42,20 @@ RETRY_SECS = (2.0, 5.0, 15.0, 30.0, 60.0)
 Fetch = Callable[[int], dict]
 
 
-def relay_source() -> Fetch | None:
-    """Where this server's TURN credentials come from (None: no relay)."""
-    urls = [u.strip() for u in os.environ.get("VOICE_LAB_TURN_URLS", "").split(",") if u.strip()]
+def relay_source(settings: ServerSettings) -> Fetch | None:
+    """Where this server's TURN credentials come from (None: no relay); your own server first."""
+    urls = list(settings.turn_urls)
     if urls:
-        secret = os.environ.get("VOICE_LAB_TURN_SECRET", "")
-        redaction.remember(secret, os.environ.get("VOICE_LAB_TURN_CREDENTIAL"))
+        secret = settings.turn_secret.get_secret_value() if settings.turn_secret else ""
+        credential = settings.turn_credential.get_secret_value() if settings.turn_credential else ""
+        redaction.remember(secret, credential)
         if secret:
             return lambda ttl: shared_secret_credentials(urls, secret, ttl)
-        username = os.environ.get("VOICE_LAB_TURN_USERNAME", "")
-        credential = os.environ.get("VOICE_LAB_TURN_CREDENTIAL", "")
+        username = settings.turn_username or ""
         return lambda _ttl: {
             "iceServers": [{"urls": urls, "username": username, "credential": credential}]
         }
-    if os.environ.get("VOICE_LAB_TURN", "").lower() == "cloudflare" or (
-        os.environ.get("SPACE_ID") and os.environ.get("HF_TOKEN")
-    ):
+    if settings.turn == "cloudflare":
         return _fastrtc_fetch
     return None
 
@@ -75,9 +73,9 @@ def shared_secret_credentials(urls: list[str], secret: str, ttl: int) -> dict:
     return {"iceServers": [{"urls": urls, "username": username, "credential": credential}]}
 
 
-def relay_policy() -> str | None:
+def relay_policy(settings: ServerSettings) -> str | None:
     """``relay``: the browser uses the relay only (``VOICE_LAB_TURN_POLICY``)."""
-    return "relay" if os.environ.get("VOICE_LAB_TURN_POLICY", "").lower() == "relay" else None
+    return "relay" if settings.turn_policy == "relay" else None
 
 
 def _fastrtc_fetch(ttl: int) -> dict:

@@ -70,12 +70,15 @@ QUEUE_PER_CLIENT = 16
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024
 
 
-def public_page_middleware() -> list[Middleware]:
-    """The protections every public page needs, configured from the environment now."""
+def public_page_middleware(settings: ServerSettings) -> list[Middleware]:
+    """The protections every public page needs (the trusted proxies read from the environment)."""
+    uploads = limits.UploadLimits.of(
+        settings.upload_mb_per_client, settings.upload_cache_mb, MAX_UPLOAD_BYTES
+    )
     return [
         Middleware(clients.ClientAddress, proxies=clients.TrustedProxies.from_env()),
         Middleware(hostile.QuietErrors),
-        Middleware(limits.UploadGate, limits=limits.UploadLimits.from_env(MAX_UPLOAD_BYTES)),
+        Middleware(limits.UploadGate, limits=uploads),
         Middleware(
             limits.QueueGate,
             limits=limits.QueueLimits(per_session=QUEUE_PER_SESSION, per_client=QUEUE_PER_CLIENT),
@@ -192,7 +195,7 @@ def app_kwargs(settings: ServerSettings, status: WorkerStatus | None = None) -> 
     middleware = [
         # Outermost: even a refusal below names the worker that made it.
         Middleware(WorkerHeader, worker=settings.worker, log_requests=settings.access_log),
-        *public_page_middleware(),
+        *public_page_middleware(settings),
         *MIDDLEWARE,
     ]
     return {

@@ -23,7 +23,6 @@ import asyncio
 import datetime as dt
 import json
 import logging
-import os
 import sqlite3
 import time
 import weakref
@@ -50,14 +49,9 @@ CANCELLED = "Cancelled: you spoke over it before it answered."
 JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
 
 
-def _env_float(name: str, default: float) -> float:
-    value = os.environ.get(name, "").strip()
-    return float(value) if value else default
-
-
 @dataclass(frozen=True)
 class ToolSettings:
-    """How tool calls behave (environment variables, documented in ``.env.example``)."""
+    """How tool calls behave: the server's ``VOICE_LAB_TOOL_*`` settings, via the session config."""
 
     # A call that has not answered after this long gets the tool's waiting phrase.
     wait_phrase_secs: float = 0.8
@@ -68,11 +62,12 @@ class ToolSettings:
     latency_secs: float = 0.0
 
     @classmethod
-    def from_env(cls) -> ToolSettings:
+    def of(cls, config) -> ToolSettings:
+        """The tool settings of a :class:`pipeline.config.SessionConfig`."""
         return cls(
-            wait_phrase_secs=_env_float("VOICE_LAB_TOOL_WAIT_PHRASE_SECS", cls.wait_phrase_secs),
-            timeout_secs=_env_float("VOICE_LAB_TOOL_TIMEOUT_SECS", cls.timeout_secs),
-            latency_secs=_env_float("VOICE_LAB_TOOL_LATENCY_SECS", cls.latency_secs),
+            wait_phrase_secs=config.tool_wait_phrase_secs,
+            timeout_secs=config.tool_timeout_secs,
+            latency_secs=config.tool_latency_secs,
         )
 
 
@@ -110,7 +105,7 @@ def attach(
         database_of(context),
         sink,
         redact=lambda text: config.keys.redact(redaction.redact(text)),
-        settings=settings or ToolSettings.from_env(),
+        settings=settings or ToolSettings.of(config),
     )
     runner.install(llm, context)
     return runner
