@@ -402,7 +402,7 @@ def test_each_session_gets_its_own_orders():
 def test_the_panel_disables_the_tools_toggle_for_an_llm_that_cannot_call_them():
     """Picking the local LLM greys the toggle out and says why; picking Groq enables it again."""
     with gr.Blocks() as page:
-        build_settings_panel()
+        build_settings_panel(ServerSettings())
     components = {block._id: block for block in page.blocks.values()}
     on_pick = next(
         fn
