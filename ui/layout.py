@@ -87,7 +87,7 @@ def build_ui(
         if source
         else None
     )
-    observability.install()
+    observability.warn_if_closed()
     # Every call's microphone audio reaches the pipeline 60 ms sooner (see its docstring).
     tighten_audio_jitter_buffer()
     end_streams_quietly()

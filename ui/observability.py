@@ -18,7 +18,6 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from pipeline.telemetry import settings
-from ui import server
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +48,7 @@ def metrics(request: Request) -> Response:
 METRICS_ROUTE = Route(METRICS_PATH, metrics, methods=["GET"], name="metrics")
 
 
-def install() -> None:
-    """Serve ``/metrics`` from the next launch on (once, however often the page is built)."""
-    if METRICS_ROUTE not in server.ROUTES:
-        server.ROUTES.append(METRICS_ROUTE)
+def warn_if_closed() -> None:
+    """Say at start when ``/metrics`` (served by :func:`ui.server.app_kwargs`) answers nobody."""
     if settings.metrics_token() is None and not settings.metrics_open_without_token():
         log.warning("/metrics is off on this Space: set VOICE_LAB_METRICS_TOKEN to serve it")

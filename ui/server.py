@@ -5,8 +5,9 @@ add is ``launch(app_kwargs=...)``, handed to ``FastAPI(...)``. Routes given
 there come before Gradio's own, and middleware wraps every response, Gradio's
 SSE streams and the WebRTC component's requests included.
 
-Each concern adds itself to :data:`ROUTES` or :data:`MIDDLEWARE` here, so one
-file shows everything the server serves besides the page. Outermost, every
+:func:`app_kwargs` lists everything the server serves besides the page, so one
+function shows it all: Gradio's API schema answered 404 (:mod:`ui.hostile`),
+``/metrics`` (:mod:`ui.observability`), ``/health``. Outermost, every
 response is named by its worker (below); then come the public-page
 protections, outermost first: who the client is (:mod:`ui.clients`, which
 every per-client limit after it reads), quiet refusals of hostile requests
@@ -45,13 +46,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from pipeline.server_settings import ServerSettings
-from ui import clients, hostile, limits
+from ui import clients, hostile, limits, observability
 
 log = logging.getLogger("voice_lab.server")
 access = logging.getLogger("voice_lab.access")
 
-ROUTES: list[BaseRoute] = []
-MIDDLEWARE: list[Middleware] = []
 # FastAPI (0.163+) traces and measures every request into the global OpenTelemetry
 # providers once they exist: with tracing on (pipeline.telemetry) each of the page's
 # queue polls and SSE streams would become a trace of its own. Sessions are what we trace.
@@ -191,12 +190,15 @@ def health_route(status: WorkerStatus) -> Route:
 
 def app_kwargs(settings: ServerSettings, status: WorkerStatus | None = None) -> dict[str, Any]:
     """What ``demo.launch(app_kwargs=...)`` gets: fresh lists, so a second launch starts clean."""
-    routes = [*hostile.ROUTES, *ROUTES, *([health_route(status)] if status else [])]
+    routes: list[BaseRoute] = [
+        *hostile.ROUTES,
+        observability.METRICS_ROUTE,
+        *([health_route(status)] if status else []),
+    ]
     middleware = [
         # Outermost: even a refusal below names the worker that made it.
         Middleware(WorkerHeader, worker=settings.worker, log_requests=settings.access_log),
         *public_page_middleware(settings),
-        *MIDDLEWARE,
     ]
     return {
         "routes": routes,
