@@ -189,8 +189,8 @@ async def rss_sampler(every: float = 0.1):
         yield found
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # gather, not a suppressed CancelledError: a cancellation of this run keeps going.
+        await asyncio.gather(task, return_exceptions=True)
         found["peak_mb"] = max(found["peak_mb"], rss_mb())
 
 

@@ -129,3 +129,25 @@ async def test_an_app_whose_start_is_abandoned_is_stopped():
         assert app.process.poll() is not None, "app.py kept running after its start was abandoned"
     finally:
         app.stop()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_run_that_loses_its_cancellation_is_cancelled_again(signum, monkeypatch, capfd):
+    """A library may catch the cancellation a signal sends; the run must stop all the same."""
+    from bench import lifecycle
+
+    monkeypatch.setattr(lifecycle, "RECANCEL_SECS", 0.2)
+    got_on: list[bool] = []
+
+    async def main() -> int:
+        asyncio.get_running_loop().call_soon(signal.raise_signal, signum)
+        with contextlib.suppress(asyncio.CancelledError):  # the first cancellation, lost
+            await asyncio.sleep(60)
+        got_on.append(True)
+        await asyncio.sleep(60)  # the rest of the run, which the next cancellation ends
+        return 0
+
+    started = time.monotonic()
+    assert lifecycle.run(main()) == 128 + signum
+    assert got_on and time.monotonic() - started < 30
+    assert "cancelling again" in capfd.readouterr().err

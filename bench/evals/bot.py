@@ -18,7 +18,6 @@ so the harness's turns can be matched to them afterwards.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -102,8 +101,8 @@ class EvalBot:
         if self._server is not None:
             self._server.should_exit = True
         if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # gather, not a suppressed CancelledError: a cancellation of this run keeps going.
+            await asyncio.gather(self._task, return_exceptions=True)
 
     async def _converse(self, websocket: WebSocket) -> None:
         config = self._config()
