@@ -60,6 +60,7 @@ import ipaddress
 import logging
 import re
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,9 +89,11 @@ OWNERS_KEPT = 1024
 # (its session's shutdown and the peer connection's close finish meanwhile);
 # None leaves them to Python's own schedule.
 COLLECT_AFTER_CLOSE_SECS: float | None = 2.0
-# And once more this long after, for what outlived the first collection: a
-# pipeline still winding down on a loaded CPU, or a cancelled timer of the
-# connection (aioice's consent check) whose context holds it until its time.
+# And once more this long after, if a closed peer connection outlived the first
+# collection: a pipeline still winding down on a loaded CPU, or a cancelled timer
+# of the connection (aioice's consent check) whose context holds it until its
+# time. Skipped otherwise: a full collection stalls every session's loop
+# (~15 ms with one session here).
 COLLECT_AGAIN_AFTER_SECS = 10.0
 # How often a new connection's progress (handshake, first audio) is looked at.
 ADMISSION_POLL_SECS = 0.25
@@ -148,6 +151,8 @@ class WebRTCGuard:
         self._owners: OrderedDict[str, Owner] = OrderedDict()
         self._watchers: set[asyncio.Task] = set()
         self._collections: list[asyncio.TimerHandle] = []
+        # The closed peer connections the collections are meant to free, until they are.
+        self._closed: list[weakref.ref] = []
 
     # -- ownership -----------------------------------------------------------
 
@@ -213,6 +218,9 @@ class WebRTCGuard:
             return set_outputs
 
         def clean_up(webrtc_id: str):
+            pc = component.pcs.get(webrtc_id)
+            if pc is not None:
+                self._closed.append(weakref.ref(pc))
             connection = original_clean_up(webrtc_id)
             component.additional_outputs.pop(webrtc_id, None)
             self._collect_soon()
@@ -262,11 +270,16 @@ class WebRTCGuard:
         # fastrtc's current data channel, and through it the peer connection
         # that the collection is meant to free.
         context = contextvars.Context()
-        first = COLLECT_AFTER_CLOSE_SECS
+        first, again = COLLECT_AFTER_CLOSE_SECS, COLLECT_AFTER_CLOSE_SECS + COLLECT_AGAIN_AFTER_SECS
         self._collections = [
-            loop.call_later(delay, self._collect, context=context)
-            for delay in (first, first + COLLECT_AGAIN_AFTER_SECS)
+            loop.call_later(first, self._collect, context=context),
+            loop.call_later(again, self._collect_if_held, context=context),
         ]
+
+    def _collect_if_held(self) -> None:
+        self._closed = [ref for ref in self._closed if ref() is not None]
+        if self._closed:
+            self._collect()
 
     def _collect(self) -> None:
         started = time.perf_counter()
@@ -274,6 +287,7 @@ class WebRTCGuard:
         # that context, and through it the connection, until its due time.
         drop_cancelled_timers(asyncio.get_running_loop())
         freed = gc.collect()
+        self._closed = [ref for ref in self._closed if ref() is not None]
         log.debug("collected %d objects in %.1f ms", freed, (time.perf_counter() - started) * 1000)
 
     # -- offers ------------------------------------------------------------------
@@ -402,8 +416,8 @@ class WebRTCGuard:
 
     async def _drop(self, webrtc_id: str) -> None:
         component = self.component
-        pc = component.pcs.pop(webrtc_id, None)
-        connections = component.clean_up(webrtc_id)
+        pc = component.pcs.get(webrtc_id)
+        connections = component.clean_up(webrtc_id)  # pops it from ``pcs``
         for connection in connections or ():
             connection.stop()
         if pc is not None:
