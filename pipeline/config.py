@@ -7,7 +7,7 @@ script) reads the environment for its defaults.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 from pipeline.providers.base import ProviderKeys, Stage, StageChoice
 from pipeline.providers.registry import (
@@ -17,6 +17,8 @@ from pipeline.providers.registry import (
     offline_choice,
 )
 from pipeline.server_settings import ServerSettings
+
+_SERVER_FIELDS = frozenset(ServerSettings.model_fields)
 
 
 def _from_environment(name: str):
@@ -74,8 +76,10 @@ class SessionConfig:
 
     @classmethod
     def from_server(cls, server: ServerSettings, **values) -> SessionConfig:
-        """A config with the server's session defaults; ``values`` set the rest."""
-        return cls(**{**server.session_defaults(), **values})
+        """A config with the server's session defaults (its fields of the same names as
+        this class's); ``values`` set the rest."""
+        shared = {f.name: getattr(server, f.name) for f in fields(cls) if f.name in _SERVER_FIELDS}
+        return cls(**{**shared, **values})
 
     def __post_init__(self):
         self.stt = self.stt or default_choice("stt", self.keys)

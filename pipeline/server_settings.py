@@ -65,21 +65,6 @@ Megabytes = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 ENV_PREFIX = "VOICE_LAB_"
 
 
-# The fields that are every session's defaults (SessionConfig has the same names).
-SESSION_DEFAULTS = (
-    "system_prompt",
-    "vad_stop_secs",
-    "speculative",
-    "tools",
-    "llm_max_tokens",
-    "audio_gone_secs",
-    "idle_timeout_secs",
-    "tool_wait_phrase_secs",
-    "tool_timeout_secs",
-    "tool_latency_secs",
-)
-
-
 class SettingsError(ValueError):
     """A ``VOICE_LAB_*`` variable that does not hold what it must: each problem, named."""
 
@@ -88,7 +73,8 @@ class ServerSettings(BaseModel):
     """``VOICE_LAB_<FIELD NAME>`` sets each field; unset or empty, its default holds.
 
     A wrong value stops the start with the variable named.
-    :class:`pipeline.config.SessionConfig` takes its defaults from the last group.
+    :class:`pipeline.config.SessionConfig` takes its defaults from the fields named as its own
+    (the "every session's defaults" group).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -184,10 +170,6 @@ class ServerSettings(BaseModel):
                     for problem in e.errors(include_url=False, include_input=False)
                 )
             ) from None
-
-    def session_defaults(self) -> dict[str, object]:
-        """What every :class:`pipeline.config.SessionConfig` starts from, by field name."""
-        return {name: getattr(self, name) for name in SESSION_DEFAULTS}
 
     @property
     def sessions(self) -> int:
