@@ -92,8 +92,8 @@ COLLECT_AFTER_CLOSE_SECS: float | None = 2.0
 # And once more this long after, if a closed peer connection outlived the first
 # collection: a pipeline still winding down on a loaded CPU, or a cancelled timer
 # of the connection (aioice's consent check) whose context holds it until its
-# time. Skipped otherwise: a full collection stalls every session's loop
-# (~15 ms with one session here).
+# time. Skipped otherwise: a full collection stalls every session's loop while
+# it runs, and grows with the live sessions' objects.
 COLLECT_AGAIN_AFTER_SECS = 10.0
 # How often a new connection's progress (handshake, first audio) is looked at.
 ADMISSION_POLL_SECS = 0.25
