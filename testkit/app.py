@@ -36,6 +36,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from testkit.env import OFFLINE_ENV, clear_provider_variables
@@ -260,16 +261,23 @@ class AppProcess(Program):
         with direct.open(self.url + "/health", timeout=5) as response:
             return json.load(response)
 
+    def health_when(self, predicate: Callable[[dict], bool], timeout: float) -> dict:
+        """The app's ``/health`` once ``predicate`` holds for it; raises ``TimeoutError``
+        (with the last answer) if it does not within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not predicate(health := self.health()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"after {timeout:.0f}s /health still says {health}")
+            time.sleep(0.05)  # polling another process: there is no event to await
+        return health
+
     def wait_until_idle(self, timeout: float) -> float:
         """Waits until the app holds no connection; returns the seconds waited.
 
         Raises ``TimeoutError`` (with the app's state) if one is still open at ``timeout``.
         """
         started = time.monotonic()
-        while (sessions := self.health()["sessions"]) and time.monotonic() - started < timeout:
-            time.sleep(0.05)  # polling another process: there is no event to await
-        if sessions:
-            raise TimeoutError(f"{sessions} connection(s) still open after {timeout:.0f}s")
+        self.health_when(lambda health: not health["sessions"], timeout)
         return time.monotonic() - started
 
     # -- what it printed ----------------------------------------------------------------
